@@ -1,0 +1,16 @@
+"""lv3ph: three-phase four-wire unbalanced LV feeders on OpenDSS.
+
+Public API (everything else may move):
+
+* :func:`run_powerflow` -- time-series power flow captured as an ``xarray.Dataset``.
+* :func:`unbalance` -- PVUR, LVUR, VUF, neutral-to-earth voltage per bus and step.
+* :class:`Engine`, :class:`FeederModel` -- an OpenDSS instance and the feeder as arrays.
+"""
+
+__version__ = "0.1.0"
+
+from lv3ph.dss import Engine  # noqa: E402
+from lv3ph.model import FeederModel  # noqa: E402
+from lv3ph.powerflow import RunSpec, run_powerflow  # noqa: E402
+
+__all__ = ["Engine", "FeederModel", "RunSpec", "__version__", "run_powerflow"]

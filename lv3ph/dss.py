@@ -1,0 +1,411 @@
+"""The only module that talks to OpenDSS (through ``opendssdirect.py``).
+
+An :class:`Engine` owns one OpenDSS context (a separate DSS instance, so several engines
+can live in one process, e.g. one per Dask worker). It compiles a model, extracts it as
+plain arrays (:class:`lv3ph.model.FeederModel`), and runs OpenDSS's own time modes step
+by step, returning the complex node voltages of every step. Everything else (currents,
+losses, unbalance, allocation) is derived from those voltages and the primitive
+admittances, in bulk, outside this module.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+import opendssdirect
+from dss._cffi_api_util import CffiApiUtil
+from opendssdirect.OpenDSSDirect import OpenDSSDirect
+
+from lv3ph.errors import ConvergenceError, ModelError, ProfileError, UnknownItemError
+from lv3ph.model import ComplexArray, Customer, Element, FeederModel
+
+MODES = ("snap", "daily", "yearly")
+_DEVICE_CLASSES = ("pvsystem", "storage", "generator")
+
+
+def parse_stepsize(text: str | float) -> float:
+    """Step size in seconds from OpenDSS-style text: ``1m``, ``15m``, ``1h``, ``30s``, ``60``.
+
+    A bare number is seconds (as OpenDSS's ``stepsize``).
+    """
+    if isinstance(text, int | float):
+        value, unit = float(text), "s"
+    else:
+        m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([smh]?)\s*", str(text).lower())
+        if not m:
+            raise ModelError(f"stepsize {text!r} is not a duration like 1m, 15m, 1h or 30s")
+        value, unit = float(m.group(1)), m.group(2) or "s"
+    seconds = value * {"s": 1.0, "m": 60.0, "h": 3600.0}[unit]
+    if seconds <= 0:
+        raise ModelError(f"stepsize {text!r} must be positive")
+    return seconds
+
+
+def _new_context() -> OpenDSSDirect:
+    """A fresh OpenDSS context that returns numpy (complex) arrays."""
+    api = opendssdirect.dss._api_util
+    lib = api.lib_unpatched
+    ctx = api.ffi.gc(lib.ctx_New(), lib.ctx_Dispose)
+    engine = OpenDSSDirect(CffiApiUtil(api.ffi, lib, ctx), prefer_lists=False)
+    engine.Basic.AdvancedTypes(True)
+    engine.Basic.AllowForms(False)
+    return engine
+
+
+class Engine:
+    """One OpenDSS instance holding one compiled model."""
+
+    def __init__(self) -> None:
+        self.dss = _new_context()
+        self.path: Path | None = None
+
+    # ------------------------------------------------------------------ commands
+    def command(self, text: str) -> str:
+        """Run one OpenDSS command; an OpenDSS error becomes :class:`ModelError`."""
+        try:
+            out = self.dss.Text.Command(text)
+        except opendssdirect.DSSException as exc:  # type: ignore[attr-defined]
+            raise ModelError(f"OpenDSS rejected {text!r}: {exc.args[-1] if exc.args else exc}") from None
+        return str(out or "")
+
+    def compile(self, path: str | Path, *, vmaxpu: float | None = None, commands: Sequence[str] = ()) -> None:
+        """Compile a model file, then run ``commands`` (e.g. earthing electrodes).
+
+        Args:
+            path: the OpenDSS master file.
+            vmaxpu: if given, ``batchedit load..* vmaxpu=<vmaxpu>`` (the IEEE EU LV
+                reference needs 1.5: its loads are rated 230 V but sit at 240-252 V).
+            commands: further OpenDSS commands run after compiling.
+        """
+        p = Path(path)
+        if not p.is_file():
+            raise ModelError(f"model file not found: {p}")
+        self.command("clear")
+        try:
+            self.dss.Text.Command(f'compile "{p.resolve()}"')
+        except opendssdirect.DSSException as exc:  # type: ignore[attr-defined]
+            raise ModelError(f"OpenDSS could not compile {p}: {exc.args[-1] if exc.args else exc}") from None
+        if not self.dss.Circuit.Name():
+            raise ModelError(f"{p} defines no circuit")
+        if vmaxpu is not None:
+            self.command(f"batchedit load..* vmaxpu={vmaxpu}")
+        for c in commands:
+            self.command(c)
+        self.path = p
+        self.command("set mode=snap")
+        self._solve_checked("the initial snapshot")
+
+    def _solve_checked(self, what: str) -> None:
+        try:
+            self.dss.Solution.Solve()
+        except opendssdirect.DSSException as exc:  # type: ignore[attr-defined]
+            raise ConvergenceError(f"OpenDSS failed at {what}: {exc.args[-1] if exc.args else exc}") from None
+        if not self.dss.Solution.Converged():
+            raise ConvergenceError(
+                f"OpenDSS did not converge at {what} "
+                f"({self.dss.Solution.Iterations()} iterations, max {self.dss.Solution.MaxIterations()})"
+            )
+
+    # ------------------------------------------------------------------ extraction
+    def _active(self, name: str) -> None:
+        if self.dss.Circuit.SetActiveElement(name) < 0:
+            raise UnknownItemError(f"no element {name!r} in the model")
+
+    def _element(self, name: str, kind: str) -> Element:
+        ce = self.dss.CktElement
+        self._active(name)
+        nodes = np.asarray(ce.NodeRef(), dtype=np.int64) - 1
+        yprim = np.asarray(ce.YPrim(), dtype=np.complex128).reshape(nodes.size, nodes.size)
+        buses = tuple(b.split(".")[0].lower() for b in ce.BusNames())
+        kva = float("nan")
+        if kind == "transformer":
+            self.dss.Transformers.Name(name.split(".", 1)[1])
+            self.dss.Transformers.Wdg(1)
+            kva = float(self.dss.Transformers.kVA())
+        normamps = float(ce.NormalAmps()) if kind in ("line", "transformer", "other") else float("nan")
+        return Element(
+            name=name.lower(),
+            kind=kind,
+            nodes=nodes,
+            n_terminals=int(ce.NumTerminals()),
+            n_conductors=int(ce.NumConductors()),
+            yprim=yprim,
+            normamps=normamps if normamps > 0 else float("nan"),
+            kva=kva,
+            buses=buses,
+        )
+
+    def model(self) -> FeederModel:
+        """Extract the compiled circuit as a :class:`FeederModel`."""
+        d = self.dss
+        if self.path is None:
+            raise ModelError("no model compiled")
+        nodes = tuple(n.lower() for n in d.Circuit.YNodeOrder())
+        node_bus = np.array([n.rsplit(".", 1)[0] for n in nodes])
+        node_terminal = np.array([int(n.rsplit(".", 1)[1]) for n in nodes], dtype=np.int64)
+        terminal_of = node_terminal
+        elements = []
+        for name in d.PDElements.AllNames():
+            cls = name.split(".", 1)[0].lower()
+            self._active(name)
+            if not d.CktElement.Enabled():
+                continue
+            nodes_e = np.asarray(d.CktElement.NodeRef(), dtype=np.int64) - 1
+            kind = _classify(cls, nodes_e, int(d.CktElement.NumConductors()), terminal_of)
+            elements.append(self._element(name, kind))
+        sources = tuple(self._element(f"vsource.{n}", "source") for n in d.Vsources.AllNames())
+        customers, orphans = self._customers()
+        buses = tuple(b.lower() for b in d.Circuit.AllBusNames())
+        kv = np.zeros(len(buses))
+        for i, b in enumerate(buses):
+            d.Circuit.SetActiveBus(b)
+            kv[i] = d.Bus.kVBase()
+        return FeederModel(
+            path=str(self.path),
+            nodes=nodes,
+            node_bus=node_bus,
+            node_terminal=node_terminal,
+            buses=buses,
+            bus_kv_base=kv,
+            elements=tuple(elements),
+            sources=sources,
+            customers=customers,
+            orphan_devices=orphans,
+        )
+
+    def _customers(self) -> tuple[tuple[Customer, ...], dict[str, np.ndarray]]:
+        d = self.dss
+        customers: list[Customer] = []
+        if d.Loads.Count() == 0:
+            return (), self._orphans(set())
+        d.Loads.First()
+        while True:
+            name = d.Loads.Name().lower()
+            ce = d.CktElement
+            if ce.Enabled():
+                refs = np.asarray(ce.NodeRef(), dtype=np.int64) - 1
+                order = np.asarray(ce.NodeOrder(), dtype=np.int64).ravel(order="F")
+                nph = int(ce.NumPhases())
+                wye = not d.Loads.IsDelta()
+                ph_nodes = refs[:nph] if wye or nph > 1 else refs[:2]
+                phases = tuple(int(t) for t in order[: ph_nodes.size])
+                neutral = int(refs[nph]) if wye and refs.size > nph else -1
+                customers.append(
+                    Customer(
+                        name=name,
+                        bus=ce.BusNames()[0].split(".")[0].lower(),
+                        phases=phases,
+                        phase_nodes=ph_nodes,
+                        neutral_node=neutral,
+                        devices=(f"load.{name}",),
+                        kv=float(d.Loads.kV()),
+                        vminpu=float(d.Loads.Vminpu()),
+                        vmaxpu=float(d.Loads.Vmaxpu()),
+                        model=int(d.Loads.Model()),
+                    )
+                )
+            if not d.Loads.Next():
+                break
+        owned: set[str] = set()
+        result = []
+        devices = self._devices()
+        for c in customers:
+            mine = [
+                n
+                for n, (bus, nodes) in devices.items()
+                if n not in owned and bus == c.bus and set(nodes[nodes >= 0]) <= set(c.phase_nodes) | {c.neutral_node}
+            ]
+            owned.update(mine)
+            result.append(Customer(**{**c.__dict__, "devices": c.devices + tuple(mine)}))
+        return tuple(result), self._orphans(owned)
+
+    def _devices(self) -> dict[str, tuple[str, np.ndarray]]:
+        """Non-load power-conversion devices: name -> (bus, node indices)."""
+        d = self.dss
+        out: dict[str, tuple[str, np.ndarray]] = {}
+        for cls in _DEVICE_CLASSES:
+            d.Circuit.SetActiveClass(cls)
+            for n in d.ActiveClass.AllNames():
+                full = f"{cls}.{n.lower()}"
+                self._active(full)
+                if d.CktElement.Enabled():
+                    refs = np.asarray(d.CktElement.NodeRef(), dtype=np.int64) - 1
+                    out[full] = (d.CktElement.BusNames()[0].split(".")[0].lower(), refs)
+        return out
+
+    def _orphans(self, owned: set[str]) -> dict[str, np.ndarray]:
+        return {n: nodes for n, (_, nodes) in self._devices().items() if n not in owned}
+
+    # ------------------------------------------------------------------ time series
+    def check_profiles(self, mode: str, stepsize_s: float, start: int, steps: int) -> None:
+        """Raise :class:`ProfileError` if a load shape used by the run has NaN values or
+        does not cover the run (yearly mode: ``(start + steps - 1) * stepsize`` must not
+        pass the end of the shape, where OpenDSS would silently wrap around)."""
+        if mode == "snap":
+            return
+        d = self.dss
+        used: dict[str, str] = {}
+        for cls, getter in (("load", "Loads"), ("pvsystem", "PVsystems")):
+            api = getattr(d, getter)
+            if api.Count() == 0:
+                continue
+            api.First()
+            while True:
+                shape = (api.daily() if cls == "pvsystem" else api.Daily()) if mode == "daily" else (
+                    api.yearly() if cls == "pvsystem" else api.Yearly()
+                )
+                if not shape and mode == "yearly":
+                    shape = api.daily() if cls == "pvsystem" else api.Daily()
+                if shape:
+                    used.setdefault(shape.lower(), f"{cls}.{api.Name()}")
+                if not api.Next():
+                    break
+        end_h = (start + steps - 1) * stepsize_s / 3600.0
+        for shape, user in sorted(used.items()):
+            d.LoadShape.Name(shape)
+            mult = np.asarray(d.LoadShape.PMult(), dtype=float)
+            npts = int(d.LoadShape.Npts())
+            if mult.size != npts:
+                raise ProfileError(f"load shape {shape} (used by {user}) has {mult.size} values, npts={npts}")
+            bad = np.nonzero(~np.isfinite(mult))[0]
+            if bad.size:
+                raise ProfileError(f"load shape {shape} (used by {user}) has NaN at point {bad[0] + 1}")
+            interval_h = float(d.LoadShape.HrInterval())
+            if mode == "yearly" and interval_h > 0 and end_h > npts * interval_h + 1e-9:
+                raise ProfileError(
+                    f"load shape {shape} (used by {user}) covers {npts * interval_h:g} h "
+                    f"but the run ends at {end_h:g} h"
+                )
+
+    def run(
+        self,
+        mode: str,
+        stepsize_s: float,
+        start: int,
+        steps: int,
+        *,
+        before_step: Callable[[int], None] | None = None,
+        measure: Sequence[str] = (),
+        on_step: Callable[[int], None] | None = None,
+    ) -> tuple[ComplexArray, dict[str, ComplexArray]]:
+        """Solve ``steps`` steps of OpenDSS's own time mode and return node voltages.
+
+        Step ``k`` (``start <= k < start + steps``) is solved at time ``k * stepsize_s``
+        (OpenDSS advances the clock before each solve), so ``start=566, steps=1`` at
+        60 s is minute 566 of the day.
+
+        Args:
+            mode: ``snap`` (one solve at base values, ``steps`` must be 1), ``daily`` or ``yearly``.
+            stepsize_s: step size in seconds.
+            start: first step index (>= 1).
+            steps: number of steps.
+            before_step: called with the step index before each solve (set device kW
+                through the fast API here; never text edits).
+            measure: elements whose terminal currents are read at every step (the
+                rare customers that share a node with another one).
+            on_step: called with the step index after each solve (progress).
+
+        Returns:
+            ``(V, I)``: complex node voltages in V, shape (steps, n_nodes), in
+            ``YNodeOrder``; and per measured element its terminal-1 currents in A,
+            shape (steps, conductors).
+
+        Raises:
+            ConvergenceError: naming the step that did not converge.
+        """
+        d = self.dss
+        if mode not in MODES:
+            raise ModelError(f"unknown mode {mode!r}: use one of {', '.join(MODES)}")
+        if steps < 1 or start < (0 if mode == "snap" else 1):
+            raise ModelError(f"start={start}, steps={steps}: need start >= 1 and steps >= 1")
+        if mode == "snap" and steps != 1:
+            raise ModelError("mode snap solves one step: use --steps 1")
+        self.check_profiles(mode, stepsize_s, start, steps)
+        n = int(d.Circuit.NumNodes())
+        volts = np.empty((steps, n), dtype=np.complex128)
+        measured = {}
+        for name in measure:
+            self._active(name)
+            measured[name] = np.empty((steps, int(d.CktElement.NumConductors())), dtype=np.complex128)
+        if mode == "snap":
+            self.command("set mode=snap")
+        else:
+            self.command(f"set mode={mode} number=1 stepsize={stepsize_s:g}s")
+            t0 = (start - 1) * stepsize_s
+            d.Solution.Hour(int(t0 // 3600))
+            d.Solution.Seconds(t0 - 3600 * (t0 // 3600))
+        solve, converged, read_v = d.Solution.Solve, d.Solution.Converged, d.Circuit.YNodeVArray
+        for i in range(steps):
+            k = start + i
+            if before_step is not None:
+                before_step(k)
+            try:
+                solve()
+            except opendssdirect.DSSException as exc:  # type: ignore[attr-defined]
+                raise ConvergenceError(f"OpenDSS failed at step {k}: {exc.args[-1] if exc.args else exc}") from None
+            if not converged():
+                raise ConvergenceError(f"OpenDSS did not converge at step {k} (time {k * stepsize_s:g} s)")
+            volts[i] = read_v()
+            for name, arr in measured.items():
+                d.Circuit.SetActiveElement(name)
+                arr[i] = np.asarray(d.CktElement.Currents()).ravel(order="F")[: arr.shape[1]]
+            if on_step is not None:
+                on_step(k)
+        return volts, measured
+
+    # ------------------------------------------------------------------ fast device edits
+    def set_load_kw(self, names: Iterable[str], kw: Iterable[float], kvar: Iterable[float] | None = None) -> None:
+        """Set loads' kW (and kvar) through the fast API (no system-matrix rebuild)."""
+        loads = self.dss.Loads
+        kvars = [None] * len(list(names)) if kvar is None else list(kvar)
+        for name, p, q in zip(names, kw, kvars, strict=True):
+            loads.Name(name)
+            loads.kW(float(p))
+            if q is not None:
+                loads.kvar(float(q))
+
+    # ------------------------------------------------------------------ OpenDSS's own numbers (references)
+    def element_losses_w(self) -> dict[str, complex]:
+        """OpenDSS's own losses (W + j var) of every enabled PD element, at the last solve."""
+        out = {}
+        for name in self.dss.PDElements.AllNames():
+            self._active(name)
+            if self.dss.CktElement.Enabled():
+                out[name.lower()] = complex(self.dss.CktElement.Losses())
+        return out
+
+    def element_phase_losses_kw(self, name: str) -> np.ndarray:
+        """OpenDSS's per-conductor losses (kW + j kvar) of one element, last solve."""
+        self._active(name)
+        return np.asarray(self.dss.CktElement.PhaseLosses(), dtype=np.complex128)
+
+    def element_currents(self, name: str) -> np.ndarray:
+        """OpenDSS's terminal currents (A) of one element, terminal-major, last solve."""
+        self._active(name)
+        return np.asarray(self.dss.CktElement.Currents()).ravel(order="F")
+
+    def node_voltages(self) -> ComplexArray:
+        """Complex node voltages (V) of the last solve, in ``YNodeOrder``."""
+        return np.asarray(self.dss.Circuit.YNodeVArray(), dtype=np.complex128)
+
+
+def _classify(cls: str, nodes: np.ndarray, n_conductors: int, terminal_of: np.ndarray) -> str:
+    """Kind of a PD element from its class and connection.
+
+    An element is ``earthing`` when one terminal is entirely on earth and all its other
+    connections are neutral nodes (terminal >= 4): an earth electrode.
+    """
+    if cls == "transformer":
+        return "transformer"
+    terminals = nodes.reshape(-1, n_conductors)
+    on_earth = [bool(np.all(t < 0)) for t in terminals]
+    others = np.concatenate([t for t, e in zip(terminals, on_earth, strict=True) if not e] or [np.empty(0, int)])
+    others = others[others >= 0]
+    if any(on_earth) and others.size and bool(np.all(terminal_of[others] >= 4)):
+        return "earthing"
+    if cls == "line":
+        return "line"
+    return "other"

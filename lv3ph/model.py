@@ -1,0 +1,225 @@
+"""The feeder as plain arrays: nodes, elements with primitive admittances, customers.
+
+Nothing here talks to OpenDSS; :mod:`lv3ph.dss` fills these structures from a compiled
+circuit. Everything downstream (power flow capture, unbalance, allocation) works on them.
+
+Conventions
+-----------
+* A *node* is ``bus.terminal`` as OpenDSS numbers it (``YNodeOrder``), lower case.
+  Terminals 1, 2, 3 are the phases a, b, c; terminals 4 and above are neutral
+  conductors; terminal 0 is earth (remote reference, 0 V), which is not a node.
+* Node index ``-1`` in any index array means earth.
+* A *customer* is a Load element (name lower case, without the ``load.`` prefix). PV
+  systems, storage and generators on the same bus and phase(s) belong to it.
+* Currents and powers of customers use the load convention: drawn power positive, a
+  PV export is negative.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import scipy.sparse as sp
+from numpy.typing import NDArray
+
+ComplexArray = NDArray[np.complex128]
+IntArray = NDArray[np.int64]
+FloatArray = NDArray[np.float64]
+
+#: Element kinds that carry losses.
+ELEMENT_KINDS = ("line", "transformer", "earthing", "other")
+
+
+@dataclass(frozen=True)
+class Element:
+    """A linear OpenDSS element (power-delivery element or voltage source).
+
+    Attributes:
+        name: full OpenDSS name, lower case (``line.line1``).
+        kind: ``line``, ``transformer``, ``earthing`` (a shunt to earth at a neutral, e.g. an
+            earth electrode Reactor), ``other`` (capacitors, series reactors ...) or ``source``.
+        nodes: node index per (terminal, conductor) row, terminal-major; ``-1`` = earth.
+        n_terminals: number of terminals.
+        n_conductors: conductors per terminal.
+        yprim: primitive admittance (siemens), rows ordered as ``nodes``.
+        normamps: thermal rating in A (NaN if not given).
+        kva: transformer rating in kVA (first winding; NaN for other elements).
+        buses: bus name of each terminal.
+    """
+
+    name: str
+    kind: str
+    nodes: IntArray
+    n_terminals: int
+    n_conductors: int
+    yprim: ComplexArray
+    normamps: float = float("nan")
+    kva: float = float("nan")
+    buses: tuple[str, ...] = ()
+
+    def conductor_nodes(self, terminal: int) -> IntArray:
+        """Node indices of the conductors of ``terminal`` (1-based)."""
+        k = self.n_conductors
+        return self.nodes[(terminal - 1) * k : terminal * k]
+
+
+@dataclass(frozen=True)
+class Customer:
+    """One customer: a Load element plus the devices on its bus and phases.
+
+    Attributes:
+        name: Load name, lower case (``load1``).
+        bus: bus name.
+        phases: phase numbers (1..3) the customer is connected to.
+        phase_nodes: node index of each phase terminal.
+        neutral_node: node index of the neutral terminal, ``-1`` when it is earth
+            (Kron-reduced model or load connected phase-to-earth).
+        devices: full names of the elements that make up the customer (``load.load1``,
+            ``pvsystem.pv1`` ...).
+        kv: rated voltage of the load (kV, line-to-neutral for single-phase loads).
+        vminpu, vmaxpu: the load's constant-power band; OpenDSS switches a constant-PQ
+            load to constant impedance outside it.
+        model: OpenDSS load model number (1 = constant PQ).
+    """
+
+    name: str
+    bus: str
+    phases: tuple[int, ...]
+    phase_nodes: IntArray
+    neutral_node: int
+    devices: tuple[str, ...]
+    kv: float
+    vminpu: float
+    vmaxpu: float
+    model: int
+
+
+@dataclass(frozen=True)
+class FeederModel:
+    """A compiled feeder as plain arrays.
+
+    Attributes:
+        path: model file it was compiled from.
+        nodes: node names ``bus.terminal`` in OpenDSS Y order.
+        node_bus: bus name per node.
+        node_terminal: terminal number per node.
+        buses: bus names in OpenDSS order.
+        bus_kv_base: line-to-neutral voltage base per bus in kV (0 where not set).
+        elements: power-delivery elements (lines, transformers, earthing, other).
+        sources: voltage sources (their Norton admittance is part of the network).
+        customers: customers (Loads) with their devices.
+        orphan_devices: power-conversion elements that belong to no customer, with the
+            node indices of their terminals.
+    """
+
+    path: str
+    nodes: tuple[str, ...]
+    node_bus: NDArray[np.str_]
+    node_terminal: IntArray
+    buses: tuple[str, ...]
+    bus_kv_base: FloatArray
+    elements: tuple[Element, ...]
+    sources: tuple[Element, ...]
+    customers: tuple[Customer, ...]
+    orphan_devices: dict[str, IntArray] = field(default_factory=dict)
+
+    @property
+    def n_nodes(self) -> int:
+        return len(self.nodes)
+
+    @property
+    def explicit_neutral(self) -> bool:
+        """True when the model has neutral conductors as nodes (four-wire)."""
+        return bool(np.any(self.node_terminal >= 4))
+
+    @property
+    def wiring(self) -> str:
+        """``four-wire (explicit neutral)`` or ``three-wire (Kron-reduced)``."""
+        return "four-wire (explicit neutral)" if self.explicit_neutral else "three-wire (Kron-reduced)"
+
+    def customer_index(self) -> dict[str, int]:
+        """Customer name (lower case) -> position."""
+        return {c.name: i for i, c in enumerate(self.customers)}
+
+    def element_names(self) -> list[str]:
+        return [e.name for e in self.elements]
+
+    def kinds(self) -> NDArray[np.str_]:
+        return np.array([e.kind for e in self.elements])
+
+
+def is_neutral_node(model: FeederModel, node: int) -> bool:
+    """True when node index ``node`` is a neutral conductor (terminal >= 4)."""
+    return node >= 0 and int(model.node_terminal[node]) >= 4
+
+
+@dataclass(frozen=True)
+class BranchRows:
+    """Sparse maps from node voltages to every element row's current and loss.
+
+    One *row* is one (element, terminal, conductor). With ``V`` the node voltages
+    (n_nodes, or steps x n_nodes as ``V @ .T``):
+
+    * ``current = yv @ V``  -- row currents into the element (A),
+    * ``voltage = incidence @ V`` -- row voltages (V; 0 for earth),
+    * the row's power into the element is ``voltage * conj(current)`` (VA).
+
+    ``element`` and ``conductor`` give each row's element position and conductor (1-based);
+    ``terminal`` its terminal (1-based).
+    """
+
+    yv: sp.csr_matrix
+    incidence: sp.csr_matrix
+    element: IntArray
+    terminal: IntArray
+    conductor: IntArray
+
+
+def branch_rows(model: FeederModel, elements: tuple[Element, ...] | None = None) -> BranchRows:
+    """Build :class:`BranchRows` for ``elements`` (default: all power-delivery elements)."""
+    elems = model.elements if elements is None else elements
+    blocks = [e.yprim for e in elems]
+    nodes = np.concatenate([e.nodes for e in elems])
+    n_rows = nodes.size
+    on = nodes >= 0
+    incidence = sp.csr_matrix(
+        (np.ones(int(on.sum())), (np.nonzero(on)[0], nodes[on])), shape=(n_rows, model.n_nodes)
+    )
+    yv = (sp.block_diag(blocks, format="csr") @ incidence).tocsr()
+    element = np.concatenate([np.full(e.nodes.size, i) for i, e in enumerate(elems)])
+    terminal = np.concatenate([np.repeat(np.arange(1, e.n_terminals + 1), e.n_conductors) for e in elems])
+    conductor = np.concatenate([np.tile(np.arange(1, e.n_conductors + 1), e.n_terminals) for e in elems])
+    return BranchRows(yv=yv, incidence=incidence, element=element, terminal=terminal, conductor=conductor)
+
+
+def assemble_y(model: FeederModel, elements: tuple[Element, ...]) -> sp.csc_matrix:
+    """Nodal admittance matrix (S) of ``elements``, earth eliminated (n_nodes x n_nodes)."""
+    n = model.n_nodes
+    rows: list[IntArray] = []
+    cols: list[IntArray] = []
+    vals: list[ComplexArray] = []
+    for e in _touching(elements):
+        on = np.nonzero(e.nodes >= 0)[0]
+        r, c = np.meshgrid(e.nodes[on], e.nodes[on], indexing="ij")
+        rows.append(r.ravel())
+        cols.append(c.ravel())
+        vals.append(e.yprim[np.ix_(on, on)].ravel())
+    return sp.csc_matrix(
+        (np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(n, n)
+    )
+
+
+def _touching(elements: tuple[Element, ...]) -> list[Element]:
+    """Elements that touch at least one node (an element fully on earth adds nothing)."""
+    return [e for e in elements if np.any(e.nodes >= 0)]
+
+
+def network_y(model: FeederModel) -> sp.csc_matrix:
+    """The network admittance matrix without customer devices: PD elements + sources.
+
+    ``network_y(model) @ V`` is the current injected into the network at each node by
+    everything that is not part of it: the sources' Norton currents and the customers'
+    (and orphan devices') currents (A).
+    """
+    return assemble_y(model, model.elements + model.sources)

@@ -1,0 +1,346 @@
+"""Time-series power flow: OpenDSS solves, lv3ph captures everything as an xarray Dataset.
+
+OpenDSS solves each step (:meth:`lv3ph.dss.Engine.run`) and hands back the complex node
+voltages only. Currents, losses and customer injections are derived here in bulk from
+those voltages and the elements' primitive admittances (a few sparse matrix products over
+all steps), which is exact for the linear network and keeps the capture cheap.
+
+Dataset layout (dims and main variables):
+
+* ``voltage`` (time, bus, terminal): node-to-earth voltage, V (complex; NaN where the
+  bus has no such terminal).
+* ``current`` (time, element, conductor): current into each power-delivery element at
+  its terminal 1, A (complex). ``element_kind`` says line / transformer / earthing / other.
+* ``loss_phase_kw``, ``loss_neutral_kw``, ``loss_earth_kw``, ``loss_kw`` (time, element):
+  element losses, kW. Per conductor a loss is ``Re(sum over terminals V I*)`` (the
+  convention of OpenDSS's ``PhaseLosses``); conductors on neutral nodes go to the
+  neutral part, earthing elements to the earth part, transformers wholly to the phase
+  part (their per-conductor split mixes windings and means nothing physical).
+* ``loss_total_kw``, ``source_p_kw``, ``source_q_kvar`` (time).
+* ``customer_injection`` (time, customer, port): current the customer injects into the
+  network at each of its ports (phases, then neutral), A; ``customer_port_node`` names
+  the node of each port. ``customer_p_kw`` / ``customer_q_kvar``: drawn power (load
+  convention: consumption positive, export negative).
+* ``customer_pq_departure_pct`` (time, customer): how far a constant-PQ load's drawn
+  power departs from its set-point because OpenDSS switched it to constant impedance
+  outside ``vminpu``/``vmaxpu``.
+* ``winding_s_kva`` (time, element): apparent power of a transformer's most loaded
+  winding, kVA.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import scipy.sparse as sp
+import xarray as xr
+from tqdm.auto import tqdm
+
+from lv3ph import __version__
+from lv3ph.dss import Engine, parse_stepsize
+from lv3ph.model import ComplexArray, FeederModel, IntArray, assemble_y, branch_rows, network_y
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """What to solve: OpenDSS mode, step size (s), first step and number of steps."""
+
+    mode: str = "yearly"
+    stepsize_s: float = 60.0
+    start: int = 1
+    steps: int = 1440
+
+    @classmethod
+    def parse(cls, mode: str, stepsize: str | float, start: int, steps: int) -> RunSpec:
+        return cls(mode=mode, stepsize_s=parse_stepsize(stepsize), start=int(start), steps=int(steps))
+
+
+@dataclass(frozen=True)
+class CustomerPorts:
+    """Where each customer (and orphan device) connects: node per port, -1 = none/earth.
+
+    ``nodes`` (n_customers, n_ports): phase nodes first, then the neutral node.
+    ``n_phases`` (n_customers,): how many of the ports are phases.
+    ``measured`` maps a customer position to the element names whose currents are read
+    at every step because the customer shares a phase node with another customer.
+    """
+
+    names: tuple[str, ...]
+    kinds: tuple[str, ...]
+    nodes: IntArray
+    n_phases: IntArray
+    measured: dict[int, tuple[str, ...]]
+
+
+def customer_ports(model: FeederModel) -> CustomerPorts:
+    """Lay out the ports of all customers and orphan devices."""
+    names = [c.name for c in model.customers] + list(model.orphan_devices)
+    kinds = ["load"] * len(model.customers) + ["device"] * len(model.orphan_devices)
+    port_lists: list[list[int]] = []
+    n_phases = []
+    for c in model.customers:
+        port_lists.append([int(x) for x in c.phase_nodes] + [c.neutral_node])
+        n_phases.append(len(c.phase_nodes))
+    for nodes in model.orphan_devices.values():
+        ph = [int(x) for x in nodes if x >= 0 and model.node_terminal[x] < 4]
+        ne = [int(x) for x in nodes if x >= 0 and model.node_terminal[x] >= 4]
+        port_lists.append(ph + ne[:1] + ([] if ne else [-1]))
+        n_phases.append(len(ph))
+    width = max((len(p) for p in port_lists), default=1)
+    nodes_arr = np.full((len(port_lists), width), -1, dtype=np.int64)
+    for i, p in enumerate(port_lists):
+        nodes_arr[i, : len(p)] = p
+    # customers sharing a phase node: all but the first are measured element by element
+    owner: dict[int, int] = {}
+    measured: dict[int, tuple[str, ...]] = {}
+    for i, c in enumerate(model.customers):
+        for node in c.phase_nodes:
+            if int(node) in owner:
+                measured[i] = c.devices
+            else:
+                owner[int(node)] = i
+    return CustomerPorts(
+        names=tuple(names),
+        kinds=tuple(kinds),
+        nodes=nodes_arr,
+        n_phases=np.array(n_phases, dtype=np.int64),
+        measured=measured,
+    )
+
+
+def customer_injections(
+    model: FeederModel, ports: CustomerPorts, volts: ComplexArray, measured: dict[str, ComplexArray]
+) -> ComplexArray:
+    """Current each customer injects at each port (A), shape (steps, customers, ports).
+
+    The network (lines, transformers, earthing, sources) is linear, so ``J = Y_net V``
+    is the current the non-network devices inject at every node. A phase node belongs to
+    one customer unless customers share it; then the others' currents were measured per
+    step (``measured``) and are subtracted. A customer's neutral port carries minus the
+    sum of its phase currents (its devices have no other path).
+    """
+    j_nodes = (network_y(model) @ volts.T).T
+    steps = volts.shape[0]
+    inj = np.zeros((steps, len(ports.names), ports.nodes.shape[1]), dtype=np.complex128)
+    residual = j_nodes.copy()
+    for i, devices in ports.measured.items():
+        n_ph = int(ports.n_phases[i])
+        # a device's terminal-1 currents flow into the device: drawn current, phase ports first
+        drawn = sum(measured[d][:, :n_ph] for d in devices)
+        inj[:, i, :n_ph] = -drawn
+        residual[:, ports.nodes[i, :n_ph]] += drawn
+    for i in range(len(ports.names)):
+        if i not in ports.measured:
+            n_ph = int(ports.n_phases[i])
+            inj[:, i, :n_ph] = residual[:, ports.nodes[i, :n_ph]]
+    n_idx = np.arange(len(ports.names))
+    has_neutral_port = ports.n_phases < ports.nodes.shape[1]
+    for i in n_idx[has_neutral_port]:
+        n_ph = int(ports.n_phases[i])
+        inj[:, i, n_ph] = np.where(ports.nodes[i, n_ph] >= 0, -inj[:, i, :n_ph].sum(axis=1), 0)
+    return inj
+
+
+def _port_voltages(volts: ComplexArray, nodes: IntArray) -> ComplexArray:
+    """Node voltages at ports (steps, customers, ports); earth ports are 0 V."""
+    v = volts[:, np.maximum(nodes, 0)]
+    return np.where(nodes >= 0, v, 0)
+
+
+def capture(
+    model: FeederModel, spec: RunSpec, volts: ComplexArray, measured: dict[str, ComplexArray] | None = None
+) -> xr.Dataset:
+    """Build the result Dataset from the solved node voltages (see module docstring)."""
+    steps = volts.shape[0]
+    time = np.arange(spec.start, spec.start + steps)
+    # ---- voltages on (bus, terminal)
+    terminals = np.unique(model.node_terminal)
+    bus_pos = {b: i for i, b in enumerate(model.buses)}
+    b_idx = np.array([bus_pos[b] for b in model.node_bus])
+    t_idx = np.searchsorted(terminals, model.node_terminal)
+    vgrid = np.full((steps, len(model.buses), terminals.size), np.nan + 1j * np.nan)
+    vgrid[:, b_idx, t_idx] = volts
+    # ---- element rows
+    rows = branch_rows(model)
+    i_rows = (rows.yv @ volts.T).T
+    v_rows = (rows.incidence @ volts.T).T
+    s_rows = v_rows * np.conj(i_rows)
+    n_el = len(model.elements)
+    max_cond = max(e.n_conductors for e in model.elements)
+    conductors = np.arange(1, max_cond + 1)
+    first = rows.terminal == 1
+    current = np.full((steps, n_el, max_cond), np.nan + 1j * np.nan)
+    current[:, rows.element[first], rows.conductor[first] - 1] = i_rows[:, first]
+    # per (element, conductor) loss, summed over terminals
+    key = rows.element * max_cond + rows.conductor - 1
+    agg = sp.csr_matrix((np.ones(key.size), (key, np.arange(key.size))), shape=(n_el * max_cond, key.size))
+    p_cond = (agg @ s_rows.real.T).T.reshape(steps, n_el, max_cond) / 1000.0
+    neutral_cond = np.zeros((n_el, max_cond), dtype=bool)
+    on_node = rows.incidence.indices  # rows with a node, in row order
+    row_has_node = np.diff(rows.incidence.indptr) > 0
+    row_node = np.full(key.size, -1)
+    row_node[row_has_node] = on_node
+    is_neutral_row = (row_node >= 0) & (model.node_terminal[np.maximum(row_node, 0)] >= 4)
+    neutral_cond[rows.element[is_neutral_row], rows.conductor[is_neutral_row] - 1] = True
+    kinds = model.kinds()
+    loss_total = p_cond.sum(axis=2)
+    loss_neutral = np.where(neutral_cond[None], p_cond, 0).sum(axis=2)
+    loss_earth = np.where((kinds == "earthing")[None], loss_total, 0)
+    loss_neutral = np.where(np.isin(kinds, ["earthing", "transformer"])[None], 0, loss_neutral)
+    loss_phase = loss_total - loss_neutral - loss_earth
+    # transformer winding apparent power
+    tkey = rows.element * 8 + rows.terminal - 1
+    tagg = sp.csr_matrix((np.ones(key.size), (tkey, np.arange(key.size))), shape=(n_el * 8, key.size))
+    s_term = (tagg @ s_rows.T).T.reshape(steps, n_el, 8)
+    winding = np.abs(s_term).max(axis=2) / 1000.0
+    winding[:, kinds != "transformer"] = np.nan
+    # ---- sources and customers
+    y_pd = assemble_y(model, model.elements)
+    j_pd = (y_pd @ volts.T).T  # current the PD network draws at each node
+    src_nodes = np.unique(np.concatenate([s.nodes[s.nodes >= 0] for s in model.sources]))
+    s_src = (volts[:, src_nodes] * np.conj(j_pd[:, src_nodes])).sum(axis=1) / 1000.0
+    ports = customer_ports(model)
+    inj = customer_injections(model, ports, volts, measured or {})
+    v_ports = _port_voltages(volts, ports.nodes)
+    s_cust = -(v_ports * np.conj(inj)).sum(axis=2) / 1000.0
+    departure = pq_departure_pct(model, volts)
+    port_names = np.where(ports.nodes >= 0, np.array(model.nodes + ("earth",))[ports.nodes], "")
+    element_names = model.element_names()
+    ds = xr.Dataset(
+        data_vars={
+            "voltage": (("time", "bus", "terminal"), vgrid, {"units": "V", "long_name": "node-to-earth voltage"}),
+            "current": (("time", "element", "conductor"), current, {"units": "A", "long_name": "current into terminal 1"}),
+            "loss_kw": (("time", "element"), loss_total, {"units": "kW"}),
+            "loss_phase_kw": (("time", "element"), loss_phase, {"units": "kW"}),
+            "loss_neutral_kw": (("time", "element"), loss_neutral, {"units": "kW"}),
+            "loss_earth_kw": (("time", "element"), loss_earth, {"units": "kW"}),
+            "loss_total_kw": (("time",), loss_total.sum(axis=1), {"units": "kW"}),
+            "source_p_kw": (("time",), s_src.real, {"units": "kW", "long_name": "power into the network from sources"}),
+            "source_q_kvar": (("time",), s_src.imag, {"units": "kvar"}),
+            "winding_s_kva": (("time", "element"), winding, {"units": "kVA"}),
+            "customer_injection": (("time", "customer", "port"), inj, {"units": "A", "long_name": "current injected into the network"}),
+            "customer_p_kw": (("time", "customer"), s_cust.real, {"units": "kW", "long_name": "drawn active power (export negative)"}),
+            "customer_q_kvar": (("time", "customer"), s_cust.imag, {"units": "kvar"}),
+            "customer_pq_departure_pct": (("time", "customer"), departure, {"units": "%"}),
+        },
+        coords={
+            "time": ("time", time, {"long_name": "step index", "stepsize_s": spec.stepsize_s}),
+            "time_s": ("time", time * spec.stepsize_s, {"units": "s"}),
+            "bus": list(model.buses),
+            "terminal": terminals,
+            "element": element_names,
+            "element_kind": ("element", kinds),
+            "element_normamps": ("element", np.array([e.normamps for e in model.elements]), {"units": "A"}),
+            "element_kva": ("element", np.array([e.kva for e in model.elements]), {"units": "kVA"}),
+            "conductor": conductors,
+            "customer": list(ports.names),
+            "customer_kind": ("customer", list(ports.kinds)),
+            "customer_bus": ("customer", [_bus_of(model, p) for p in ports.nodes]),
+            "customer_phases": ("customer", [_phases_of(model, p, n) for p, n in zip(ports.nodes, ports.n_phases, strict=True)]),
+            "port": np.arange(1, ports.nodes.shape[1] + 1),
+            "customer_port_node": (("customer", "port"), port_names),
+        },
+        attrs={
+            "model": model.path,
+            "wiring": model.wiring,
+            "mode": spec.mode,
+            "stepsize_s": spec.stepsize_s,
+            "start": spec.start,
+            "steps": steps,
+            "lv3ph_version": __version__,
+            "sign_convention": "customer power: drawn positive (load convention); injection currents: into the network",
+        },
+    )
+    return ds
+
+
+def _bus_of(model: FeederModel, nodes: IntArray) -> str:
+    on = nodes[nodes >= 0]
+    return str(model.node_bus[on[0]]) if on.size else ""
+
+
+def _phases_of(model: FeederModel, nodes: IntArray, n_phases: int) -> str:
+    ph = nodes[:n_phases]
+    return "".join(str(int(model.node_terminal[x])) for x in ph if x >= 0)
+
+
+def pq_departure_pct(model: FeederModel, volts: ComplexArray) -> np.ndarray:
+    """Departure of each constant-PQ load's drawn power from its set-point, %, (steps, customers + orphans).
+
+    OpenDSS keeps a model-1 load at its set-point only while every phase voltage lies in
+    ``[vminpu, vmaxpu]`` of its rating; outside it the load becomes a constant impedance
+    sized at the band edge, so it draws ``(V / V_edge)^2`` times its set-point. Other
+    load models and orphan devices get 0 (their voltage dependence is what the user
+    chose).
+    """
+    out = np.zeros((volts.shape[0], len(model.customers) + len(model.orphan_devices)))
+    for i, c in enumerate(model.customers):
+        if c.model != 1 or c.kv <= 0:
+            continue
+        vph = volts[:, c.phase_nodes]
+        vn = volts[:, c.neutral_node][:, None] if c.neutral_node >= 0 else 0
+        if len(c.phases) == 2 and c.neutral_node < 0:  # phase-to-phase connection
+            vmag = np.abs(vph[:, :1] - vph[:, 1:])
+            vbase = c.kv * 1000.0
+        else:
+            vmag = np.abs(vph - vn)
+            vbase = c.kv * 1000.0 / (np.sqrt(3.0) if len(c.phases) > 1 else 1.0)
+        pu = vmag / vbase
+        ratio = np.where(pu > c.vmaxpu, (pu / c.vmaxpu) ** 2, np.where(pu < c.vminpu, (pu / c.vminpu) ** 2, 1.0))
+        out[:, i] = 100.0 * (ratio.mean(axis=1) - 1.0)
+    return out
+
+
+def solve(
+    engine: Engine,
+    model: FeederModel,
+    spec: RunSpec,
+    *,
+    progress: bool = True,
+    before_step: object = None,
+) -> xr.Dataset:
+    """Run ``spec`` on a compiled engine and capture the result Dataset."""
+    ports = customer_ports(model)
+    measure = [d for i in sorted(ports.measured) for d in ports.measured[i]]
+    with tqdm(total=spec.steps, desc="power flow", unit="step", delay=2.0, disable=not progress, leave=False) as bar:
+        volts, measured = engine.run(
+            spec.mode,
+            spec.stepsize_s,
+            spec.start,
+            spec.steps,
+            measure=measure,
+            before_step=before_step,  # type: ignore[arg-type]
+            on_step=lambda _k: bar.update(),
+        )
+    return capture(model, spec, volts, measured)
+
+
+def run_powerflow(
+    model_path: str | Path,
+    *,
+    mode: str = "yearly",
+    stepsize: str | float = "1m",
+    start: int = 1,
+    steps: int = 1440,
+    vmaxpu: float | None = None,
+    commands: tuple[str, ...] = (),
+    progress: bool = True,
+) -> xr.Dataset:
+    """Compile ``model_path`` and run a time-series power flow (see :func:`capture`).
+
+    Args:
+        model_path: OpenDSS master file.
+        mode: ``snap``, ``daily`` or ``yearly`` (OpenDSS's time modes).
+        stepsize: e.g. ``1m``; seconds if a number.
+        start: first step (step k is solved at time k x stepsize).
+        steps: number of steps.
+        vmaxpu: optional ``batchedit load..* vmaxpu=`` (1.5 reproduces the IEEE reference).
+        commands: OpenDSS commands run after compiling (e.g. earth electrodes).
+        progress: show a progress bar on runs longer than two seconds.
+    """
+    spec = RunSpec.parse(mode, stepsize, start, steps)
+    engine = Engine()
+    engine.compile(model_path, vmaxpu=vmaxpu, commands=commands)
+    return solve(engine, engine.model(), spec, progress=progress)
