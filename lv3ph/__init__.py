@@ -7,6 +7,13 @@ Public API (everything else may move):
 * :class:`Engine`, :class:`FeederModel` -- an OpenDSS instance and the feeder as arrays.
 """
 
+import os
+
+# numpy asks for transparent huge pages on large arrays; where the kernel compacts memory
+# on demand (THP defrag=madvise) every fresh result array stalls for ~0.1 s per 60 MB.
+# lv3ph allocates several such arrays per run, so it opts out unless the user decided.
+os.environ.setdefault("NUMPY_MADVISE_HUGEPAGE", "0")
+
 __version__ = "0.1.0"
 
 from lv3ph.dss import Engine  # noqa: E402

@@ -309,8 +309,8 @@ class Engine:
             on_step: called with the step index after each solve (progress).
 
         Returns:
-            ``(V, I)``: complex node voltages in V, shape (steps, n_nodes), in
-            ``YNodeOrder``; and per measured element its terminal-1 currents in A,
+            ``(V, I)``: complex node voltages in V, node-major, shape
+            (n_nodes, steps), rows in ``YNodeOrder``; and per measured element its terminal-1 currents in A,
             shape (steps, conductors).
 
         Raises:
@@ -325,7 +325,7 @@ class Engine:
             raise ModelError("mode snap solves one step: use --steps 1")
         self.check_profiles(mode, stepsize_s, start, steps)
         n = int(d.Circuit.NumNodes())
-        volts = np.empty((steps, n), dtype=np.complex128)
+        volts = np.empty((n, steps), dtype=np.complex128)
         measured = {}
         for name in measure:
             self._active(name)
@@ -348,7 +348,7 @@ class Engine:
                 raise ConvergenceError(f"OpenDSS failed at step {k}: {exc.args[-1] if exc.args else exc}") from None
             if not converged():
                 raise ConvergenceError(f"OpenDSS did not converge at step {k} (time {k * stepsize_s:g} s)")
-            volts[i] = read_v()
+            volts[:, i] = read_v()
             for name, arr in measured.items():
                 d.Circuit.SetActiveElement(name)
                 arr[i] = np.asarray(d.CktElement.Currents()).ravel(order="F")[: arr.shape[1]]

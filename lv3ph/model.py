@@ -159,14 +159,14 @@ class BranchRows:
     """Sparse maps from node voltages to every element row's current and loss.
 
     One *row* is one (element, terminal, conductor). With ``V`` the node voltages
-    (n_nodes, or steps x n_nodes as ``V @ .T``):
+    (n_nodes, or n_nodes x steps):
 
     * ``current = yv @ V``  -- row currents into the element (A),
     * ``voltage = incidence @ V`` -- row voltages (V; 0 for earth),
     * the row's power into the element is ``voltage * conj(current)`` (VA).
 
-    ``element`` and ``conductor`` give each row's element position and conductor (1-based);
-    ``terminal`` its terminal (1-based).
+    ``element`` gives each row's element position (in ``model.elements``), ``terminal``
+    and ``conductor`` its terminal and conductor (1-based).
     """
 
     yv: sp.csr_matrix
@@ -176,21 +176,77 @@ class BranchRows:
     conductor: IntArray
 
 
-def branch_rows(model: FeederModel, elements: tuple[Element, ...] | None = None) -> BranchRows:
-    """Build :class:`BranchRows` for ``elements`` (default: all power-delivery elements)."""
-    elems = model.elements if elements is None else elements
-    blocks = [e.yprim for e in elems]
+@dataclass(frozen=True)
+class SeriesRows:
+    """Two-terminal series elements (no shunt part: ``I2 = -I1``), one row per conductor.
+
+    ``dv = difference @ V`` is the conductor's voltage drop V1 - V2 (V), ``yser @ dv`` its
+    current into terminal 1 (A), and ``Re(dv * conj(i))`` its loss (W). This needs a
+    quarter of the work of the general :class:`BranchRows` for lines.
+    """
+
+    yser: sp.csr_matrix
+    difference: sp.csr_matrix
+    element: IntArray
+    conductor: IntArray
+
+
+def is_series(e: Element, rtol: float = 1e-12) -> bool:
+    """True for a two-terminal element whose Yprim is ``[[Y, -Y], [-Y, Y]]``."""
+    if e.n_terminals != 2:
+        return False
+    k = e.n_conductors
+    y11, y12, y21, y22 = e.yprim[:k, :k], e.yprim[:k, k:], e.yprim[k:, :k], e.yprim[k:, k:]
+    scale = max(float(np.abs(y11).max()), 1e-300)
+    return all(float(np.abs(m).max()) <= rtol * scale for m in (y11 + y12, y21 + y22, y11 - y22))
+
+
+def branch_rows(model: FeederModel, positions: IntArray | None = None) -> BranchRows:
+    """Build :class:`BranchRows` for the elements at ``positions`` (default: all)."""
+    pos = np.arange(len(model.elements)) if positions is None else positions
+    elems = [model.elements[i] for i in pos]
+    if not elems:
+        empty = sp.csr_matrix((0, model.n_nodes), dtype=np.complex128)
+        none = np.zeros(0, dtype=np.int64)
+        return BranchRows(yv=empty, incidence=empty.real, element=none, terminal=none, conductor=none)
     nodes = np.concatenate([e.nodes for e in elems])
     n_rows = nodes.size
     on = nodes >= 0
     incidence = sp.csr_matrix(
-        (np.ones(int(on.sum())), (np.nonzero(on)[0], nodes[on])), shape=(n_rows, model.n_nodes)
+        (np.ones(int(on.sum()), dtype=np.complex128), (np.nonzero(on)[0], nodes[on])), shape=(n_rows, model.n_nodes)
     )
-    yv = (sp.block_diag(blocks, format="csr") @ incidence).tocsr()
-    element = np.concatenate([np.full(e.nodes.size, i) for i, e in enumerate(elems)])
+    yv = (sp.block_diag([e.yprim for e in elems], format="csr") @ incidence).tocsr()
+    element = np.concatenate([np.full(e.nodes.size, i) for i, e in zip(pos, elems, strict=True)])
     terminal = np.concatenate([np.repeat(np.arange(1, e.n_terminals + 1), e.n_conductors) for e in elems])
     conductor = np.concatenate([np.tile(np.arange(1, e.n_conductors + 1), e.n_terminals) for e in elems])
     return BranchRows(yv=yv, incidence=incidence, element=element, terminal=terminal, conductor=conductor)
+
+
+def series_rows(model: FeederModel, positions: IntArray) -> SeriesRows:
+    """Build :class:`SeriesRows` for the series elements at ``positions``."""
+    elems = [model.elements[i] for i in positions]
+    blocks, r, c, v = [], [], [], []
+    row = 0
+    for e in elems:
+        k = e.n_conductors
+        blocks.append(e.yprim[:k, :k])
+        for side, sign in ((e.nodes[:k], 1.0), (e.nodes[k:], -1.0)):
+            on = np.nonzero(side >= 0)[0]
+            r.append(row + on)
+            c.append(side[on])
+            v.append(np.full(on.size, sign))
+        row += k
+    difference = sp.csr_matrix(
+        (
+            np.concatenate(v).astype(np.complex128) if v else np.zeros(0, np.complex128),
+            (np.concatenate(r) if r else np.zeros(0, int), np.concatenate(c) if c else np.zeros(0, int)),
+        ),
+        shape=(row, model.n_nodes),
+    )
+    yser = sp.block_diag(blocks, format="csr") if blocks else sp.csr_matrix((0, 0), dtype=np.complex128)
+    element = np.concatenate([np.full(e.n_conductors, i) for i, e in zip(positions, elems, strict=True)] or [np.zeros(0, int)])
+    conductor = np.concatenate([np.arange(1, e.n_conductors + 1) for e in elems] or [np.zeros(0, int)])
+    return SeriesRows(yser=sp.csr_matrix(yser), difference=difference, element=element, conductor=conductor)
 
 
 def assemble_y(model: FeederModel, elements: tuple[Element, ...]) -> sp.csc_matrix:

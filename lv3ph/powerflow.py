@@ -40,7 +40,17 @@ from tqdm.auto import tqdm
 
 from lv3ph import __version__
 from lv3ph.dss import Engine, parse_stepsize
-from lv3ph.model import ComplexArray, FeederModel, IntArray, assemble_y, branch_rows, network_y
+from lv3ph.kernels import series_flows
+from lv3ph.model import (
+    ComplexArray,
+    FeederModel,
+    IntArray,
+    assemble_y,
+    branch_rows,
+    is_series,
+    network_y,
+    series_rows,
+)
 
 
 @dataclass(frozen=True)
@@ -111,30 +121,33 @@ def customer_ports(model: FeederModel) -> CustomerPorts:
 
 
 def customer_injections(
-    model: FeederModel, ports: CustomerPorts, volts: ComplexArray, measured: dict[str, ComplexArray]
+    model: FeederModel, ports: CustomerPorts, vt: ComplexArray, measured: dict[str, ComplexArray]
 ) -> ComplexArray:
     """Current each customer injects at each port (A), shape (steps, customers, ports).
 
+    ``vt`` is the node voltage history node-major, (n_nodes, steps), V.
     The network (lines, transformers, earthing, sources) is linear, so ``J = Y_net V``
     is the current the non-network devices inject at every node. A phase node belongs to
     one customer unless customers share it; then the others' currents were measured per
     step (``measured``) and are subtracted. A customer's neutral port carries minus the
     sum of its phase currents (its devices have no other path).
     """
-    j_nodes = (network_y(model) @ volts.T).T
-    steps = volts.shape[0]
+    steps = vt.shape[1]
+    used = np.unique(ports.nodes[:, : ports.nodes.shape[1]][ports.nodes >= 0])
+    where = np.full(model.n_nodes, -1)
+    where[used] = np.arange(used.size)
+    residual = (network_y(model).tocsr()[used] @ vt).T  # injection at used nodes, (steps, used)
     inj = np.zeros((steps, len(ports.names), ports.nodes.shape[1]), dtype=np.complex128)
-    residual = j_nodes.copy()
     for i, devices in ports.measured.items():
         n_ph = int(ports.n_phases[i])
         # a device's terminal-1 currents flow into the device: drawn current, phase ports first
         drawn = sum(measured[d][:, :n_ph] for d in devices)
         inj[:, i, :n_ph] = -drawn
-        residual[:, ports.nodes[i, :n_ph]] += drawn
+        residual[:, where[ports.nodes[i, :n_ph]]] += drawn
     for i in range(len(ports.names)):
         if i not in ports.measured:
             n_ph = int(ports.n_phases[i])
-            inj[:, i, :n_ph] = residual[:, ports.nodes[i, :n_ph]]
+            inj[:, i, :n_ph] = residual[:, where[ports.nodes[i, :n_ph]]]
     n_idx = np.arange(len(ports.names))
     has_neutral_port = ports.n_phases < ports.nodes.shape[1]
     for i in n_idx[has_neutral_port]:
@@ -143,17 +156,20 @@ def customer_injections(
     return inj
 
 
-def _port_voltages(volts: ComplexArray, nodes: IntArray) -> ComplexArray:
-    """Node voltages at ports (steps, customers, ports); earth ports are 0 V."""
-    v = volts[:, np.maximum(nodes, 0)]
+def _port_voltages(vt: ComplexArray, nodes: IntArray) -> ComplexArray:
+    """Node voltages at ports (steps, customers, ports) from ``vt`` (n_nodes, steps); earth is 0 V."""
+    v = np.moveaxis(vt[np.maximum(nodes, 0)], 2, 0)
     return np.where(nodes >= 0, v, 0)
 
 
 def capture(
-    model: FeederModel, spec: RunSpec, volts: ComplexArray, measured: dict[str, ComplexArray] | None = None
+    model: FeederModel, spec: RunSpec, vt: ComplexArray, measured: dict[str, ComplexArray] | None = None
 ) -> xr.Dataset:
-    """Build the result Dataset from the solved node voltages (see module docstring)."""
-    steps = volts.shape[0]
+    """Build the result Dataset from the solved node voltages ``vt`` (n_nodes, steps), V.
+
+    See the module docstring for the layout.
+    """
+    steps = vt.shape[1]
     time = np.arange(spec.start, spec.start + steps)
     # ---- voltages on (bus, terminal)
     terminals = np.unique(model.node_terminal)
@@ -161,51 +177,31 @@ def capture(
     b_idx = np.array([bus_pos[b] for b in model.node_bus])
     t_idx = np.searchsorted(terminals, model.node_terminal)
     vgrid = np.full((steps, len(model.buses), terminals.size), np.nan + 1j * np.nan)
-    vgrid[:, b_idx, t_idx] = volts
-    # ---- element rows
-    rows = branch_rows(model)
-    i_rows = (rows.yv @ volts.T).T
-    v_rows = (rows.incidence @ volts.T).T
-    s_rows = v_rows * np.conj(i_rows)
+    vgrid[:, b_idx, t_idx] = vt.T
+    flows = element_flows(model, vt)
     n_el = len(model.elements)
-    max_cond = max(e.n_conductors for e in model.elements)
+    max_cond = flows.p_cond.shape[1]
     conductors = np.arange(1, max_cond + 1)
-    first = rows.terminal == 1
-    current = np.full((steps, n_el, max_cond), np.nan + 1j * np.nan)
-    current[:, rows.element[first], rows.conductor[first] - 1] = i_rows[:, first]
-    # per (element, conductor) loss, summed over terminals
-    key = rows.element * max_cond + rows.conductor - 1
-    agg = sp.csr_matrix((np.ones(key.size), (key, np.arange(key.size))), shape=(n_el * max_cond, key.size))
-    p_cond = (agg @ s_rows.real.T).T.reshape(steps, n_el, max_cond) / 1000.0
-    neutral_cond = np.zeros((n_el, max_cond), dtype=bool)
-    on_node = rows.incidence.indices  # rows with a node, in row order
-    row_has_node = np.diff(rows.incidence.indptr) > 0
-    row_node = np.full(key.size, -1)
-    row_node[row_has_node] = on_node
-    is_neutral_row = (row_node >= 0) & (model.node_terminal[np.maximum(row_node, 0)] >= 4)
-    neutral_cond[rows.element[is_neutral_row], rows.conductor[is_neutral_row] - 1] = True
+    current = np.moveaxis(flows.current, 2, 0)
+    p_cond = flows.p_cond
+    neutral_cond = neutral_conductors(model, max_cond)
     kinds = model.kinds()
-    loss_total = p_cond.sum(axis=2)
-    loss_neutral = np.where(neutral_cond[None], p_cond, 0).sum(axis=2)
+    loss_total = p_cond.sum(axis=1).T
+    loss_neutral = np.einsum("ec,ect->te", neutral_cond.astype(float), p_cond)
     loss_earth = np.where((kinds == "earthing")[None], loss_total, 0)
     loss_neutral = np.where(np.isin(kinds, ["earthing", "transformer"])[None], 0, loss_neutral)
     loss_phase = loss_total - loss_neutral - loss_earth
-    # transformer winding apparent power
-    tkey = rows.element * 8 + rows.terminal - 1
-    tagg = sp.csr_matrix((np.ones(key.size), (tkey, np.arange(key.size))), shape=(n_el * 8, key.size))
-    s_term = (tagg @ s_rows.T).T.reshape(steps, n_el, 8)
-    winding = np.abs(s_term).max(axis=2) / 1000.0
-    winding[:, kinds != "transformer"] = np.nan
-    # ---- sources and customers
-    y_pd = assemble_y(model, model.elements)
-    j_pd = (y_pd @ volts.T).T  # current the PD network draws at each node
+    winding = np.full((steps, n_el), np.nan)
+    winding[:, flows.transformers] = flows.winding_s_kva.T
+    # ---- sources and customers (only the node rows that are needed)
     src_nodes = np.unique(np.concatenate([s.nodes[s.nodes >= 0] for s in model.sources]))
-    s_src = (volts[:, src_nodes] * np.conj(j_pd[:, src_nodes])).sum(axis=1) / 1000.0
+    j_src = assemble_y(model, model.elements)[src_nodes] @ vt  # current the PD network draws
+    s_src = (vt[src_nodes] * np.conj(j_src)).sum(axis=0) / 1000.0
     ports = customer_ports(model)
-    inj = customer_injections(model, ports, volts, measured or {})
-    v_ports = _port_voltages(volts, ports.nodes)
+    inj = customer_injections(model, ports, vt, measured or {})
+    v_ports = _port_voltages(vt, ports.nodes)
     s_cust = -(v_ports * np.conj(inj)).sum(axis=2) / 1000.0
-    departure = pq_departure_pct(model, volts)
+    departure = pq_departure_pct(model, vt)
     port_names = np.where(ports.nodes >= 0, np.array(model.nodes + ("earth",))[ports.nodes], "")
     element_names = model.element_names()
     ds = xr.Dataset(
@@ -256,6 +252,92 @@ def capture(
     return ds
 
 
+@dataclass(frozen=True)
+class ElementFlows:
+    """Per element conductor: terminal-1 current (A) and loss (kW), node-major.
+
+    ``current`` (n_elements, max_conductors, steps), NaN where an element has fewer
+    conductors; ``p_cond`` (n_elements, max_conductors, steps) loss per conductor summed
+    over terminals, kW; ``winding_s_kva`` (n_transformers, steps) apparent power of each
+    transformer's most loaded winding, at positions ``transformers``.
+    """
+
+    current: ComplexArray
+    p_cond: np.ndarray
+    transformers: IntArray
+    winding_s_kva: np.ndarray
+
+
+def _empty_flows(model: FeederModel, steps: int) -> tuple[ComplexArray, np.ndarray, np.ndarray]:
+    n_el = len(model.elements)
+    max_cond = max(e.n_conductors for e in model.elements)
+    current = np.full((n_el, max_cond, steps), np.nan + 1j * np.nan)
+    p_cond = np.zeros((n_el, max_cond, steps))
+    series = np.array([is_series(e) for e in model.elements], dtype=bool)
+    return current, p_cond, series
+
+
+def _general_flows(
+    model: FeederModel, vt: ComplexArray, series: np.ndarray, current: ComplexArray, p_cond: np.ndarray
+) -> ElementFlows:
+    """Fill ``current``/``p_cond`` for the non-series elements (transformers, shunts)."""
+    steps = vt.shape[1]
+    gr = branch_rows(model, np.nonzero(~series)[0])
+    i_rows = gr.yv @ vt
+    s_rows = (gr.incidence @ vt) * np.conj(i_rows)
+    first = gr.terminal == 1
+    current[gr.element[first], gr.conductor[first] - 1] = i_rows[first]
+    np.add.at(p_cond, (gr.element, gr.conductor - 1), s_rows.real / 1000.0)
+    transformers = np.array([i for i, e in enumerate(model.elements) if e.kind == "transformer"], dtype=np.int64)
+    winding = np.zeros((transformers.size, steps))
+    for j, e in enumerate(transformers):
+        mine = gr.element == e
+        for t in np.unique(gr.terminal[mine]):
+            s_t = np.abs(s_rows[mine & (gr.terminal == t)].sum(axis=0)) / 1000.0
+            winding[j] = np.maximum(winding[j], s_t)
+    return ElementFlows(current=current, p_cond=p_cond, transformers=transformers, winding_s_kva=winding)
+
+
+def element_flows_reference(model: FeederModel, vt: ComplexArray) -> ElementFlows:
+    """Currents and losses of every PD element from node voltages ``vt`` (n_nodes, steps).
+
+    Plain scipy reference of :func:`element_flows`: ``dv = D V``, ``I = Y_series dv``,
+    ``p = Re(dv I*)`` for series elements, row products for the rest.
+    """
+    current, p_cond, series = _empty_flows(model, vt.shape[1])
+    sr = series_rows(model, np.nonzero(series)[0])
+    dv = sr.difference @ vt
+    i_ser = sr.yser @ dv
+    current[sr.element, sr.conductor - 1] = i_ser
+    p_cond[sr.element, sr.conductor - 1] = (dv * np.conj(i_ser)).real / 1000.0
+    return _general_flows(model, vt, series, current, p_cond)
+
+
+def element_flows(model: FeederModel, vt: ComplexArray) -> ElementFlows:
+    """As :func:`element_flows_reference`, series elements through a fused numba kernel
+    (no full-size temporaries: on a 1440-step run they cost more than the arithmetic)."""
+    current, p_cond, series = _empty_flows(model, vt.shape[1])
+    pos = np.nonzero(series)[0]
+    elems = [model.elements[i] for i in pos]
+    ks = np.array([e.n_conductors for e in elems], dtype=np.int64)
+    offsets = np.concatenate([[0], np.cumsum(ks)]).astype(np.int64)
+    node1 = np.concatenate([e.nodes[: e.n_conductors] for e in elems] or [np.zeros(0, np.int64)])
+    node2 = np.concatenate([e.nodes[e.n_conductors :] for e in elems] or [np.zeros(0, np.int64)])
+    yser = np.concatenate([e.yprim[: e.n_conductors, : e.n_conductors].ravel() for e in elems] or [np.zeros(0, complex)])
+    series_flows(vt, node1, node2, offsets, yser, pos.astype(np.int64), current, p_cond)
+    return _general_flows(model, vt, series, current, p_cond)
+
+
+def neutral_conductors(model: FeederModel, max_cond: int) -> np.ndarray:
+    """(n_elements, max_conductors) True where a conductor sits on a neutral node."""
+    out = np.zeros((len(model.elements), max_cond), dtype=bool)
+    for i, e in enumerate(model.elements):
+        rows = e.nodes.reshape(e.n_terminals, e.n_conductors)
+        on_neutral = (rows >= 0) & (model.node_terminal[np.maximum(rows, 0)] >= 4)
+        out[i, : e.n_conductors] = on_neutral.any(axis=0)
+    return out
+
+
 def _bus_of(model: FeederModel, nodes: IntArray) -> str:
     on = nodes[nodes >= 0]
     return str(model.node_bus[on[0]]) if on.size else ""
@@ -266,7 +348,7 @@ def _phases_of(model: FeederModel, nodes: IntArray, n_phases: int) -> str:
     return "".join(str(int(model.node_terminal[x])) for x in ph if x >= 0)
 
 
-def pq_departure_pct(model: FeederModel, volts: ComplexArray) -> np.ndarray:
+def pq_departure_pct(model: FeederModel, vt: ComplexArray) -> np.ndarray:
     """Departure of each constant-PQ load's drawn power from its set-point, %, (steps, customers + orphans).
 
     OpenDSS keeps a model-1 load at its set-point only while every phase voltage lies in
@@ -275,6 +357,7 @@ def pq_departure_pct(model: FeederModel, volts: ComplexArray) -> np.ndarray:
     load models and orphan devices get 0 (their voltage dependence is what the user
     chose).
     """
+    volts = vt.T
     out = np.zeros((volts.shape[0], len(model.customers) + len(model.orphan_devices)))
     for i, c in enumerate(model.customers):
         if c.model != 1 or c.kv <= 0:

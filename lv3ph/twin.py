@@ -1,0 +1,773 @@
+"""Four-wire twin of a Kron-reduced OpenDSS LV feeder (pure text transformation).
+
+The IEEE European LV Test Feeder is published Kron-reduced: every line code gives
+sequence impedances ``R1 X1 R0 X0`` (ohm/km) and every load is connected phase to
+ground. :func:`make_four_wire_twin` rewrites such a model folder into a model with an
+explicit neutral conductor (terminal 4) without inventing data:
+
+* each 3-phase line code becomes ``nphases=4`` with a 4x4 series impedance per unit
+  length: phase diagonal ``Z1 = R1 + jX1``, neutral diagonal ``Zn = (Z0 - Z1) / 3``,
+  all mutual terms 0, ``Cmatrix`` 0 (the source has ``C1=C0=0``), units unchanged;
+* every line gets ``phases=4`` and buses ``bus.1.2.3.4``;
+* single-phase loads ``bus.ph`` become ``bus.ph.4`` (phase to neutral);
+* the transformer's wye winding is connected to ``bus.1.2.3.4`` (star point on
+  terminal 4) and the star point is earthed there only, through
+  ``Reactor.earth_tx`` (``bus.4`` to ``bus.0``, ``R = transformer_earth_ohm``).
+
+With this mapping the drop along phase a is ``Z1 Ia + Zn (Ia + Ib + Ic)``, exactly the
+drop of the sequence model (``Zself = (Z0 + 2 Z1)/3``, ``Zmutual = (Z0 - Z1)/3``), so the
+twin's phase-to-neutral voltages equal the published phase-to-ground voltages and the
+losses are the same (variant ``"faithful"``). Two published line-code families do not
+describe a physical neutral: two-core codes with ``Z0 = Z1`` (zero neutral impedance,
+replaced by ``tiny_neutral_ohm_per_km``) and ``35_SAC_XSC`` with ``R0 < R1`` (negative
+neutral resistance, kept). Variant ``"physical"`` replaces every neutral whose
+resistance is below ``physical_min_neutral_ratio * R1`` by the phase conductor
+(``Zn = Z1``), see :func:`neutral_impedance`.
+
+No OpenDSS call is made here; the output is deterministic text (LF line endings), so a
+regenerated folder is byte-identical to the committed one.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+import shutil
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from lv3ph.errors import ModelError
+
+__all__ = [
+    "DEFAULT_PHYSICAL_MIN_NEUTRAL_RATIO",
+    "DEFAULT_PME_OHM",
+    "DEFAULT_TRANSFORMER_EARTH_OHM",
+    "LineCodeSeq",
+    "add_redirects_to_master",
+    "build_ieee_eu_lv_4wire",
+    "customer_buses_from_loads",
+    "four_wire_matrices",
+    "make_four_wire_twin",
+    "neutral_impedance",
+    "read_sequence_linecodes",
+    "write_pme_earthing",
+]
+
+Variant = Literal["faithful", "physical"]
+
+#: Earth resistance of the transformer star point (ohm). UK practice aims at about
+#: 1 ohm for a combined HV/LV substation earth. With no other earth connection on the
+#: feeder no current flows through it, so it does not change any voltage or loss of
+#: the twin; it only matters once customer (PME) electrodes are added.
+DEFAULT_TRANSFORMER_EARTH_OHM: float = 1.0
+
+#: Resistance of one customer PME electrode (ohm), see ``dss_models/README.md``.
+DEFAULT_PME_OHM: float = 20.0
+
+#: Physical variant: a neutral with ``Rn < ratio * R1`` is not a real return conductor.
+DEFAULT_PHYSICAL_MIN_NEUTRAL_RATIO: float = 0.25
+
+_HEADER_PREFIX = "! "
+_NUM = "{:.15g}"
+
+
+@dataclass(frozen=True)
+class LineCodeSeq:
+    """Sequence data of one Kron-reduced line code.
+
+    ``r1, x1, r0, x0`` are in ohm per ``units`` (``units`` as written in the source,
+    e.g. ``"km"``), so for the IEEE EU LV feeder in ohm/km.
+    """
+
+    name: str
+    r1: float
+    x1: float
+    r0: float
+    x0: float
+    units: str
+
+
+# --------------------------------------------------------------------------- parsing
+
+
+def _split_comment(line: str) -> tuple[str, str]:
+    """Split an OpenDSS line into (code, comment); comments start with ``!`` or ``//``."""
+    cut = len(line)
+    for mark in ("!", "//"):
+        i = line.find(mark)
+        if i != -1:
+            cut = min(cut, i)
+    return line[:cut], line[cut:]
+
+
+def _kv_tokens(code: str) -> dict[str, str]:
+    """``key=value`` pairs of a simple OpenDSS statement (keys lower-cased)."""
+    out: dict[str, str] = {}
+    for tok in code.split():
+        if "=" in tok:
+            k, v = tok.split("=", 1)
+            out[k.strip().lower()] = v.strip()
+    return out
+
+
+def _read_lines(path: Path) -> list[str]:
+    """Lines of a text file without line terminators (CRLF or LF)."""
+    return path.read_text(encoding="utf-8").splitlines()
+
+
+def _write(path: Path, lines: Iterable[str]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8", newline="\n") as fh:
+        for line in lines:
+            fh.write(line.rstrip() + "\n")
+    return path
+
+
+def _header(
+    what: str, source: str, variant: str | None, extra: Iterable[str] = ()
+) -> list[str]:
+    v = f" (variant {variant})" if variant else ""
+    lines = [
+        f"{_HEADER_PREFIX}Generated by lv3ph.twin{v} from {source}. Do not edit by hand:",
+        f"{_HEADER_PREFIX}regenerate with `python -m lv3ph.twin`. {what}",
+    ]
+    lines += [f"{_HEADER_PREFIX}{e}" for e in extra]
+    return lines + ["!"]
+
+
+def _object(code: str) -> tuple[str, str] | None:
+    """(class, name) of a ``New Class.name ...`` statement, lower-case class."""
+    m = re.match(r"\s*new\s+(?:object\s*=\s*)?([A-Za-z]+)\.(\S+)", code, re.IGNORECASE)
+    if m is None:
+        return None
+    return m.group(1).lower(), m.group(2)
+
+
+def read_sequence_linecodes(linecode_file: Path) -> dict[str, LineCodeSeq]:
+    """Parse ``New LineCode.<name> nphases=3 R1= X1= R0= X0= Units=`` statements.
+
+    Returns the line codes by name (case as written). Impedances are in ohm per the
+    line code's ``Units`` (ohm/km for the IEEE EU LV feeder). Raises
+    :class:`~lv3ph.errors.ModelError` for a line code without complete sequence data.
+    """
+    codes: dict[str, LineCodeSeq] = {}
+    for line in _read_lines(linecode_file):
+        code, _ = _split_comment(line)
+        obj = _object(code)
+        if obj is None or obj[0] != "linecode":
+            continue
+        kv = _kv_tokens(code)
+        try:
+            seq = LineCodeSeq(
+                name=obj[1],
+                r1=float(kv["r1"]),
+                x1=float(kv["x1"]),
+                r0=float(kv["r0"]),
+                x0=float(kv["x0"]),
+                units=kv.get("units", "none"),
+            )
+        except KeyError as exc:
+            raise ModelError(
+                f"{linecode_file}: LineCode.{obj[1]} lacks sequence value {exc.args[0]!r}"
+            ) from None
+        if kv.get("nphases", "3") != "3":
+            raise ModelError(f"{linecode_file}: LineCode.{obj[1]} is not 3-phase")
+        for cap in ("c1", "c0", "b1", "b0"):
+            if cap in kv and float(kv[cap]) != 0.0:
+                raise ModelError(
+                    f"{linecode_file}: LineCode.{obj[1]} has shunt capacitance {cap}; "
+                    "the twin supports C1=C0=0 only"
+                )
+        codes[seq.name] = seq
+    return codes
+
+
+# ------------------------------------------------------------------------ impedances
+
+
+def neutral_impedance(
+    code: LineCodeSeq,
+    *,
+    variant: Variant = "faithful",
+    tiny_neutral_ohm_per_km: float = 1e-6,
+    physical_min_neutral_ratio: float = DEFAULT_PHYSICAL_MIN_NEUTRAL_RATIO,
+) -> complex:
+    """Neutral self impedance ``Rn + jXn`` of the twin, in ohm per the code's units.
+
+    ``faithful``: ``Zn = (Z0 - Z1)/3`` exactly (negative ``Rn`` kept); if both parts are
+    below ``tiny_neutral_ohm_per_km`` in magnitude (``Z0 = Z1``: a zero-impedance
+    neutral, which would make the 4x4 matrix singular), ``Rn`` is set to
+    ``tiny_neutral_ohm_per_km`` (ohm/km; used as ohm per unit of the code).
+
+    ``physical``: where ``Rn < physical_min_neutral_ratio * R1`` the published numbers
+    cannot describe a real return conductor (zero, near-zero or negative neutral
+    resistance: the two-core service codes and ``35_SAC_XSC`` of the IEEE feeder), so
+    the neutral gets the phase conductor's impedance ``Zn = Z1`` (a two-core or
+    concentric service cable has a neutral of the same size as the phase). Other codes
+    keep ``(Z0 - Z1)/3``.
+    """
+    z1 = complex(code.r1, code.x1)
+    zn = (complex(code.r0, code.x0) - z1) / 3.0
+    if variant == "faithful":
+        if (
+            abs(zn.real) < tiny_neutral_ohm_per_km
+            and abs(zn.imag) < tiny_neutral_ohm_per_km
+        ):
+            return complex(tiny_neutral_ohm_per_km, zn.imag)
+        return zn
+    if variant == "physical":
+        if zn.real < physical_min_neutral_ratio * code.r1:
+            return z1
+        return zn
+    raise ValueError(f"unknown twin variant {variant!r} (use 'faithful' or 'physical')")
+
+
+def four_wire_matrices(
+    code: LineCodeSeq,
+    *,
+    variant: Variant = "faithful",
+    tiny_neutral_ohm_per_km: float = 1e-6,
+    physical_min_neutral_ratio: float = DEFAULT_PHYSICAL_MIN_NEUTRAL_RATIO,
+) -> tuple[list[list[float]], list[list[float]]]:
+    """4x4 ``(R, X)`` series matrices of the twin line code, ohm per the code's units.
+
+    Diagonal ``R1, R1, R1, Rn`` and ``X1, X1, X1, Xn`` with ``Rn + jXn`` from
+    :func:`neutral_impedance`; all off-diagonal (mutual) terms are 0.
+    """
+    zn = neutral_impedance(
+        code,
+        variant=variant,
+        tiny_neutral_ohm_per_km=tiny_neutral_ohm_per_km,
+        physical_min_neutral_ratio=physical_min_neutral_ratio,
+    )
+    rd = [code.r1, code.r1, code.r1, zn.real]
+    xd = [code.x1, code.x1, code.x1, zn.imag]
+    r = [[rd[i] if i == j else 0.0 for j in range(4)] for i in range(4)]
+    x = [[xd[i] if i == j else 0.0 for j in range(4)] for i in range(4)]
+    return r, x
+
+
+def _lower_triangle(m: list[list[float]]) -> str:
+    rows = [
+        " ".join(_NUM.format(m[i][j] + 0.0) for j in range(i + 1))
+        for i in range(len(m))
+    ]
+    return "[" + " | ".join(rows) + "]"
+
+
+# ---------------------------------------------------------------- file transformations
+
+
+def _bus_4wire(bus: str, where: str) -> str:
+    """``b`` or ``b.1.2.3`` -> ``b.1.2.3.4``."""
+    parts = bus.split(".")
+    if len(parts) == 1 or parts[1:] == ["1", "2", "3"]:
+        return f"{parts[0]}.1.2.3.4"
+    raise ModelError(f"{where}: bus {bus!r} is not a plain 3-phase bus")
+
+
+def _sub_kv(code: str, key: str, fn: Callable[[str], str], where: str) -> str:
+    """Replace the value of ``key=`` in a statement (case-insensitive) by ``fn(value)``."""
+    pat = re.compile(rf"(?i)(\b{key}\s*=\s*)(\S+)")
+    if not pat.search(code):
+        raise ModelError(f"{where}: no {key}= found")
+    return pat.sub(lambda m: m.group(1) + fn(m.group(2)), code, count=1)
+
+
+def _twin_linecodes(
+    src: Path,
+    variant: Variant,
+    tiny: float,
+    ratio: float,
+) -> list[str]:
+    codes = read_sequence_linecodes(src)
+    out: list[str] = []
+    for line in _read_lines(src):
+        code, comment = _split_comment(line)
+        obj = _object(code)
+        if obj is None or obj[0] != "linecode":
+            out.append(line)
+            continue
+        c = codes[obj[1]]
+        r, x = four_wire_matrices(
+            c,
+            variant=variant,
+            tiny_neutral_ohm_per_km=tiny,
+            physical_min_neutral_ratio=ratio,
+        )
+        zn_faithful = (complex(c.r0, c.x0) - complex(c.r1, c.x1)) / 3.0
+        note = ""
+        if r[3][3] != zn_faithful.real or x[3][3] != zn_faithful.imag:
+            note = (
+                f" ! neutral changed from (Z0-Z1)/3 = {_NUM.format(zn_faithful.real + 0.0)}"
+                f"{'+' if zn_faithful.imag >= 0 else '-'}j{_NUM.format(abs(zn_faithful.imag))}"
+            )
+        elif r[3][3] < 0:
+            note = " ! negative neutral R kept (published R0 < R1)"
+        out.append(
+            f"New LineCode.{c.name} nphases=4 Units={c.units} "
+            f"Rmatrix={_lower_triangle(r)} Xmatrix={_lower_triangle(x)} "
+            f"Cmatrix={_lower_triangle([[0.0] * 4 for _ in range(4)])}"
+            f" ! from R1={_NUM.format(c.r1)} X1={_NUM.format(c.x1)}"
+            f" R0={_NUM.format(c.r0)} X0={_NUM.format(c.x0)}{note}"
+            + (f" {comment}" if comment else "")
+        )
+    return out
+
+
+def _twin_lines(src: Path) -> list[str]:
+    out: list[str] = []
+    for n, line in enumerate(_read_lines(src), 1):
+        code, comment = _split_comment(line)
+        obj = _object(code)
+        if obj is None or obj[0] != "line":
+            out.append(line)
+            continue
+        where = f"{src.name}:{n} Line.{obj[1]}"
+        kv = _kv_tokens(code)
+        if "linecode" not in kv:
+            raise ModelError(f"{where}: only lines with a LineCode are supported")
+        if kv.get("phases", "3") != "3":
+            raise ModelError(f"{where}: only 3-phase lines are supported")
+        to4 = functools.partial(_bus_4wire, where=where)
+        code = _sub_kv(code, "bus1", to4, where)
+        code = _sub_kv(code, "bus2", to4, where)
+        if "phases" in kv:
+            code = _sub_kv(code, "phases", lambda _p: "4", where)
+        else:
+            code = code.rstrip() + " phases=4"
+        out.append(code.rstrip() + (f" {comment}" if comment else ""))
+    return out
+
+
+def _load_bus_4wire(bus: str, phases: str, conn: str, where: str) -> str:
+    parts = bus.split(".")
+    if conn.lower().startswith("d"):
+        raise ModelError(f"{where}: delta loads are not supported")
+    if phases == "1":
+        if len(parts) == 1:
+            return f"{parts[0]}.1.4"
+        if len(parts) == 2 and parts[1] in {"1", "2", "3"}:
+            return f"{bus}.4"
+        if len(parts) == 3 and parts[2] == "0":
+            return f"{parts[0]}.{parts[1]}.4"
+    elif phases == "3" and (len(parts) == 1 or parts[1:] == ["1", "2", "3"]):
+        return f"{parts[0]}.1.2.3.4"
+    raise ModelError(f"{where}: unsupported load connection {bus!r} (phases={phases})")
+
+
+def _twin_loads(src: Path) -> list[str]:
+    out: list[str] = []
+    for n, line in enumerate(_read_lines(src), 1):
+        code, comment = _split_comment(line)
+        obj = _object(code)
+        if obj is None or obj[0] != "load":
+            out.append(line)
+            continue
+        where = f"{src.name}:{n} Load.{obj[1]}"
+        kv = _kv_tokens(code)
+        phases, conn = kv.get("phases", "3"), kv.get("conn", "wye")
+        to4 = functools.partial(_load_bus_4wire, phases=phases, conn=conn, where=where)
+        code = _sub_kv(code, "bus1", to4, where)
+        out.append(code.rstrip() + (f" {comment}" if comment else ""))
+    return out
+
+
+def _twin_transformers(src: Path, earth_ohm: float) -> list[str]:
+    out: list[str] = []
+    n_tx = 0
+    for n, line in enumerate(_read_lines(src), 1):
+        code, comment = _split_comment(line)
+        obj = _object(code)
+        if obj is None or obj[0] != "transformer":
+            out.append(line)
+            continue
+        n_tx += 1
+        where = f"{src.name}:{n} Transformer.{obj[1]}"
+        mb = re.search(r"(?i)\bbuses\s*=\s*\[([^\]]*)\]", code)
+        mc = re.search(r"(?i)\bconns\s*=\s*\[([^\]]*)\]", code)
+        if mb is None or mc is None:
+            raise ModelError(
+                f"{where}: write the transformer with Buses=[..] Conns=[..]"
+            )
+        buses = mb.group(1).replace(",", " ").split()
+        conns = mc.group(1).replace(",", " ").split()
+        wyes = [i for i, c in enumerate(conns) if c.lower() in {"wye", "y", "ln"}]
+        if len(buses) != 2 or len(conns) != 2 or len(wyes) != 1 or wyes[0] != 1:
+            raise ModelError(
+                f"{where}: need a 2-winding transformer with a Wye secondary"
+            )
+        lv = buses[1].split(".")[0]
+        buses[1] = _bus_4wire(buses[1], where)
+        code = code[: mb.start(1)] + " ".join(buses) + code[mb.end(1) :]
+        out.append(code.rstrip() + (f" {comment}" if comment else ""))
+        out.append(
+            f"! star point of Transformer.{obj[1]} on {lv}.4, earthed here only "
+            f"(R = {_NUM.format(earth_ohm)} ohm)"
+        )
+        out.append(
+            f"New Reactor.earth_tx phases=1 bus1={lv}.4 bus2={lv}.0 "
+            f"R={_NUM.format(earth_ohm)} X=0"
+        )
+    if n_tx != 1:
+        raise ModelError(f"{src}: expected exactly one transformer, found {n_tx}")
+    return out
+
+
+def _twin_loadshapes(src: Path, out_dir: Path, copy_profiles: bool) -> list[str]:
+    """Rewrite ``file=`` paths so the profiles are found from ``out_dir``."""
+    prefix = Path(
+        os.path.relpath(os.path.abspath(src.parent), os.path.abspath(out_dir))
+    )
+    out: list[str] = []
+    pat = re.compile(r"(?i)(\bfile\s*=\s*)([^)\s]+)")
+
+    def repl(m: re.Match[str]) -> str:
+        rel = m.group(2)
+        if Path(rel).is_absolute():
+            return m.group(0)
+        if copy_profiles:
+            dst = out_dir / rel
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src.parent / rel, dst)
+            return m.group(0)
+        return m.group(1) + (prefix / rel).as_posix()
+
+    for line in _read_lines(src):
+        code, comment = _split_comment(line)
+        out.append(pat.sub(repl, code).rstrip() + (f" {comment}" if comment else ""))
+    return out
+
+
+# ------------------------------------------------------------------------- public API
+
+
+def _redirects(master: Path) -> list[tuple[int, str]]:
+    out = []
+    for i, line in enumerate(_read_lines(master)):
+        code, _ = _split_comment(line)
+        m = re.match(r"\s*redirect\s+(\S+)", code, re.IGNORECASE)
+        if m:
+            out.append((i, m.group(1)))
+    return out
+
+
+def _classes_in(path: Path) -> set[str]:
+    found = set()
+    for line in _read_lines(path):
+        obj = _object(_split_comment(line)[0])
+        if obj is not None:
+            found.add(obj[0])
+    return found
+
+
+def make_four_wire_twin(
+    src_dir: Path,
+    out_dir: Path,
+    *,
+    variant: Variant = "faithful",
+    transformer_earth_ohm: float = DEFAULT_TRANSFORMER_EARTH_OHM,
+    tiny_neutral_ohm_per_km: float = 1e-6,
+    physical_min_neutral_ratio: float = DEFAULT_PHYSICAL_MIN_NEUTRAL_RATIO,
+    copy_profiles: bool = False,
+    master_name: str = "Master.dss",
+) -> Path:
+    """Write a four-wire twin of the Kron-reduced model in ``src_dir`` into ``out_dir``.
+
+    ``src_dir`` must hold ``master_name`` whose ``Redirect`` files define sequence
+    line codes (``R1 X1 R0 X0``, ohm/km, ``C1=C0=0``), 3-phase lines with a line code,
+    single-phase wye loads ``Bus1=bus.ph`` and one 2-winding transformer with a Wye
+    secondary, written ``Buses=[..] Conns=[..]`` (the IEEE EU LV feeder layout).
+    Redirected files are transformed by content (line codes, lines, loads,
+    transformer, load shapes); other redirected files get a header and are copied;
+    ``buscoords`` files are copied byte for byte.
+
+    Parameters
+    ----------
+    variant:
+        ``"faithful"`` keeps the published numbers (tiny and negative neutral
+        impedances); writes ``Master.dss`` and ``LineCode.txt``. ``"physical"`` uses
+        the phase conductor as neutral where the data has none (see
+        :func:`neutral_impedance`); writes ``Master_physical.dss`` and
+        ``LineCode_physical.txt``. All other files are the same for both variants, so
+        both can be generated into one folder.
+    transformer_earth_ohm:
+        Resistance (ohm) of ``Reactor.earth_tx`` from the transformer star point
+        (``<lv bus>.4``) to earth (``<lv bus>.0``); must be > 0.
+    tiny_neutral_ohm_per_km:
+        Neutral resistance (ohm/km) used where the faithful ``(Z0 - Z1)/3`` is zero.
+    physical_min_neutral_ratio:
+        Physical variant threshold on ``Rn / R1`` (dimensionless).
+    copy_profiles:
+        ``False`` (default): load-shape ``file=`` paths point back into ``src_dir``
+        (relative to ``out_dir``, e.g. ``../ieee_eu_lv/Daily_1min_100profiles/..``),
+        so the profiles are not duplicated. ``True``: the profile files are copied.
+
+    Returns the path of the written master file. No OpenDSS call is made.
+    """
+    src_dir, out_dir = Path(src_dir), Path(out_dir)
+    if transformer_earth_ohm <= 0:
+        raise ValueError("transformer_earth_ohm must be > 0 ohm")
+    if variant not in ("faithful", "physical"):
+        raise ValueError(
+            f"unknown twin variant {variant!r} (use 'faithful' or 'physical')"
+        )
+    master = src_dir / master_name
+    if not master.is_file():
+        raise ModelError(f"{master}: master file not found")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    label = src_dir.name
+    suffix = "" if variant == "faithful" else "_physical"
+
+    renamed: dict[str, str] = {}
+    kinds: dict[str, str] = {}
+    for _, rel in _redirects(master):
+        f = src_dir / rel
+        if not f.is_file():
+            raise ModelError(f"{master}: redirected file {rel} not found")
+        classes = _classes_in(f)
+        if "linecode" in classes:
+            kinds[rel] = "linecode"
+            p = Path(rel)
+            renamed[rel] = p.with_name(p.stem + suffix + p.suffix).as_posix()
+        elif "line" in classes:
+            kinds[rel] = "line"
+        elif "load" in classes:
+            kinds[rel] = "load"
+        elif "transformer" in classes:
+            kinds[rel] = "transformer"
+        elif "loadshape" in classes:
+            kinds[rel] = "loadshape"
+        else:
+            kinds[rel] = "copy"
+
+    for rel, kind in kinds.items():
+        f = src_dir / rel
+        source = f"{label}/{rel}"
+        if kind == "linecode":
+            body = _twin_linecodes(
+                f, variant, tiny_neutral_ohm_per_km, physical_min_neutral_ratio
+            )
+            extra = [
+                "4x4 per unit length: phases diag Z1=R1+jX1, neutral diag Zn=(Z0-Z1)/3,",
+                "mutuals 0 (units as in the source).",
+            ]
+            if variant == "faithful":
+                extra.append(
+                    f"Zn=0 (Z0=Z1) replaced by Rn={_NUM.format(tiny_neutral_ohm_per_km)} "
+                    "ohm/km; negative Rn (R0<R1) kept."
+                )
+            else:
+                extra.append(
+                    f"Where Rn < {_NUM.format(physical_min_neutral_ratio)}*R1 (zero/negative/"
+                    "near-zero neutral) the neutral is the phase conductor: Zn=Z1."
+                )
+            _write(
+                out_dir / renamed[rel],
+                _header("Four-wire line codes.", source, variant, extra) + body,
+            )
+        elif kind == "line":
+            _write(
+                out_dir / rel,
+                _header("Lines: phases=4, buses bus.1.2.3.4.", source, None)
+                + _twin_lines(f),
+            )
+        elif kind == "load":
+            _write(
+                out_dir / rel,
+                _header("Loads: bus.ph -> bus.ph.4.", source, None) + _twin_loads(f),
+            )
+        elif kind == "transformer":
+            hdr = _header(
+                "Wye side on bus.1.2.3.4; star point earthed here only.", source, None
+            )
+            _write(out_dir / rel, hdr + _twin_transformers(f, transformer_earth_ohm))
+        elif kind == "loadshape":
+            where = (
+                "profiles copied"
+                if copy_profiles
+                else f"profile paths point to ../{label}"
+            )
+            hdr = _header(f"Load shapes unchanged; {where}.", source, None)
+            _write(out_dir / rel, hdr + _twin_loadshapes(f, out_dir, copy_profiles))
+        else:
+            _write(
+                out_dir / rel,
+                _header("Copied unchanged.", source, None) + _read_lines(f),
+            )
+
+    # master: same commands, redirected line codes renamed per variant
+    master_lines: list[str] = []
+    for line in _read_lines(master):
+        code, comment = _split_comment(line)
+        m = re.match(r"(\s*redirect\s+)(\S+)(.*)", code, re.IGNORECASE)
+        if m and m.group(2) in renamed:
+            line = m.group(1) + renamed[m.group(2)] + m.group(3) + comment
+        mb = re.match(r"\s*buscoords\s+(\S+)", code, re.IGNORECASE)
+        if mb:
+            shutil.copyfile(src_dir / mb.group(1), out_dir / mb.group(1))
+        master_lines.append(line)
+    out_master = out_dir / (Path(master_name).stem + suffix + Path(master_name).suffix)
+    extra = [
+        "Four-wire twin: neutral = terminal 4, earthed at the transformer only",
+        "(Reactor.earth_tx). Phase-to-neutral voltage = V(bus.ph) - V(bus.4).",
+    ]
+    _write(
+        out_master,
+        _header("Master file.", f"{label}/{master_name}", variant, extra)
+        + master_lines,
+    )
+    return out_master
+
+
+def customer_buses_from_loads(loads_file: Path) -> dict[str, str]:
+    """Map each load name to its bus (node suffix stripped), in file order.
+
+    Reads ``New Load.<name> ... Bus1=<bus>[.nodes]`` statements of an OpenDSS file.
+    """
+    out: dict[str, str] = {}
+    for line in _read_lines(Path(loads_file)):
+        code, _ = _split_comment(line)
+        obj = _object(code)
+        if obj is None or obj[0] != "load":
+            continue
+        bus = _kv_tokens(code).get("bus1")
+        if bus is None:
+            raise ModelError(f"{loads_file}: Load.{obj[1]} has no Bus1")
+        out[obj[1]] = bus.split(".")[0]
+    return out
+
+
+def write_pme_earthing(
+    out_file: Path,
+    customer_buses: Mapping[str, str],
+    r_ohm: float = DEFAULT_PME_OHM,
+    *,
+    neutral_node: int = 4,
+    source: str | None = None,
+) -> Path:
+    """Write PME earth electrodes: one ``Reactor.pme_<customer>`` per customer.
+
+    Each electrode connects the neutral node (``<bus>.4``) to earth (``<bus>.0``)
+    with resistance ``r_ohm`` (ohm, > 0) and no reactance. ``customer_buses`` maps
+    customer name -> bus name (e.g. from :func:`customer_buses_from_loads`). Redirect
+    the file after the lines/loads of a four-wire twin. Returns ``out_file``.
+    """
+    if r_ohm <= 0:
+        raise ValueError("r_ohm must be > 0 ohm")
+    src = f" for the customers of {source}" if source else ""
+    lines = [
+        f"! Generated by lv3ph.twin.write_pme_earthing{src}. Do not edit by hand.",
+        (
+            f"! PME: an earth electrode of {_NUM.format(r_ohm)} ohm from the neutral"
+            f" (node {neutral_node}) to earth (node 0) at each of"
+            f" {len(customer_buses)} customers."
+        ),
+        "!",
+    ]
+    for name, bus in customer_buses.items():
+        b = bus.split(".")[0]
+        lines.append(
+            f"New Reactor.pme_{name} phases=1 bus1={b}.{neutral_node} bus2={b}.0 "
+            f"R={_NUM.format(r_ohm)} X=0"
+        )
+    return _write(Path(out_file), lines)
+
+
+def add_redirects_to_master(
+    master_file: Path, out_file: Path, redirect_files: Iterable[str], *, note: str = ""
+) -> Path:
+    """Write a copy of ``master_file`` with ``Redirect`` lines added.
+
+    The redirects are inserted before the first ``Set voltagebases`` (or, if absent,
+    before the first ``solve``), i.e. after all circuit elements are defined. The
+    leading ``!`` comment block of ``master_file`` is replaced by a new header naming
+    the base master and ``note``. Paths in ``redirect_files`` are relative to the
+    master's folder. Returns ``out_file``.
+    """
+    lines = _read_lines(Path(master_file))
+    while lines and lines[0].lstrip().startswith("!"):
+        lines.pop(0)  # the base master's own header would no longer describe the copy
+    at = None
+    for key in (r"\s*set\s+voltagebases", r"\s*solve\b"):
+        for i, line in enumerate(lines):
+            if re.match(key, _split_comment(line)[0], re.IGNORECASE):
+                at = i
+                break
+        if at is not None:
+            break
+    if at is None:
+        raise ModelError(
+            f"{master_file}: no 'Set voltagebases' or 'solve' to insert before"
+        )
+    added = [f"Redirect {r}" for r in redirect_files]
+    head = [
+        (
+            f"! Generated by lv3ph.twin.add_redirects_to_master: {Path(master_file).name}"
+            f" plus {', '.join(added)}. Do not edit by hand."
+        ),
+    ]
+    head += [f"! {note}"] if note else []
+    head += ["!"]
+    return _write(Path(out_file), head + lines[:at] + added + lines[at:])
+
+
+def build_ieee_eu_lv_4wire(
+    dss_models_dir: Path,
+    out_dir: Path | None = None,
+    *,
+    pme_ohm: float = DEFAULT_PME_OHM,
+) -> Path:
+    """Generate the bundled ``ieee_eu_lv_4wire`` folder from ``ieee_eu_lv``.
+
+    Writes into ``out_dir`` (default ``dss_models_dir/ieee_eu_lv_4wire``):
+    ``Master.dss`` (faithful, earthed at the transformer only),
+    ``Master_physical.dss`` (physical variant), ``Earthing_PME.dss`` (a ``pme_ohm``
+    ohm electrode at every customer's neutral) and ``Master_PME.dss`` (faithful plus
+    PME). Profiles are referenced from ``../ieee_eu_lv``. Returns ``out_dir``.
+    """
+    src = Path(dss_models_dir) / "ieee_eu_lv"
+    out = (
+        Path(out_dir)
+        if out_dir is not None
+        else Path(dss_models_dir) / "ieee_eu_lv_4wire"
+    )
+    master = make_four_wire_twin(src, out, variant="faithful")
+    make_four_wire_twin(src, out, variant="physical")
+    write_pme_earthing(
+        out / "Earthing_PME.dss",
+        customer_buses_from_loads(src / "Loads.txt"),
+        pme_ohm,
+        source="ieee_eu_lv/Loads.txt",
+    )
+    add_redirects_to_master(
+        master,
+        out / "Master_PME.dss",
+        ["Earthing_PME.dss"],
+        note=(
+            f"Faithful four-wire twin of ieee_eu_lv, neutral earthed at the transformer"
+            f" (Reactor.earth_tx) AND through a {_NUM.format(pme_ohm)} ohm PME electrode"
+            " at every customer's neutral (Reactor.pme_*)."
+        ),
+    )
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m lv3ph.twin [DSS_MODELS_DIR]``: regenerate ``ieee_eu_lv_4wire``."""
+    import sys
+
+    args = sys.argv[1:] if argv is None else argv
+    root = (
+        Path(args[0]) if args else Path(__file__).resolve().parent.parent / "dss_models"
+    )
+    out = build_ieee_eu_lv_4wire(root)
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
