@@ -17,12 +17,13 @@ explicit neutral conductor (terminal 4) without inventing data:
 With this mapping the drop along phase a is ``Z1 Ia + Zn (Ia + Ib + Ic)``, exactly the
 drop of the sequence model (``Zself = (Z0 + 2 Z1)/3``, ``Zmutual = (Z0 - Z1)/3``), so the
 twin's phase-to-neutral voltages equal the published phase-to-ground voltages and the
-losses are the same (variant ``"faithful"``). Two published line-code families do not
+losses are the same (variant ``"faithful"``). Some published line codes do not
 describe a physical neutral: two-core codes with ``Z0 = Z1`` (zero neutral impedance,
-replaced by ``tiny_neutral_ohm_per_km``) and ``35_SAC_XSC`` with ``R0 < R1`` (negative
-neutral resistance, kept). Variant ``"physical"`` replaces every neutral whose
-resistance is below ``physical_min_neutral_ratio * R1`` by the phase conductor
-(``Zn = Z1``), see :func:`neutral_impedance`.
+replaced by ``tiny_neutral_ohm_per_km``), ``2c_16`` (neutral 1.4 % of the phase
+resistance) and ``35_SAC_XSC`` with ``R0 < R1`` (negative neutral resistance, kept).
+Variant ``"physical"`` replaces every neutral whose resistance is below
+``physical_min_neutral_ratio * R1`` by the phase conductor (``Zn = Z1``), see
+:func:`neutral_impedance`.
 
 No OpenDSS call is made here; the output is deterministic text (LF line endings), so a
 regenerated folder is byte-identical to the committed one.
