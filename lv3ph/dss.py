@@ -98,6 +98,13 @@ class Engine:
         self.command("set mode=snap")
         self._solve_checked("the initial snapshot")
 
+    def apply(self, commands: Sequence[str]) -> None:
+        """Run model edits (e.g. earth electrodes) on the compiled circuit and re-solve it."""
+        for c in commands:
+            self.command(c)
+        self.command("set mode=snap")
+        self._solve_checked("the snapshot after model edits")
+
     def _solve_checked(self, what: str) -> None:
         try:
             self.dss.Solution.Solve()

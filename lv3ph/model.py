@@ -279,3 +279,37 @@ def network_y(model: FeederModel) -> sp.csc_matrix:
     (and orphan devices') currents (A).
     """
     return assemble_y(model, model.elements + model.sources)
+
+
+def earth_electrode_command(name: str, bus: str, terminal: int, r_ohm: float) -> str:
+    """OpenDSS command for an earth electrode: a Reactor from ``bus.terminal`` to earth, R in ohm."""
+    return f"New Reactor.{name} phases=1 bus1={bus}.{terminal} bus2={bus}.0 R={r_ohm:.12g} X=0"
+
+
+def pme_commands(model: FeederModel, r_ohm: float, customers: list[str] | None = None) -> list[str]:
+    """Commands that earth the neutral of ``customers`` (default: all) through ``r_ohm`` each.
+
+    One electrode per distinct neutral node (customers on one bus share it). Raises
+    :class:`~lv3ph.errors.ModelError` for a three-wire model or a customer without a
+    neutral node, :class:`~lv3ph.errors.UnknownItemError` for an unknown customer.
+    """
+    from lv3ph.errors import ModelError, UnknownItemError
+
+    if not (r_ohm > 0 and np.isfinite(r_ohm)):
+        raise ModelError(f"earth electrode resistance must be a positive number of ohm, got {r_ohm}")
+    if not model.explicit_neutral:
+        raise ModelError(f"{model.path} is {model.wiring}: earth electrodes need an explicit neutral (terminal 4)")
+    index = model.customer_index()
+    chosen = list(index) if customers is None else [c.lower() for c in customers]
+    nodes: dict[int, str] = {}
+    for name in chosen:
+        if name not in index:
+            raise UnknownItemError(f"unknown customer {name!r} for earthing")
+        c = model.customers[index[name]]
+        if c.neutral_node < 0 or model.node_terminal[c.neutral_node] < 4:
+            raise ModelError(f"customer {name} has no neutral node to earth (connected to earth directly)")
+        nodes.setdefault(c.neutral_node, name)
+    return [
+        earth_electrode_command(f"pme_{name}", str(model.node_bus[n]), int(model.node_terminal[n]), r_ohm)
+        for n, name in nodes.items()
+    ]

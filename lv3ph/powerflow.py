@@ -49,6 +49,7 @@ from lv3ph.model import (
     branch_rows,
     is_series,
     network_y,
+    pme_commands,
     series_rows,
 )
 
@@ -400,6 +401,32 @@ def solve(
     return capture(model, spec, volts, measured)
 
 
+def open_feeder(
+    model_path: str | Path,
+    *,
+    vmaxpu: float | None = None,
+    commands: tuple[str, ...] = (),
+    pme_ohm: float | None = None,
+    pme_customers: list[str] | None = None,
+) -> tuple[Engine, FeederModel]:
+    """Compile a model, optionally add PME earth electrodes, and extract it.
+
+    Args:
+        model_path: OpenDSS master file.
+        vmaxpu: optional ``batchedit load..* vmaxpu=`` (1.5 reproduces the IEEE reference).
+        commands: OpenDSS commands run after compiling.
+        pme_ohm: earth electrode resistance (ohm) at customers' neutrals; None = no PME.
+        pme_customers: customers that get an electrode (default all).
+    """
+    engine = Engine()
+    engine.compile(model_path, vmaxpu=vmaxpu, commands=commands)
+    model = engine.model()
+    if pme_ohm is not None:
+        engine.apply(pme_commands(model, pme_ohm, pme_customers))
+        model = engine.model()
+    return engine, model
+
+
 def run_powerflow(
     model_path: str | Path,
     *,
@@ -409,21 +436,22 @@ def run_powerflow(
     steps: int = 1440,
     vmaxpu: float | None = None,
     commands: tuple[str, ...] = (),
+    pme_ohm: float | None = None,
+    pme_customers: list[str] | None = None,
     progress: bool = True,
 ) -> xr.Dataset:
     """Compile ``model_path`` and run a time-series power flow (see :func:`capture`).
 
     Args:
-        model_path: OpenDSS master file.
+        model_path, vmaxpu, commands, pme_ohm, pme_customers: as :func:`open_feeder`.
         mode: ``snap``, ``daily`` or ``yearly`` (OpenDSS's time modes).
         stepsize: e.g. ``1m``; seconds if a number.
         start: first step (step k is solved at time k x stepsize).
         steps: number of steps.
-        vmaxpu: optional ``batchedit load..* vmaxpu=`` (1.5 reproduces the IEEE reference).
-        commands: OpenDSS commands run after compiling (e.g. earth electrodes).
         progress: show a progress bar on runs longer than two seconds.
     """
     spec = RunSpec.parse(mode, stepsize, start, steps)
-    engine = Engine()
-    engine.compile(model_path, vmaxpu=vmaxpu, commands=commands)
-    return solve(engine, engine.model(), spec, progress=progress)
+    engine, model = open_feeder(
+        model_path, vmaxpu=vmaxpu, commands=commands, pme_ohm=pme_ohm, pme_customers=pme_customers
+    )
+    return solve(engine, model, spec, progress=progress)
