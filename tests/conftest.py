@@ -1,0 +1,50 @@
+"""Shared fixtures: bundled models and small constructed feeders."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+MODELS = ROOT / "dss_models"
+IEEE = MODELS / "ieee_eu_lv" / "Master.dss"
+IEEE_4W = MODELS / "ieee_eu_lv_4wire" / "Master.dss"
+IEEE_4W_PME = MODELS / "ieee_eu_lv_4wire" / "Master_PME.dss"
+SHARED = ROOT.parent / "shared" / "data"
+ENWL_F1 = SHARED / "enwl_4wire" / "network_1" / "Feeder_1" / "Master.dss"
+
+
+@pytest.fixture(scope="session")
+def enwl_feeder1() -> Path:
+    """ENWL network 1 feeder 1 (four-wire, CC BY-NC: read from ../shared, never shipped)."""
+    if not ENWL_F1.is_file():
+        pytest.skip("../shared/data/enwl_4wire not available")
+    return ENWL_F1
+
+
+def write_feeder(folder: Path, text: str, name: str = "Master.dss") -> Path:
+    """Write a small OpenDSS model into ``folder`` and return its path."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
+    path.write_text(text)
+    return path
+
+
+#: A two-customer four-wire feeder: 11 kV source, Dyn transformer, 2 lines, loads on phases a and b,
+#: an earth electrode at customer 2 (so the neutral/earth network has a loop).
+TWO_CUSTOMER = """
+clear
+set defaultbasefrequency=50
+new circuit.two basekv=11 pu=1.0 isc3=3000 isc1=5
+new transformer.tx buses=[sourcebus 1.1.2.3.4] conns=[delta wye] kvs=[11 0.416] kvas=[100 100] xhl=4 %r=0.5
+new reactor.earth_tx phases=1 bus1=1.4 bus2=1.0 R=1 X=0
+new linecode.lc nphases=4 units=km rmatrix=[0.3 | 0 0.3 | 0 0 0.3 | 0 0 0 0.6] xmatrix=[0.08 | 0 0.08 | 0 0 0.08 | 0 0 0 0.08]
+new line.l1 bus1=1.1.2.3.4 bus2=2.1.2.3.4 phases=4 linecode=lc length=0.2 units=km
+new line.l2 bus1=2.1.2.3.4 bus2=3.1.2.3.4 phases=4 linecode=lc length=0.15 units=km
+new load.c1 phases=1 bus1=2.1.4 kv=0.23 kw=4 pf=0.95 vminpu=0.8 vmaxpu=1.2
+new load.c2 phases=1 bus1=3.2.4 kv=0.23 kw=6 pf=0.95 vminpu=0.8 vmaxpu=1.2
+new reactor.pme_c2 phases=1 bus1=3.4 bus2=3.0 R=20 X=0
+set voltagebases=[11 0.416]
+calcvoltagebases
+"""
