@@ -394,6 +394,11 @@ class Engine:
         self._active(name)
         return np.asarray(self.dss.CktElement.Currents()).ravel(order="F")
 
+    def element_powers_kva(self, name: str) -> np.ndarray:
+        """OpenDSS's terminal powers (kW + j kvar into the element) of one element, last solve."""
+        self._active(name)
+        return np.asarray(self.dss.CktElement.Powers()).ravel(order="F")
+
     def node_voltages(self) -> ComplexArray:
         """Complex node voltages (V) of the last solve, in ``YNodeOrder``."""
         return np.asarray(self.dss.Circuit.YNodeVArray(), dtype=np.complex128)
