@@ -30,6 +30,7 @@ Dataset layout (dims and main variables):
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -157,7 +158,7 @@ def customer_injections(
     return inj
 
 
-def _port_voltages(vt: ComplexArray, nodes: IntArray) -> ComplexArray:
+def port_voltages(vt: ComplexArray, nodes: IntArray) -> ComplexArray:
     """Node voltages at ports (steps, customers, ports) from ``vt`` (n_nodes, steps); earth is 0 V."""
     v = np.moveaxis(vt[np.maximum(nodes, 0)], 2, 0)
     return np.where(nodes >= 0, v, 0)
@@ -200,7 +201,7 @@ def capture(
     s_src = (vt[src_nodes] * np.conj(j_src)).sum(axis=0) / 1000.0
     ports = customer_ports(model)
     inj = customer_injections(model, ports, vt, measured or {})
-    v_ports = _port_voltages(vt, ports.nodes)
+    v_ports = port_voltages(vt, ports.nodes)
     s_cust = -(v_ports * np.conj(inj)).sum(axis=2) / 1000.0
     departure = pq_departure_pct(model, vt)
     port_names = np.where(ports.nodes >= 0, np.array(model.nodes + ("earth",))[ports.nodes], "")
@@ -377,28 +378,40 @@ def pq_departure_pct(model: FeederModel, vt: ComplexArray) -> np.ndarray:
     return out
 
 
+def solve_raw(
+    engine: Engine,
+    model: FeederModel,
+    spec: RunSpec,
+    *,
+    progress: bool = True,
+    before_step: Callable[[int], None] | None = None,
+) -> tuple[ComplexArray, dict[str, ComplexArray]]:
+    """Run ``spec`` on a compiled engine: node voltages (n_nodes, steps) and measured currents."""
+    ports = customer_ports(model)
+    measure = [d for i in sorted(ports.measured) for d in ports.measured[i]]
+    with tqdm(total=spec.steps, desc="power flow", unit="step", delay=2.0, disable=not progress, leave=False) as bar:
+        return engine.run(
+            spec.mode,
+            spec.stepsize_s,
+            spec.start,
+            spec.steps,
+            measure=measure,
+            before_step=before_step,
+            on_step=lambda _k: bar.update(),
+        )
+
+
 def solve(
     engine: Engine,
     model: FeederModel,
     spec: RunSpec,
     *,
     progress: bool = True,
-    before_step: object = None,
+    before_step: Callable[[int], None] | None = None,
 ) -> xr.Dataset:
     """Run ``spec`` on a compiled engine and capture the result Dataset."""
-    ports = customer_ports(model)
-    measure = [d for i in sorted(ports.measured) for d in ports.measured[i]]
-    with tqdm(total=spec.steps, desc="power flow", unit="step", delay=2.0, disable=not progress, leave=False) as bar:
-        volts, measured = engine.run(
-            spec.mode,
-            spec.stepsize_s,
-            spec.start,
-            spec.steps,
-            measure=measure,
-            before_step=before_step,  # type: ignore[arg-type]
-            on_step=lambda _k: bar.update(),
-        )
-    return capture(model, spec, volts, measured)
+    vt, measured = solve_raw(engine, model, spec, progress=progress, before_step=before_step)
+    return capture(model, spec, vt, measured)
 
 
 def open_feeder(

@@ -1,0 +1,360 @@
+"""Exact loss allocation by superposition on the linear four-wire network.
+
+Method (see ``../shared/design/loss_allocation.md``; Conejo et al. 2001 Z-bus allocation,
+extended to explicit neutral and earth as in Nikolaidis et al. 2019):
+
+1. Everything but the customers is linear: lines (4x4), earth electrodes, transformers,
+   the source's Norton admittance. Its nodal matrix ``Y`` (:func:`lv3ph.model.network_y`)
+   is factorised once; ``Z_E`` are the columns of ``Y^-1`` at the *extended ports* E:
+   customers' phase/neutral nodes and the source nodes.
+2. Each step's injections at E are ``J_E = (Y V)[E]`` -- exactly what OpenDSS's solution
+   implies. Every customer ``k`` owns the part ``J_k`` at its ports (phases, and minus
+   their sum at its neutral); the rest (source, solver residual) is the *no-load* party.
+3. Customers are split into contracts by **active-current matching**: per phase the
+   current in phase with the customer's own phase-to-neutral voltage is its active
+   current ``a_k`` (drawing ``P_k``). A contract of ``kw`` carries ``kw / export_s`` of the
+   seller's active injection and ``kw / import_b`` of the buyer's; what is left of each
+   customer (reactive current, unmatched active current) is its ``grid:<customer>`` row.
+4. A party with injection ``j`` has voltage contribution ``Z_E j`` and loss share
+   ``Re((Z_E j)^H G V)`` per part, with ``G = sum_e P_e^T H_e P_e`` and ``H_e`` the
+   Hermitian part of the element's primitive admittance, rows split by part: phase
+   conductors, neutral conductors (nodes >= 4), earth electrodes, transformers. Cross
+   terms are split equally -- the Shapley value of the quadratic loss. The parts of all
+   parties add up to ``V^H G V``, the losses OpenDSS computes.
+
+Fast form: ``U_part = (Z_E^H G_part Z_E) J_E`` for all steps in one product; a party's
+loss is then ``Re(j^H U)`` over its few ports (:func:`lv3ph.allocation.kernels.row_losses`).
+
+Note on the part split: each element's rows are split with ``H``; per conductor this
+equals ``r_k |I_k|^2`` for uncoupled conductors (the IEEE twin). With mutual coupling
+(real four-core cables) the phase/neutral split differs from OpenDSS's ``PhaseLosses``
+row convention by reactive cross terms that cancel in the element total.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+import scipy.sparse.linalg as spla
+import xarray as xr
+
+from lv3ph.allocation.contracts import Shares
+from lv3ph.allocation.kernels import branch_losses, row_losses
+from lv3ph.model import ComplexArray, FeederModel, IntArray, network_y
+from lv3ph.powerflow import customer_ports, neutral_conductors, port_voltages
+
+PARTS = ("phase", "neutral", "earth", "transformer")
+NO_LOAD = "grid:no-load"
+
+
+@dataclass(frozen=True)
+class LossNetwork:
+    """What the allocation precomputes once per model.
+
+    Attributes:
+        ext_nodes: node index of each extended port (customer ports, then source nodes).
+        z_ext: (n_nodes, m) columns of ``Y^-1`` at ``ext_nodes``, ohm.
+        y_ext: (m, n_nodes) rows of ``Y`` at ``ext_nodes``, S (``J_E = y_ext @ V``).
+        a_parts: (parts, m, m) ``Z_E^H G_part Z_E``, ohm.
+        g_parts: per part the (n_nodes, n_nodes) ``G_part``, S.
+        h_rows: (element rows, n_nodes) ``H P`` (S) so that ``w = h_rows @ V``.
+        row_node, row_slot: node and (element, conductor) slot of each element row.
+        max_conductors: conductors per element slot row.
+    """
+
+    ext_nodes: IntArray
+    z_ext: ComplexArray
+    y_ext: sp.csr_matrix
+    a_parts: ComplexArray
+    g_parts: tuple[sp.csr_matrix, ...]
+    h_rows: sp.csr_matrix
+    row_node: IntArray
+    row_slot: IntArray
+    max_conductors: int
+
+
+def row_parts(model: FeederModel) -> tuple[IntArray, IntArray, IntArray, IntArray]:
+    """For every element row (element, terminal, conductor): node, element, conductor, part.
+
+    Part index into :data:`PARTS`: earth electrodes -> earth, transformers -> transformer,
+    conductors on neutral nodes -> neutral, the rest -> phase.
+    """
+    max_cond = max(e.n_conductors for e in model.elements)
+    neutral = neutral_conductors(model, max_cond)
+    nodes, elem, cond, part = [], [], [], []
+    for i, e in enumerate(model.elements):
+        k = e.n_conductors
+        c = np.tile(np.arange(k), e.n_terminals)
+        nodes.append(e.nodes)
+        elem.append(np.full(e.nodes.size, i))
+        cond.append(c)
+        if e.kind == "earthing":
+            p = np.full(c.size, 2)
+        elif e.kind == "transformer":
+            p = np.full(c.size, 3)
+        else:
+            p = np.where(neutral[i, c], 1, 0)
+        part.append(p)
+    return np.concatenate(nodes), np.concatenate(elem), np.concatenate(cond), np.concatenate(part)
+
+
+def loss_network(model: FeederModel) -> LossNetwork:
+    """Factorise the network and precompute the fast-form matrices (once per model)."""
+    y = network_y(model).tocsc()
+    ports = customer_ports(model)
+    src = np.concatenate([s.nodes[s.nodes >= 0] for s in model.sources])
+    port_nodes = ports.nodes[ports.nodes >= 0]
+    ext = np.unique(np.concatenate([port_nodes, src]))
+    n = model.n_nodes
+    rhs = np.zeros((n, ext.size), dtype=np.complex128)
+    rhs[ext, np.arange(ext.size)] = 1.0
+    z_ext = spla.splu(y).solve(rhs)
+    node, elem, cond, part = row_parts(model)
+    on = node >= 0
+    incidence = sp.csr_matrix(
+        (np.ones(int(on.sum()), dtype=np.complex128), (np.nonzero(on)[0], node[on])), shape=(node.size, n)
+    )
+    h_blk = sp.block_diag([(e.yprim + e.yprim.conj().T) / 2 for e in model.elements], format="csr")
+    h_rows = (h_blk @ incidence).tocsr()
+    g_parts = []
+    for p in range(len(PARTS)):
+        d = sp.diags((part == p).astype(float))
+        g_parts.append((incidence.T.conj() @ d @ h_rows).tocsr())
+    a_parts = np.stack([z_ext.conj().T @ (g @ z_ext) for g in g_parts])
+    max_cond = max(e.n_conductors for e in model.elements)
+    return LossNetwork(
+        ext_nodes=ext,
+        z_ext=z_ext,
+        y_ext=y.tocsr()[ext],
+        a_parts=a_parts,
+        g_parts=tuple(g_parts),
+        h_rows=h_rows,
+        row_node=node,
+        row_slot=elem * max_cond + cond,
+        max_conductors=max_cond,
+    )
+
+
+def active_injection(inj: ComplexArray, v_ports: ComplexArray, n_phases: IntArray) -> tuple[ComplexArray, np.ndarray]:
+    """Active part of each customer's injection and its drawn active power.
+
+    Args:
+        inj: (steps, customers, ports) injected current, A (phases, then neutral).
+        v_ports: (steps, customers, ports) port voltages to earth, V (0 for earth ports).
+        n_phases: phase ports per customer.
+
+    Returns:
+        ``(a, p_kw)``: ``a`` as ``inj`` -- per phase the component in phase with the
+        customer's phase-to-neutral voltage, minus their sum at the neutral port -- and
+        the drawn active power per (step, customer), kW (export negative).
+    """
+    steps, n_cust, n_ports = inj.shape
+    a = np.zeros_like(inj)
+    p_kw = np.zeros((steps, n_cust))
+    for k in range(n_cust):
+        ph = int(n_phases[k])
+        vn = v_ports[:, k, ph][:, None] if ph < n_ports else 0.0
+        vpn = v_ports[:, k, :ph] - vn
+        drawn_w = (vpn * np.conj(-inj[:, k, :ph])).real
+        with np.errstate(divide="ignore", invalid="ignore"):
+            act = np.where(np.abs(vpn) > 0, -drawn_w * vpn / np.abs(vpn) ** 2, 0)
+        a[:, k, :ph] = act
+        if ph < n_ports:
+            a[:, k, ph] = -act.sum(axis=1)
+        p_kw[:, k] = drawn_w.sum(axis=1) / 1000.0
+    return a, p_kw
+
+
+@dataclass(frozen=True)
+class PartyRows:
+    """Parties as rows with sparse injections at extended ports (see kernels module)."""
+
+    time: IntArray  # column of the voltage history
+    ptr: IntArray
+    pos: IntArray
+    val: ComplexArray
+    label: list[str]  # contract id, grid:<customer> or grid:no-load
+    seller: list[str]
+    buyer: list[str]
+    kw: np.ndarray
+
+
+def party_rows(
+    net: LossNetwork,
+    model: FeederModel,
+    contracts: pd.DataFrame,
+    shares: Shares,
+    inj: ComplexArray,
+    a: ComplexArray,
+    j_ext: ComplexArray,
+    times: IntArray,
+) -> PartyRows:
+    """Build contract rows, one ``grid:<customer>`` row per customer and step, and one
+    ``grid:no-load`` row per step (source and solver residual)."""
+    ports = customer_ports(model)
+    where = np.full(model.n_nodes, -1)
+    where[net.ext_nodes] = np.arange(net.ext_nodes.size)
+    port_pos = np.where(ports.nodes >= 0, where[np.maximum(ports.nodes, 0)], -1)
+    cidx = {c: i for i, c in enumerate(ports.names)}
+    tidx = {int(t): i for i, t in enumerate(times)}
+    steps, n_cust, _ = inj.shape
+    rows_t: list[int] = []
+    ptr = [0]
+    pos: list[np.ndarray] = []
+    val: list[np.ndarray] = []
+    label: list[str] = []
+    seller: list[str] = []
+    buyer: list[str] = []
+    kw: list[float] = []
+    matched = np.zeros((steps, n_cust))  # share of each customer's active current in contracts
+
+    def add(t: int, k_list: list[tuple[int, np.ndarray]]) -> None:
+        for k, vec in k_list:
+            ok = port_pos[k] >= 0
+            pos.append(port_pos[k][ok])
+            val.append(vec[ok])
+        ptr.append(ptr[-1] + sum(int((port_pos[k] >= 0).sum()) for k, _ in k_list))
+        rows_t.append(t)
+
+    ti = contracts.time.map(tidx).to_numpy()
+    si = contracts.seller.map(cidx).to_numpy()
+    bi = contracts.buyer.map(cidx).to_numpy()
+    for r in range(len(contracts)):
+        t, s, b = int(ti[r]), int(si[r]), int(bi[r])
+        alpha, beta = shares.seller_share[r], shares.buyer_share[r]
+        add(t, [(s, alpha * a[t, s]), (b, beta * a[t, b])])
+        matched[t, s] += alpha
+        matched[t, b] += beta
+        label.append(str(contracts.contract.iloc[r]))
+        seller.append(str(contracts.seller.iloc[r]))
+        buyer.append(str(contracts.buyer.iloc[r]))
+        kw.append(float(shares.kw[r]))
+    for t in range(steps):
+        for k in range(n_cust):
+            add(t, [(k, inj[t, k] - matched[t, k] * a[t, k])])
+            label.append(f"grid:{ports.names[k]}")
+            seller.append("")
+            buyer.append("")
+            kw.append(0.0)
+    # the no-load party: everything at E that is not a customer's
+    cust = np.zeros((net.ext_nodes.size, steps), dtype=np.complex128)
+    for k in range(n_cust):
+        ok = port_pos[k] >= 0
+        np.add.at(cust, port_pos[k][ok], inj[:, k, ok].T)
+    j0 = j_ext - cust
+    for t in range(steps):
+        pos.append(np.arange(net.ext_nodes.size))
+        val.append(j0[:, t])
+        ptr.append(ptr[-1] + net.ext_nodes.size)
+        rows_t.append(t)
+        label.append(NO_LOAD)
+        seller.append("")
+        buyer.append("")
+        kw.append(0.0)
+    return PartyRows(
+        time=np.array(rows_t, dtype=np.int64),
+        ptr=np.array(ptr, dtype=np.int64),
+        pos=np.concatenate(pos).astype(np.int64),
+        val=np.concatenate(val).astype(np.complex128),
+        label=label,
+        seller=seller,
+        buyer=buyer,
+        kw=np.array(kw),
+    )
+
+
+def fast_u(net: LossNetwork, j_ext: ComplexArray) -> ComplexArray:
+    """``U[part] = A_part J_E`` for all steps: (parts, m, steps)."""
+    return np.einsum("pij,jt->pit", net.a_parts, j_ext, optimize=True)
+
+
+def allocate_rows(net: LossNetwork, rows: PartyRows, j_ext: ComplexArray) -> np.ndarray:
+    """Loss of every party row in every part, kW (rows, parts)."""
+    return row_losses(fast_u(net, j_ext), rows.time, rows.ptr, rows.pos, rows.val) / 1000.0
+
+
+def branch_detail(net: LossNetwork, rows: PartyRows, vt: ComplexArray, n_elements: int) -> tuple[list[str], np.ndarray]:
+    """Per party label (contract id, grid:<customer>, grid:no-load), per element and
+    conductor: loss summed over the run, kWh per hour of step (kW x steps).
+
+    Returns ``(labels, detail)`` with ``detail`` shaped (labels, elements, conductors), kW
+    summed over steps (multiply by the step in hours for kWh).
+    """
+    labels, group = np.unique(np.array(rows.label), return_inverse=True)
+    order = np.argsort(group, kind="stable").astype(np.int64)
+    group_ptr = np.concatenate([[0], np.cumsum(np.bincount(group, minlength=labels.size))]).astype(np.int64)
+    w = net.h_rows @ vt
+    slots = n_elements * net.max_conductors
+    out = branch_losses(
+        net.z_ext, w, net.row_node, net.row_slot, slots, group_ptr, order, rows.time, rows.ptr, rows.pos, rows.val
+    )
+    return list(labels), out.reshape(labels.size, n_elements, net.max_conductors) / 1000.0
+
+
+def exact_allocation(
+    model: FeederModel,
+    pf: xr.Dataset,
+    vt: ComplexArray,
+    contracts: pd.DataFrame,
+    shares: Shares,
+    *,
+    net: LossNetwork | None = None,
+    detail: bool = False,
+) -> xr.Dataset:
+    """Allocate every step's losses to contracts, grid exchanges and the no-load term.
+
+    Args:
+        model: the feeder.
+        pf: its power-flow Dataset (for ``customer_injection`` and time labels).
+        vt: node voltages (n_nodes, steps), V, from the same run.
+        contracts: validated contracts; ``shares`` from
+            :func:`lv3ph.allocation.contracts.contract_shares`.
+        net: precomputed :func:`loss_network` (computed if None).
+        detail: also return per-branch, per-conductor losses per party label.
+
+    Returns:
+        Dataset over dim ``row`` (one per contract row, per (step, customer) grid
+        exchange and per step no-load term) with ``loss_<part>_kw`` and
+        ``loss_total_kw`` (kW, credits negative), coords ``time``, ``contract``,
+        ``seller``, ``buyer``, ``kw``; plus ``network_loss_kw`` (time) = ``V^H G V`` per part.
+    """
+    net = loss_network(model) if net is None else net
+    ports = customer_ports(model)
+    inj = pf.customer_injection.values
+    v_ports = port_voltages(vt, ports.nodes)
+    a, _ = active_injection(inj, v_ports, ports.n_phases)
+    j_ext = net.y_ext @ vt
+    times = pf.time.values
+    rows = party_rows(net, model, contracts, shares, inj, a, j_ext, times)
+    losses = allocate_rows(net, rows, j_ext)
+    network = np.stack([np.einsum("it,it->t", np.conj(vt), g @ vt).real for g in net.g_parts], axis=1) / 1000.0
+    ds = xr.Dataset(
+        {f"loss_{p}_kw": ("row", losses[:, i], {"units": "kW"}) for i, p in enumerate(PARTS)}
+        | {
+            "loss_total_kw": ("row", losses.sum(axis=1), {"units": "kW", "long_name": "allocated loss (credit < 0)"}),
+            "network_loss_kw": (("time", "part"), network, {"units": "kW", "long_name": "V^H G_part V"}),
+        },
+        coords={
+            "row": np.arange(rows.time.size),
+            "time": ("time", times),
+            "part": list(PARTS),
+            "row_time": ("row", times[rows.time]),
+            "contract": ("row", rows.label),
+            "seller": ("row", rows.seller),
+            "buyer": ("row", rows.buyer),
+            "kw": ("row", rows.kw, {"units": "kW"}),
+        },
+        attrs={"method": "exact", "scaled_contracts": shares.scaled},
+    )
+    if detail:
+        labels, det = branch_detail(net, rows, vt, len(model.elements))
+        ds["detail_loss_kw"] = xr.DataArray(
+            det,
+            dims=("party", "element", "conductor"),
+            coords={"party": labels, "element": model.element_names(), "conductor": np.arange(1, net.max_conductors + 1)},
+            attrs={"units": "kW", "long_name": "loss share summed over steps (x step hours = kWh)"},
+        )
+    return ds
