@@ -43,7 +43,7 @@ import xarray as xr
 
 from lv3ph.allocation.contracts import Shares
 from lv3ph.allocation.kernels import branch_losses, row_losses
-from lv3ph.model import ComplexArray, FeederModel, IntArray, network_y
+from lv3ph.model import ComplexArray, FeederModel, IntArray, is_series, network_y
 from lv3ph.powerflow import customer_ports, neutral_conductors, port_voltages
 
 PARTS = ("phase", "neutral", "earth", "transformer")
@@ -54,51 +54,82 @@ NO_LOAD = "grid:no-load"
 class LossNetwork:
     """What the allocation precomputes once per model.
 
+    Element losses are written as ``Re(x^H B x)`` over *loss rows* ``x = M V``: for a
+    two-terminal series element (lines, most electrodes) one row per conductor with
+    ``x`` its voltage drop ``V1 - V2`` and ``B`` the Hermitian part of its series
+    admittance; for other elements (transformers, shunts) one row per terminal conductor
+    with ``x`` the node voltage and ``B`` the Hermitian part of ``Yprim``. Taking the drop
+    first keeps the faithful twin's near-zero neutral impedances (admittance ~1e9 S)
+    from amplifying rounding.
+
     Attributes:
         ext_nodes: node index of each extended port (customer ports, then source nodes).
         z_ext: (n_nodes, m) columns of ``Y^-1`` at ``ext_nodes``, ohm.
         y_ext: (m, n_nodes) rows of ``Y`` at ``ext_nodes``, S (``J_E = y_ext @ V``).
-        a_parts: (parts, m, m) ``Z_E^H G_part Z_E``, ohm.
-        g_parts: per part the (n_nodes, n_nodes) ``G_part``, S.
-        h_rows: (element rows, n_nodes) ``H P`` (S) so that ``w = h_rows @ V``.
-        row_node, row_slot: node and (element, conductor) slot of each element row.
-        max_conductors: conductors per element slot row.
+        row_map: (loss rows, n_nodes) ``M``.
+        row_b: (loss rows, loss rows) ``B``, S.
+        mz: (loss rows, m) ``M Z_E``, ohm.
+        a_parts: (parts, m, m) ``(M Z_E)^H B_part (M Z_E)``, ohm.
+        row_part: part index of each loss row (into :data:`PARTS`).
+        row_slot: ``element * max_conductors + conductor`` of each loss row.
+        max_conductors: conductors per element slot.
     """
 
     ext_nodes: IntArray
     z_ext: ComplexArray
     y_ext: sp.csr_matrix
+    row_map: sp.csr_matrix
+    row_b: sp.csr_matrix
+    mz: ComplexArray
     a_parts: ComplexArray
-    g_parts: tuple[sp.csr_matrix, ...]
-    h_rows: sp.csr_matrix
-    row_node: IntArray
+    row_part: IntArray
     row_slot: IntArray
     max_conductors: int
 
 
-def row_parts(model: FeederModel) -> tuple[IntArray, IntArray, IntArray, IntArray]:
-    """For every element row (element, terminal, conductor): node, element, conductor, part.
+def _element_part(kind: str, neutral: np.ndarray) -> np.ndarray:
+    """Part index per conductor of an element (see :data:`PARTS`)."""
+    if kind == "earthing":
+        return np.full(neutral.size, 2)
+    if kind == "transformer":
+        return np.full(neutral.size, 3)
+    return np.where(neutral, 1, 0)
 
-    Part index into :data:`PARTS`: earth electrodes -> earth, transformers -> transformer,
-    conductors on neutral nodes -> neutral, the rest -> phase.
-    """
+
+def loss_rows(model: FeederModel) -> tuple[sp.csr_matrix, sp.csr_matrix, IntArray, IntArray]:
+    """``(M, B, part, slot)`` of the loss rows (see :class:`LossNetwork`)."""
+    n = model.n_nodes
     max_cond = max(e.n_conductors for e in model.elements)
     neutral = neutral_conductors(model, max_cond)
-    nodes, elem, cond, part = [], [], [], []
+    r_idx: list[np.ndarray] = []
+    c_idx: list[np.ndarray] = []
+    vals: list[np.ndarray] = []
+    blocks: list[np.ndarray] = []
+    parts: list[np.ndarray] = []
+    slots: list[np.ndarray] = []
+    row = 0
     for i, e in enumerate(model.elements):
         k = e.n_conductors
-        c = np.tile(np.arange(k), e.n_terminals)
-        nodes.append(e.nodes)
-        elem.append(np.full(e.nodes.size, i))
-        cond.append(c)
-        if e.kind == "earthing":
-            p = np.full(c.size, 2)
-        elif e.kind == "transformer":
-            p = np.full(c.size, 3)
+        if is_series(e):
+            ys = e.yprim[:k, :k]
+            blocks.append((ys + ys.conj().T) / 2)
+            sides = ((e.nodes[:k], 1.0), (e.nodes[k:], -1.0))
+            cond = np.arange(k)
         else:
-            p = np.where(neutral[i, c], 1, 0)
-        part.append(p)
-    return np.concatenate(nodes), np.concatenate(elem), np.concatenate(cond), np.concatenate(part)
+            blocks.append((e.yprim + e.yprim.conj().T) / 2)
+            sides = ((e.nodes, 1.0),)
+            cond = np.tile(np.arange(k), e.n_terminals)
+        for nodes, sign in sides:
+            on = np.nonzero(nodes >= 0)[0]
+            r_idx.append(row + on)
+            c_idx.append(nodes[on])
+            vals.append(np.full(on.size, sign, dtype=np.complex128))
+        parts.append(_element_part(e.kind, neutral[i, cond]))
+        slots.append(i * max_cond + cond)
+        row += cond.size
+    row_map = sp.csr_matrix((np.concatenate(vals), (np.concatenate(r_idx), np.concatenate(c_idx))), shape=(row, n))
+    row_b = sp.block_diag(blocks, format="csr")
+    return row_map, row_b, np.concatenate(parts), np.concatenate(slots)
 
 
 def loss_network(model: FeederModel) -> LossNetwork:
@@ -112,30 +143,32 @@ def loss_network(model: FeederModel) -> LossNetwork:
     rhs = np.zeros((n, ext.size), dtype=np.complex128)
     rhs[ext, np.arange(ext.size)] = 1.0
     z_ext = spla.splu(y).solve(rhs)
-    node, elem, cond, part = row_parts(model)
-    on = node >= 0
-    incidence = sp.csr_matrix(
-        (np.ones(int(on.sum()), dtype=np.complex128), (np.nonzero(on)[0], node[on])), shape=(node.size, n)
-    )
-    h_blk = sp.block_diag([(e.yprim + e.yprim.conj().T) / 2 for e in model.elements], format="csr")
-    h_rows = (h_blk @ incidence).tocsr()
-    g_parts = []
-    for p in range(len(PARTS)):
-        d = sp.diags((part == p).astype(float))
-        g_parts.append((incidence.T.conj() @ d @ h_rows).tocsr())
-    a_parts = np.stack([z_ext.conj().T @ (g @ z_ext) for g in g_parts])
-    max_cond = max(e.n_conductors for e in model.elements)
+    row_map, row_b, part, slot = loss_rows(model)
+    mz = np.asarray(row_map @ z_ext)
+    masked = [sp.diags((part == p).astype(float)) @ row_b for p in range(len(PARTS))]
+    a_parts = np.stack([mz.conj().T @ (bp @ mz) for bp in masked])
     return LossNetwork(
         ext_nodes=ext,
         z_ext=z_ext,
         y_ext=y.tocsr()[ext],
+        row_map=row_map,
+        row_b=row_b,
+        mz=mz,
         a_parts=a_parts,
-        g_parts=tuple(g_parts),
-        h_rows=h_rows,
-        row_node=node,
-        row_slot=elem * max_cond + cond,
-        max_conductors=max_cond,
+        row_part=part,
+        row_slot=slot,
+        max_conductors=max(e.n_conductors for e in model.elements),
     )
+
+
+def network_losses(net: LossNetwork, vt: ComplexArray) -> np.ndarray:
+    """Losses per step and part, kW: ``Re(x^H B_part x)`` with ``x = M V``; (steps, parts)."""
+    x = net.row_map @ vt
+    per_row = (np.conj(x) * (net.row_b @ x)).real
+    out = np.zeros((vt.shape[1], len(PARTS)))
+    for p in range(len(PARTS)):
+        out[:, p] = per_row[net.row_part == p].sum(axis=0)
+    return out / 1000.0
 
 
 def active_injection(inj: ComplexArray, v_ports: ComplexArray, n_phases: IntArray) -> tuple[ComplexArray, np.ndarray]:
@@ -286,11 +319,9 @@ def branch_detail(net: LossNetwork, rows: PartyRows, vt: ComplexArray, n_element
     labels, group = np.unique(np.array(rows.label), return_inverse=True)
     order = np.argsort(group, kind="stable").astype(np.int64)
     group_ptr = np.concatenate([[0], np.cumsum(np.bincount(group, minlength=labels.size))]).astype(np.int64)
-    w = net.h_rows @ vt
+    w = net.row_b @ (net.row_map @ vt)
     slots = n_elements * net.max_conductors
-    out = branch_losses(
-        net.z_ext, w, net.row_node, net.row_slot, slots, group_ptr, order, rows.time, rows.ptr, rows.pos, rows.val
-    )
+    out = branch_losses(net.mz, w, net.row_slot, slots, group_ptr, order, rows.time, rows.ptr, rows.pos, rows.val)
     return list(labels), out.reshape(labels.size, n_elements, net.max_conductors) / 1000.0
 
 
@@ -330,7 +361,7 @@ def exact_allocation(
     times = pf.time.values
     rows = party_rows(net, model, contracts, shares, inj, a, j_ext, times)
     losses = allocate_rows(net, rows, j_ext)
-    network = np.stack([np.einsum("it,it->t", np.conj(vt), g @ vt).real for g in net.g_parts], axis=1) / 1000.0
+    network = network_losses(net, vt)
     ds = xr.Dataset(
         {f"loss_{p}_kw": ("row", losses[:, i], {"units": "kW"}) for i, p in enumerate(PARTS)}
         | {
@@ -358,3 +389,12 @@ def exact_allocation(
             attrs={"units": "kW", "long_name": "loss share summed over steps (x step hours = kWh)"},
         )
     return ds
+
+
+def party_voltages(net: LossNetwork, rows: PartyRows, which: IntArray) -> ComplexArray:
+    """Voltage contribution ``Z_E j`` of the party rows ``which``, V: (len(which), n_nodes)."""
+    out = np.zeros((which.size, net.z_ext.shape[0]), dtype=np.complex128)
+    for i, r in enumerate(which):
+        sl = slice(rows.ptr[r], rows.ptr[r + 1])
+        out[i] = net.z_ext[:, rows.pos[sl]] @ rows.val[sl]
+    return out

@@ -46,9 +46,8 @@ def row_losses_reference(u: np.ndarray, row_time: np.ndarray, ptr: np.ndarray, p
 
 @nb.njit(parallel=True, cache=True)
 def branch_losses(
-    z_ext: np.ndarray,
+    mz: np.ndarray,
     w: np.ndarray,
-    row_node: np.ndarray,
     row_slot: np.ndarray,
     n_slots: int,
     group_ptr: np.ndarray,
@@ -60,39 +59,36 @@ def branch_losses(
 ) -> np.ndarray:
     """Per-branch-conductor loss of each group of rows, summed over its rows, W.
 
-    For a row with injections ``j`` at E positions, its voltage contribution is
-    ``v = z_ext[:, pos] @ j`` and its share of element row ``k``'s loss is
-    ``Re(conj(v[row_node[k]]) * w[k, t])`` with ``w = H P V`` (element rows x steps).
-    ``row_slot[k]`` is the (element, conductor) slot of element row ``k``.
+    For a party row with injections ``j`` at E positions, its contribution to the loss
+    rows is ``x = mz[:, pos] @ j`` (``mz = M Z_E``) and its share of loss row ``k`` is
+    ``Re(conj(x[k]) * w[k, t])`` with ``w = B M V`` (loss rows x steps).
+    ``row_slot[k]`` is the (element, conductor) slot of loss row ``k``.
     Groups (contract ids) run in parallel; each owns its output row.
     """
     n_groups = group_ptr.size - 1
     out = np.zeros((n_groups, n_slots))
-    n_nodes = z_ext.shape[0]
+    n_rows = mz.shape[0]
     for g in nb.prange(n_groups):
-        v = np.empty(n_nodes, dtype=np.complex128)
+        x = np.empty(n_rows, dtype=np.complex128)
         for gi in range(group_ptr[g], group_ptr[g + 1]):
             r = rows_by_group[gi]
             t = row_time[r]
-            v[:] = 0.0
+            x[:] = 0.0
             for q in range(ptr[r], ptr[r + 1]):
                 col = pos[q]
                 z = val[q]
-                for i in range(n_nodes):
-                    v[i] += z_ext[i, col] * z
-            for k in range(row_node.size):
-                node = row_node[k]
-                if node >= 0:
-                    a = v[node]
-                    b = w[k, t]
-                    out[g, row_slot[k]] += a.real * b.real + a.imag * b.imag
+                for i in range(n_rows):
+                    x[i] += mz[i, col] * z
+            for k in range(n_rows):
+                a = x[k]
+                b = w[k, t]
+                out[g, row_slot[k]] += a.real * b.real + a.imag * b.imag
     return out
 
 
 def branch_losses_reference(
-    z_ext: np.ndarray,
+    mz: np.ndarray,
     w: np.ndarray,
-    row_node: np.ndarray,
     row_slot: np.ndarray,
     n_slots: int,
     group_ptr: np.ndarray,
@@ -104,11 +100,10 @@ def branch_losses_reference(
 ) -> np.ndarray:
     """Plain numpy version of :func:`branch_losses` (one row at a time)."""
     out = np.zeros((group_ptr.size - 1, n_slots))
-    on = row_node >= 0
     for g in range(group_ptr.size - 1):
         for r in rows_by_group[group_ptr[g] : group_ptr[g + 1]]:
             sl = slice(ptr[r], ptr[r + 1])
-            v = z_ext[:, pos[sl]] @ val[sl]
-            share = (np.conj(v[row_node[on]]) * w[on, row_time[r]]).real
-            out[g] += np.bincount(row_slot[on], weights=share, minlength=n_slots)
+            x = mz[:, pos[sl]] @ val[sl]
+            share = (np.conj(x) * w[:, row_time[r]]).real
+            out[g] += np.bincount(row_slot, weights=share, minlength=n_slots)
     return out
