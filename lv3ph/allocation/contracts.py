@@ -12,16 +12,19 @@ then the calculation trusts its input.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Final
 
 import numpy as np
 import pandas as pd
+from numpy.typing import NDArray
 
 from lv3ph.errors import ContractError
 
-COLUMNS = ("contract", "time", "seller", "buyer", "kw")
+#: The contract table's columns, in order.
+CONTRACT_COLUMNS: Final[tuple[str, ...]] = ("contract", "time", "seller", "buyer", "kw")
 OVERSOLD_POLICIES = ("error", "scale")
 #: Relative and absolute slack (kW) on a seller's export / buyer's import: the measured
 #: power differs from the set-point by OpenDSS's convergence tolerance.
@@ -29,70 +32,136 @@ TOLERANCE_REL = 1e-3
 TOLERANCE_KW = 1e-3
 
 
-def read_contracts(path: str | Path) -> pd.DataFrame:
-    """Read a contract CSV with exactly the columns ``contract,time,seller,buyer,kw``.
+def empty_contracts() -> pd.DataFrame:
+    """A contract table with no rows and the right dtypes."""
+    return pd.DataFrame(
+        {
+            "contract": pd.Series([], dtype=object),
+            "time": pd.Series([], dtype=np.int64),
+            "seller": pd.Series([], dtype=object),
+            "buyer": pd.Series([], dtype=object),
+            "kw": pd.Series([], dtype=np.float64),
+        }
+    )
 
-    Rows are numbered as in the file (header = line 1). Raises :class:`ContractError`
-    for a missing file, wrong columns, or values that are not numbers.
+
+def read_contracts(path: str | Path) -> pd.DataFrame:
+    """Read a contract CSV (exactly the columns of :data:`CONTRACT_COLUMNS`, any order).
+
+    Parses and type-checks only (customer names and times are checked against a feeder /
+    study elsewhere): ``time`` must be an integer >= 1, ``kw`` a number >= 0, ``seller``
+    and ``buyer`` non-empty and different, ``contract`` non-empty. Names are stripped and
+    lower-cased (OpenDSS names are case-insensitive). Raises
+    :class:`~lv3ph.errors.ContractError` naming the file, the line (1-based, the header is
+    line 1) and the problem. Returns the table in :data:`CONTRACT_COLUMNS` order; its
+    ``attrs`` remember the file so later checks can name lines too.
     """
-    p = Path(path)
-    if not p.is_file():
-        raise ContractError(f"contract file not found: {p}")
+    where = f"contracts file {path}"
     try:
-        df = pd.read_csv(p, dtype=str, keep_default_na=False, skipinitialspace=True)
+        raw = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
+    except FileNotFoundError as exc:
+        raise ContractError(f"{where}: file not found") from exc
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise ContractError(f"{p}: not a readable CSV ({str(exc).splitlines()[0]})") from None
-    cols = [c.strip() for c in df.columns]
-    if tuple(cols) != COLUMNS:
-        raise ContractError(f"{p}: columns must be exactly {','.join(COLUMNS)}; found {','.join(cols)}")
-    df.columns = list(COLUMNS)
-    errors = []
-    out = pd.DataFrame({"contract": df.contract.str.strip(), "seller": df.seller.str.strip().str.lower(), "buyer": df.buyer.str.strip().str.lower()})
-    time = pd.to_numeric(df.time, errors="coerce")
-    kw = pd.to_numeric(df.kw.replace({"": "nan"}), errors="coerce")
-    for i in np.nonzero((time.isna() | (time != np.floor(time))).to_numpy())[0]:
-        errors.append(f"{p} line {i + 2}: time {df.time.iloc[i]!r} is not a whole step number")
-    for i in np.nonzero(kw.isna().to_numpy() & (df.kw.str.strip().str.lower() != "nan").to_numpy())[0]:
-        errors.append(f"{p} line {i + 2}: kw {df.kw.iloc[i]!r} is not a number")
-    if errors:
-        raise ContractError("; ".join(errors[:20]) + (f"; ... {len(errors) - 20} more" if len(errors) > 20 else ""))
-    out.insert(1, "time", time.astype("int64"))
-    out["kw"] = kw.astype(float)
-    out.attrs["source"] = str(p)
+        raise ContractError(f"{where}: not a readable CSV ({exc})") from exc
+    raw.columns = [str(c).strip().lower() for c in raw.columns]
+    missing = [c for c in CONTRACT_COLUMNS if c not in raw.columns]
+    if missing:
+        raise ContractError(f"{where}: line 1: missing column(s) {', '.join(missing)}")
+    extra = [c for c in raw.columns if c not in CONTRACT_COLUMNS]
+    if extra or len(raw.columns) != len(CONTRACT_COLUMNS):
+        raise ContractError(
+            f"{where}: line 1: unexpected or duplicate column(s) {', '.join(extra) or '(duplicate)'}; "
+            f"expected exactly {', '.join(CONTRACT_COLUMNS)}"
+        )
+    if raw.empty:
+        return empty_contracts()
+    text = {c: raw[c].astype(str).str.strip() for c in CONTRACT_COLUMNS}
+
+    def fail(
+        mask: NDArray[np.bool_] | pd.Series, problem: str | Callable[[int], str]
+    ) -> None:
+        bad = np.flatnonzero(np.asarray(mask))
+        if bad.size:
+            i = int(bad[0])
+            more = f" (and {bad.size - 1} more row(s))" if bad.size > 1 else ""
+            raise ContractError(
+                f"{where}: line {i + 2}: {problem(i) if callable(problem) else problem}{more}"
+            )
+
+    for col in ("contract", "seller", "buyer"):
+        fail(text[col] == "", f"empty {col}")
+    kw_text = text["kw"]
+    kw = pd.to_numeric(kw_text, errors="coerce").to_numpy(dtype=np.float64)
+    is_nan_text = (
+        kw_text.str.lower().isin(["nan", "", "na", "n/a", "null", "none"]).to_numpy()
+    )
+    fail(is_nan_text, "kw is NaN/empty")
+    fail(np.isnan(kw), lambda i: f"kw {kw_text.iloc[i]!r} is not a number")
+    fail(~np.isfinite(kw), lambda i: f"kw {kw_text.iloc[i]!r} is not finite")
+    fail(
+        kw < 0.0,
+        lambda i: (
+            f"kw {kw[i]} is negative (contracts deliver kw >= 0 from seller to buyer)"
+        ),
+    )
+    t_text = text["time"]
+    tnum = pd.to_numeric(t_text, errors="coerce").to_numpy(dtype=np.float64)
+    fail(
+        ~np.isfinite(tnum) | (tnum != np.round(tnum)),
+        lambda i: f"time {t_text.iloc[i]!r} is not an integer step",
+    )
+    fail(
+        tnum < 1,
+        lambda i: f"time {int(tnum[i])} is not a step index (steps start at 1)",
+    )
+    seller = text["seller"].str.lower()
+    buyer = text["buyer"].str.lower()
+    fail(
+        seller == buyer,
+        lambda i: f"seller and buyer are the same customer {seller.iloc[i]!r}",
+    )
+    out = pd.DataFrame(
+        {
+            "contract": text["contract"].to_numpy(dtype=object),
+            "time": tnum.astype(np.int64),
+            "seller": seller.to_numpy(dtype=object),
+            "buyer": buyer.to_numpy(dtype=object),
+            "kw": kw,
+        }
+    )
+    out.attrs["source"] = str(path)
     out.attrs["first_line"] = 2
     return out
 
 
-def validate_contracts(
-    contracts: pd.DataFrame, customers: Sequence[str], times: Sequence[int]
-) -> list[str]:
+def validate_contracts(contracts: pd.DataFrame, customers: Sequence[str], times: Sequence[int]) -> list[str]:
     """Every structural problem of ``contracts`` as one message each (empty = valid).
 
     Checks: unknown seller/buyer, seller == buyer, kW NaN or negative, time outside the
     run, empty contract id. Rows are named by file line when read from a file.
     """
-    known = {c.lower() for c in customers}
-    tset = set(int(t) for t in times)
+    known = pd.Index([c.lower() for c in customers])
+    tset = pd.Index([int(t) for t in times])
     src = contracts.attrs.get("source", "contracts")
     first = int(contracts.attrs.get("first_line", 2))
     label = "line" if "source" in contracts.attrs else "row"
+    kw = contracts.kw.to_numpy(dtype=float)
+    checks: list[tuple[np.ndarray, Callable[[int], str]]] = [
+        (contracts.contract.astype(str).to_numpy() == "", lambda i: "empty contract id"),
+        (~contracts.seller.isin(known).to_numpy(), lambda i: f"unknown seller {contracts.seller.iloc[i]!r}"),
+        (~contracts.buyer.isin(known).to_numpy(), lambda i: f"unknown buyer {contracts.buyer.iloc[i]!r}"),
+        ((contracts.seller == contracts.buyer).to_numpy(), lambda i: f"seller and buyer are both {contracts.seller.iloc[i]!r}"),
+        (np.isnan(kw), lambda i: "kw is NaN"),
+        (kw < 0, lambda i: f"negative kw {kw[i]:g}"),
+        (
+            ~contracts.time.isin(tset).to_numpy(),
+            lambda i: f"time {contracts.time.iloc[i]} is outside the run (steps {tset.min()}..{tset.max()})",
+        ),
+    ]
     errors = []
-    for i, row in enumerate(contracts.itertuples(index=False)):
-        where = f"{src} {label} {i + first} (contract {row.contract})"
-        if not str(row.contract):
-            errors.append(f"{where}: empty contract id")
-        for role in ("seller", "buyer"):
-            name = getattr(row, role)
-            if name not in known:
-                errors.append(f"{where}: unknown {role} {name!r}")
-        if row.seller == row.buyer:
-            errors.append(f"{where}: seller and buyer are both {row.seller!r}")
-        if not np.isfinite(row.kw):
-            errors.append(f"{where}: kw is NaN")
-        elif row.kw < 0:
-            errors.append(f"{where}: negative kw {row.kw:g}")
-        if int(row.time) not in tset:
-            errors.append(f"{where}: time {row.time} is outside the run (steps {min(tset)}..{max(tset)})")
+    for mask, message in checks:
+        for i in np.nonzero(mask)[0][:20]:
+            errors.append(f"{src} {label} {i + first} (contract {contracts.contract.iloc[i]}): {message(int(i))}")
     return errors
 
 

@@ -226,76 +226,56 @@ def party_rows(
     times: IntArray,
 ) -> PartyRows:
     """Build contract rows, one ``grid:<customer>`` row per customer and step, and one
-    ``grid:no-load`` row per step (source and solver residual)."""
+    ``grid:no-load`` row per step (source and solver residual), in that order."""
     ports = customer_ports(model)
     where = np.full(model.n_nodes, -1)
     where[net.ext_nodes] = np.arange(net.ext_nodes.size)
-    port_pos = np.where(ports.nodes >= 0, where[np.maximum(ports.nodes, 0)], -1)
+    port_pos = np.where(ports.nodes >= 0, where[np.maximum(ports.nodes, 0)], -1)  # (cust, ports)
+    n_ports = port_pos.shape[1]
+    steps, n_cust, _ = inj.shape
     cidx = {c: i for i, c in enumerate(ports.names)}
     tidx = {int(t): i for i, t in enumerate(times)}
-    steps, n_cust, _ = inj.shape
-    rows_t: list[int] = []
-    ptr = [0]
-    pos: list[np.ndarray] = []
-    val: list[np.ndarray] = []
-    label: list[str] = []
-    seller: list[str] = []
-    buyer: list[str] = []
-    kw: list[float] = []
-    matched = np.zeros((steps, n_cust))  # share of each customer's active current in contracts
-
-    def add(t: int, k_list: list[tuple[int, np.ndarray]]) -> None:
-        for k, vec in k_list:
-            ok = port_pos[k] >= 0
-            pos.append(port_pos[k][ok])
-            val.append(vec[ok])
-        ptr.append(ptr[-1] + sum(int((port_pos[k] >= 0).sum()) for k, _ in k_list))
-        rows_t.append(t)
-
-    ti = contracts.time.map(tidx).to_numpy()
-    si = contracts.seller.map(cidx).to_numpy()
-    bi = contracts.buyer.map(cidx).to_numpy()
-    for r in range(len(contracts)):
-        t, s, b = int(ti[r]), int(si[r]), int(bi[r])
-        alpha, beta = shares.seller_share[r], shares.buyer_share[r]
-        add(t, [(s, alpha * a[t, s]), (b, beta * a[t, b])])
-        matched[t, s] += alpha
-        matched[t, b] += beta
-        label.append(str(contracts.contract.iloc[r]))
-        seller.append(str(contracts.seller.iloc[r]))
-        buyer.append(str(contracts.buyer.iloc[r]))
-        kw.append(float(shares.kw[r]))
-    for t in range(steps):
-        for k in range(n_cust):
-            add(t, [(k, inj[t, k] - matched[t, k] * a[t, k])])
-            label.append(f"grid:{ports.names[k]}")
-            seller.append("")
-            buyer.append("")
-            kw.append(0.0)
-    # the no-load party: everything at E that is not a customer's
+    ti = contracts.time.map(tidx).to_numpy(dtype=np.int64)
+    si = contracts.seller.map(cidx).to_numpy(dtype=np.int64)
+    bi = contracts.buyer.map(cidx).to_numpy(dtype=np.int64)
+    matched = np.zeros((steps, n_cust))
+    np.add.at(matched, (ti, si), shares.seller_share)
+    np.add.at(matched, (ti, bi), shares.buyer_share)
+    # dense (row, slot) layout: contracts use seller ports then buyer ports; grid rows own ports
+    c_pos = np.concatenate([port_pos[si], port_pos[bi]], axis=1)
+    c_val = np.concatenate([shares.seller_share[:, None] * a[ti, si], shares.buyer_share[:, None] * a[ti, bi]], axis=1)
+    g_time = np.repeat(np.arange(steps), n_cust)
+    g_cust = np.tile(np.arange(n_cust), steps)
+    g_pos = port_pos[g_cust]
+    g_val = (inj - matched[:, :, None] * a).reshape(steps * n_cust, n_ports)
     cust = np.zeros((net.ext_nodes.size, steps), dtype=np.complex128)
     for k in range(n_cust):
         ok = port_pos[k] >= 0
         np.add.at(cust, port_pos[k][ok], inj[:, k, ok].T)
-    j0 = j_ext - cust
-    for t in range(steps):
-        pos.append(np.arange(net.ext_nodes.size))
-        val.append(j0[:, t])
-        ptr.append(ptr[-1] + net.ext_nodes.size)
-        rows_t.append(t)
-        label.append(NO_LOAD)
-        seller.append("")
-        buyer.append("")
-        kw.append(0.0)
+    j0 = (j_ext - cust).T  # (steps, m)
+    pos_blocks = [c_pos, g_pos]
+    val_blocks = [c_val, g_val]
+    ptr_parts, pos_parts, val_parts = [], [], []
+    for pos_b, val_b in zip(pos_blocks, val_blocks, strict=True):
+        ok = pos_b >= 0
+        ptr_parts.append(ok.sum(axis=1))
+        pos_parts.append(pos_b[ok])
+        val_parts.append(val_b[ok])
+    ptr_parts.append(np.full(steps, net.ext_nodes.size))
+    pos_parts.append(np.tile(np.arange(net.ext_nodes.size), steps))
+    val_parts.append(j0.ravel())
+    counts = np.concatenate(ptr_parts)
+    names = np.array(ports.names, dtype=object)
+    empty = np.full(steps * n_cust + steps, "", dtype=object)
     return PartyRows(
-        time=np.array(rows_t, dtype=np.int64),
-        ptr=np.array(ptr, dtype=np.int64),
-        pos=np.concatenate(pos).astype(np.int64),
-        val=np.concatenate(val).astype(np.complex128),
-        label=label,
-        seller=seller,
-        buyer=buyer,
-        kw=np.array(kw),
+        time=np.concatenate([ti, g_time, np.arange(steps)]).astype(np.int64),
+        ptr=np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
+        pos=np.concatenate(pos_parts).astype(np.int64),
+        val=np.concatenate(val_parts).astype(np.complex128),
+        label=list(contracts.contract.astype(str)) + list("grid:" + names[g_cust]) + [NO_LOAD] * steps,
+        seller=list(contracts.seller) + list(empty),
+        buyer=list(contracts.buyer) + list(empty),
+        kw=np.concatenate([shares.kw, np.zeros(steps * n_cust + steps)]),
     )
 
 
