@@ -374,6 +374,61 @@ class Engine:
             if q is not None:
                 loads.kvar(float(q))
 
+    def setter(self, cls: str, names: Sequence[str]) -> Callable[[np.ndarray], None]:
+        """A fast per-step setter of ``kW`` for Loads or Generators ``names`` (no text edits).
+
+        The returned function takes one kW value per name.
+        """
+        api = {"load": self.dss.Loads, "generator": self.dss.Generators}[cls]
+        idx = []
+        for n in names:
+            api.Name(n)
+            idx.append(int(api.Idx()))
+
+        def set_kw(kw: np.ndarray) -> None:
+            for i, p in zip(idx, kw, strict=True):
+                api.Idx(i)
+                api.kW(float(p))
+
+        return set_kw
+
+    def load_setpoints(self, mode: str, stepsize_s: float, start: int, steps: int) -> tuple[list[str], np.ndarray, np.ndarray]:
+        """Every Load's set-point per step from its load shape: ``(names, kW, kvar)``.
+
+        ``kW = kW_base x mult(t)`` at ``t = k x stepsize`` (``mult`` is the actual kW when the
+        shape has ``useactual=yes``); kvar follows the load's power factor. Shapes are
+        evaluated on their own fixed interval, wrapping around as OpenDSS does; a step that
+        falls between two points takes the linear interpolation.
+        """
+        d = self.dss
+        names, kws, kvars = [], [], []
+        t_h = np.arange(start, start + steps) * stepsize_s / 3600.0
+        if d.Loads.Count() == 0:
+            return [], np.zeros((steps, 0)), np.zeros((steps, 0))
+        d.Loads.First()
+        while True:
+            name = d.Loads.Name().lower()
+            base_kw, base_kvar = float(d.Loads.kW()), float(d.Loads.kvar())
+            shape = {"yearly": d.Loads.Yearly() or d.Loads.Daily(), "daily": d.Loads.Daily()}.get(mode, "")
+            mult = np.ones(steps)
+            if shape:
+                d.LoadShape.Name(shape)
+                pm = np.asarray(d.LoadShape.PMult(), dtype=float)
+                h = float(d.LoadShape.HrInterval())
+                if h <= 0:
+                    raise ProfileError(f"load shape {shape} (used by load.{name}) has no fixed interval")
+                span = pm.size * h
+                grid = h * np.arange(1, pm.size + 1)
+                mult = np.interp(np.mod(t_h - 1e-9, span) + 1e-9, np.concatenate([[0.0], grid]), np.concatenate([[pm[-1]], pm]))
+                if d.LoadShape.UseActual():
+                    base_kw, base_kvar = 1.0, base_kvar / base_kw if base_kw else 0.0
+            names.append(name)
+            kws.append(base_kw * mult)
+            kvars.append(base_kvar * mult)
+            if not d.Loads.Next():
+                break
+        return names, np.stack(kws, axis=1), np.stack(kvars, axis=1)
+
     # ------------------------------------------------------------------ OpenDSS's own numbers (references)
     def element_losses_w(self) -> dict[str, complex]:
         """OpenDSS's own losses (W + j var) of every enabled PD element, at the last solve."""

@@ -313,3 +313,49 @@ def pme_commands(model: FeederModel, r_ohm: float, customers: list[str] | None =
         earth_electrode_command(f"pme_{name}", str(model.node_bus[n]), int(model.node_terminal[n]), r_ohm)
         for n, name in nodes.items()
     ]
+
+
+def _device_bus(model: FeederModel, customer: Customer) -> str:
+    """``bus.phase.neutral`` connection of a single-phase device beside ``customer``."""
+    from lv3ph.errors import ModelError
+
+    if len(customer.phases) != 1:
+        raise ModelError(f"customer {customer.name} is not single-phase: PV/battery devices need one phase")
+    n = int(model.node_terminal[customer.neutral_node]) if customer.neutral_node >= 0 else 0
+    return f"{customer.bus}.{customer.phases[0]}.{n}"
+
+
+def loadshape_command(name: str, values: np.ndarray, stepsize_s: float) -> str:
+    """OpenDSS command defining a load shape with one point per step (point k at k x step)."""
+    mult = " ".join(f"{x:.6g}" for x in values)
+    return f"New Loadshape.{name} npts={values.size} sinterval={stepsize_s:g} mult=[{mult}]"
+
+
+def pv_commands(model: FeederModel, kwp: dict[str, float], shape: str, kv: float = 0.23) -> list[str]:
+    """PVSystems of ``kwp[customer]`` kWp beside each customer, following load shape ``shape``.
+
+    The output is ``kwp x shape(t)`` kW (irradiance 1 kW/m2 scaled by the shape, no
+    temperature or efficiency curves: the shape is already AC kW per kWp), unity power
+    factor, inverter rated 1.1 x kWp, no cut-in/cut-out, constant power over 0.5-1.5 pu.
+    """
+    index = model.customer_index()
+    out = []
+    for name, size in kwp.items():
+        c = model.customers[index[name]]
+        out.append(
+            f"New PVSystem.pv_{name} phases=1 bus1={_device_bus(model, c)} kv={kv:g} kva={1.1 * size:.6g} "
+            f"pmpp={size:.6g} irradiance=1 %cutin=0 %cutout=0 yearly={shape} daily={shape} "
+            "vminpu=0.5 vmaxpu=1.5"
+        )
+    return out
+
+
+def battery_commands(model: FeederModel, customers: list[str], kv: float = 0.23) -> list[str]:
+    """One Generator ``bat_<customer>`` per battery: its kW (discharge positive, charge
+    negative) is set every step through the fast API; unity power factor."""
+    index = model.customer_index()
+    return [
+        f"New Generator.bat_{name} phases=1 bus1={_device_bus(model, model.customers[index[name]])} kv={kv:g} "
+        "kw=0 pf=1 model=1 vminpu=0.5 vmaxpu=1.5"
+        for name in customers
+    ]
