@@ -429,6 +429,20 @@ class Engine:
                 break
         return names, np.stack(kws, axis=1), np.stack(kvars, axis=1)
 
+    def line_lengths_km(self) -> dict[str, float]:
+        """Length of every Line in km (``line.<name>`` lower case)."""
+        per_km = {0: 1.0, 1: 1.609344, 2: 0.3048, 3: 1.0, 4: 1e-3, 5: 0.3048e-3, 6: 0.0254e-3, 7: 1e-5, 8: 1e-6}
+        lines = self.dss.Lines
+        out: dict[str, float] = {}
+        if lines.Count() == 0:
+            return out
+        lines.First()
+        while True:
+            out[f"line.{lines.Name().lower()}"] = float(lines.Length()) * per_km.get(int(lines.Units()), 1.0)
+            if not lines.Next():
+                break
+        return out
+
     # ------------------------------------------------------------------ OpenDSS's own numbers (references)
     def element_losses_w(self) -> dict[str, complex]:
         """OpenDSS's own losses (W + j var) of every enabled PD element, at the last solve."""
