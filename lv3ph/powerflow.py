@@ -41,6 +41,7 @@ from tqdm.auto import tqdm
 
 from lv3ph import __version__
 from lv3ph.dss import Engine, parse_stepsize
+from lv3ph.errors import ModelError
 from lv3ph.kernels import series_flows
 from lv3ph.model import (
     ComplexArray,
@@ -141,6 +142,12 @@ def customer_injections(
     residual = (network_y(model).tocsr()[used] @ vt).T  # injection at used nodes, (steps, used)
     inj = np.zeros((steps, len(ports.names), ports.nodes.shape[1]), dtype=np.complex128)
     for i, devices in ports.measured.items():
+        missing = [d for d in devices if d not in measured]
+        if missing:
+            raise ModelError(
+                f"customer {ports.names[i]} shares a phase node with another customer: its devices "
+                f"({', '.join(missing)}) must be measured at every step (use powerflow.solve_raw)"
+            )
         n_ph = int(ports.n_phases[i])
         # a device's terminal-1 currents flow into the device: drawn current, phase ports first
         drawn = sum(measured[d][:, :n_ph] for d in devices)

@@ -14,6 +14,7 @@ from lv3ph.allocation import allocate
 from lv3ph.allocation.contracts import contract_shares
 from lv3ph.allocation.exact import active_injection, exact_allocation, loss_network, party_rows, party_voltages
 from lv3ph.errors import ContractError
+from lv3ph.model import loadshape_command, pv_commands
 from lv3ph.powerflow import RunSpec, capture, customer_ports, open_feeder, port_voltages
 from tests.conftest import IEEE, IEEE_4W, write_feeder
 
@@ -75,19 +76,6 @@ def test_two_customer_hand_calculation(tmp_path: Path) -> None:
     assert float(grid_b.loss_total_kw.sum()) * 1000 == pytest.approx(exp_b, rel=1e-6)
 
 
-def _pv_commands(model, kwp: dict[str, float], shape: np.ndarray) -> list[str]:
-    cmds = [f"new loadshape.solar npts={shape.size} minterval=1 mult=[{' '.join(f'{x:.5f}' for x in shape)}]"]
-    for c in model.customers:
-        if c.name in kwp:
-            ph = c.phases[0]
-            n = model.node_terminal[c.neutral_node] if c.neutral_node >= 0 else 0
-            cmds.append(
-                f"new pvsystem.pv_{c.name} phases=1 bus1={c.bus}.{ph}.{n} kv=0.23 kva={kwp[c.name] * 1.1} "
-                f"pmpp={kwp[c.name]} irradiance=1 %cutin=0.01 %cutout=0.01 yearly=solar vminpu=0.5 vmaxpu=1.5"
-            )
-    return cmds
-
-
 def solar_shape(steps: int = 1440) -> np.ndarray:
     t = np.arange(1, steps + 1) / 60.0
     return np.clip(np.sin(np.pi * (t - 6) / 12), 0, None) ** 1.5
@@ -115,7 +103,7 @@ def pme_day():
     engine, model = open_feeder(IEEE_4W, vmaxpu=1.5, pme_ohm=20.0)
     rng = np.random.default_rng(7)
     chosen = rng.choice([c.name for c in model.customers], size=20, replace=False)
-    engine.apply(_pv_commands(model, {c: 4.0 for c in chosen}, solar_shape()))
+    engine.apply([loadshape_command("sun", solar_shape(), 60.0), *pv_commands(model, {c: 4.0 for c in chosen}, "sun")])
     model = engine.model()
     spec = RunSpec("yearly", 60.0, 1, 1440)
     vt, meas = engine.run(spec.mode, spec.stepsize_s, spec.start, spec.steps)
@@ -213,26 +201,34 @@ def test_shapley_brute_force_equals_equal_split(tmp_path: Path) -> None:
 
 
 def test_four_wire_twin_allocates_like_published_model() -> None:
-    minute = 566
-    shares_by_model = {}
+    """The published model is the sequence equivalent of the twin earthed at the transformer
+    only: with the same PV and contracts, exact gives every row the same share."""
+    minute = 720
+    profile = solar_shape(minute)
+    chosen = ["load1", "load5", "load9", "load20", "load31", "load40", "load52"]
+    results = {}
     for path in (IEEE, IEEE_4W):
         engine, model = open_feeder(path, vmaxpu=1.5)
+        engine.apply([loadshape_command("sun", profile, 60.0), *pv_commands(model, {c: 5.0 for c in chosen}, "sun")])
+        model = engine.model()
         spec = RunSpec("yearly", 60.0, minute, 1)
         vt, _ = engine.run(spec.mode, spec.stepsize_s, minute, 1)
         pf = capture(model, spec, vt)
+        results[path] = (model, pf, vt)
+    pf3 = results[IEEE][1]
+    table = random_contracts(pf3, np.random.default_rng(3), per_step=12)
+    assert len(table) == 12
+    shares = {}
+    for path, (model, pf, vt) in results.items():
         names = list(pf.customer.values)
-        drawn = pf.customer_p_kw.values[0]
-        # buyers only (no PV): contracts let the largest consumers "buy" from a load with a
-        # negative contract is impossible, so give every customer a grid row and compare those
-        table = contracts([])
-        shares = contract_shares(table, pf.customer_p_kw.values, names, pf.time.values)
-        al = exact_allocation(model, pf, vt, table, shares)
-        shares_by_model[path] = pd.Series(al.loss_total_kw.values, index=al.contract.values)
-        assert drawn.max() > 0
-    a, b = shares_by_model[IEEE], shares_by_model[IEEE_4W]
-    grid = [x for x in a.index if x.startswith("grid:load")]
-    assert len(grid) == 55
-    assert np.allclose(a[grid].values, b[grid].values, rtol=1e-6, atol=1e-9)
+        sh = contract_shares(table, pf.customer_p_kw.values, names, pf.time.values)
+        al = exact_allocation(model, pf, vt, table, sh)
+        shares[path] = pd.Series(al.loss_total_kw.values, index=al.contract.values)
+    a, b = shares[IEEE], shares[IEEE_4W]
+    rows = [x for x in a.index if x != "grid:no-load"]
+    assert len(rows) == 12 + 55
+    assert np.allclose(a[rows].values, b[rows].values, rtol=1e-6, atol=1e-9)
+    assert a[table.contract].abs().min() > 0
 
 
 def test_oversold_seller_is_an_error_naming_the_contract(tmp_path: Path) -> None:
