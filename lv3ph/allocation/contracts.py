@@ -173,6 +173,19 @@ def assert_valid_contracts(contracts: pd.DataFrame, customers: Sequence[str], ti
         raise ContractError("; ".join(errors[:20]) + more)
 
 
+def contract_positions(
+    contracts: pd.DataFrame, customers: Sequence[str], times: Sequence[int]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Row positions of each contract's step, seller and buyer (validated contracts)."""
+    cust = pd.Index([c.lower() for c in customers])
+    steps = pd.Index([int(t) for t in times])
+    return (
+        steps.get_indexer(contracts.time).astype(np.int64),
+        cust.get_indexer(contracts.seller).astype(np.int64),
+        cust.get_indexer(contracts.buyer).astype(np.int64),
+    )
+
+
 @dataclass(frozen=True)
 class Shares:
     """Each contract's share of its seller's export and of its buyer's import (0..1).
@@ -210,11 +223,7 @@ def contract_shares(
     """
     if oversold not in OVERSOLD_POLICIES:
         raise ContractError(f"unknown oversold policy {oversold!r}: use {' or '.join(OVERSOLD_POLICIES)}")
-    cidx = {c.lower(): i for i, c in enumerate(customers)}
-    tidx = {int(t): i for i, t in enumerate(times)}
-    ti = contracts.time.map(tidx).to_numpy(dtype=np.int64)
-    si = contracts.seller.map(cidx).to_numpy(dtype=np.int64)
-    bi = contracts.buyer.map(cidx).to_numpy(dtype=np.int64)
+    ti, si, bi = contract_positions(contracts, customers, times)
     kw = contracts.kw.to_numpy(dtype=float).copy()
     export = np.maximum(-drawn_kw[ti, si], 0.0)
     imports = np.maximum(drawn_kw[ti, bi], 0.0)

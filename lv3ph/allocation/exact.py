@@ -41,7 +41,7 @@ import scipy.sparse as sp
 import scipy.sparse.linalg as spla
 import xarray as xr
 
-from lv3ph.allocation.contracts import Shares
+from lv3ph.allocation.contracts import Shares, contract_positions
 from lv3ph.allocation.kernels import branch_losses, row_losses
 from lv3ph.model import ComplexArray, FeederModel, IntArray, is_series, network_y
 from lv3ph.powerflow import customer_ports, neutral_conductors, port_voltages
@@ -209,9 +209,9 @@ class PartyRows:
     ptr: IntArray
     pos: IntArray
     val: ComplexArray
-    label: list[str]  # contract id, grid:<customer> or grid:no-load
-    seller: list[str]
-    buyer: list[str]
+    label: np.ndarray  # contract id, grid:<customer> or grid:no-load (object array)
+    seller: np.ndarray
+    buyer: np.ndarray
     kw: np.ndarray
 
 
@@ -233,11 +233,7 @@ def party_rows(
     port_pos = np.where(ports.nodes >= 0, where[np.maximum(ports.nodes, 0)], -1)  # (cust, ports)
     n_ports = port_pos.shape[1]
     steps, n_cust, _ = inj.shape
-    cidx = {c: i for i, c in enumerate(ports.names)}
-    tidx = {int(t): i for i, t in enumerate(times)}
-    ti = contracts.time.map(tidx).to_numpy(dtype=np.int64)
-    si = contracts.seller.map(cidx).to_numpy(dtype=np.int64)
-    bi = contracts.buyer.map(cidx).to_numpy(dtype=np.int64)
+    ti, si, bi = contract_positions(contracts, ports.names, times)
     matched = np.zeros((steps, n_cust))
     np.add.at(matched, (ti, si), shares.seller_share)
     np.add.at(matched, (ti, bi), shares.buyer_share)
@@ -265,16 +261,16 @@ def party_rows(
     pos_parts.append(np.tile(np.arange(net.ext_nodes.size), steps))
     val_parts.append(j0.ravel())
     counts = np.concatenate(ptr_parts)
-    names = np.array(ports.names, dtype=object)
+    grid = np.array([f"grid:{n}" for n in ports.names], dtype=object)
     empty = np.full(steps * n_cust + steps, "", dtype=object)
     return PartyRows(
         time=np.concatenate([ti, g_time, np.arange(steps)]).astype(np.int64),
         ptr=np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
         pos=np.concatenate(pos_parts).astype(np.int64),
         val=np.concatenate(val_parts).astype(np.complex128),
-        label=list(contracts.contract.astype(str)) + list("grid:" + names[g_cust]) + [NO_LOAD] * steps,
-        seller=list(contracts.seller) + list(empty),
-        buyer=list(contracts.buyer) + list(empty),
+        label=np.concatenate([contracts.contract.to_numpy(dtype=object), grid[g_cust], np.full(steps, NO_LOAD, dtype=object)]),
+        seller=np.concatenate([contracts.seller.to_numpy(dtype=object), empty]),
+        buyer=np.concatenate([contracts.buyer.to_numpy(dtype=object), empty]),
         kw=np.concatenate([shares.kw, np.zeros(steps * n_cust + steps)]),
     )
 
@@ -296,12 +292,13 @@ def branch_detail(net: LossNetwork, rows: PartyRows, vt: ComplexArray, n_element
     Returns ``(labels, detail)`` with ``detail`` shaped (labels, elements, conductors), kW
     summed over steps (multiply by the step in hours for kWh).
     """
-    labels, group = np.unique(np.array(rows.label), return_inverse=True)
+    labels, group = np.unique(rows.label.astype(str), return_inverse=True)
     order = np.argsort(group, kind="stable").astype(np.int64)
     group_ptr = np.concatenate([[0], np.cumsum(np.bincount(group, minlength=labels.size))]).astype(np.int64)
     w = net.row_b @ (net.row_map @ vt)
     slots = n_elements * net.max_conductors
-    out = branch_losses(net.mz, w, net.row_slot, slots, group_ptr, order, rows.time, rows.ptr, rows.pos, rows.val)
+    mz_t = np.ascontiguousarray(net.mz.T)
+    out = branch_losses(mz_t, w, net.row_slot, slots, group_ptr, order, rows.time, rows.ptr, rows.pos, rows.val)
     return list(labels), out.reshape(labels.size, n_elements, net.max_conductors) / 1000.0
 
 

@@ -46,7 +46,7 @@ def row_losses_reference(u: np.ndarray, row_time: np.ndarray, ptr: np.ndarray, p
 
 @nb.njit(parallel=True, cache=True)
 def branch_losses(
-    mz: np.ndarray,
+    mz_t: np.ndarray,
     w: np.ndarray,
     row_slot: np.ndarray,
     n_slots: int,
@@ -60,14 +60,15 @@ def branch_losses(
     """Per-branch-conductor loss of each group of rows, summed over its rows, W.
 
     For a party row with injections ``j`` at E positions, its contribution to the loss
-    rows is ``x = mz[:, pos] @ j`` (``mz = M Z_E``) and its share of loss row ``k`` is
+    rows is ``x = mz_t[pos].T @ j`` (``mz_t = (M Z_E)^T``, C-contiguous so each port's
+    column streams) and its share of loss row ``k`` is
     ``Re(conj(x[k]) * w[k, t])`` with ``w = B M V`` (loss rows x steps).
     ``row_slot[k]`` is the (element, conductor) slot of loss row ``k``.
     Groups (contract ids) run in parallel; each owns its output row.
     """
     n_groups = group_ptr.size - 1
     out = np.zeros((n_groups, n_slots))
-    n_rows = mz.shape[0]
+    n_rows = mz_t.shape[1]
     for g in nb.prange(n_groups):
         x = np.empty(n_rows, dtype=np.complex128)
         for gi in range(group_ptr[g], group_ptr[g + 1]):
@@ -78,7 +79,7 @@ def branch_losses(
                 col = pos[q]
                 z = val[q]
                 for i in range(n_rows):
-                    x[i] += mz[i, col] * z
+                    x[i] += mz_t[col, i] * z
             for k in range(n_rows):
                 a = x[k]
                 b = w[k, t]
@@ -87,7 +88,7 @@ def branch_losses(
 
 
 def branch_losses_reference(
-    mz: np.ndarray,
+    mz_t: np.ndarray,
     w: np.ndarray,
     row_slot: np.ndarray,
     n_slots: int,
@@ -103,7 +104,7 @@ def branch_losses_reference(
     for g in range(group_ptr.size - 1):
         for r in rows_by_group[group_ptr[g] : group_ptr[g + 1]]:
             sl = slice(ptr[r], ptr[r + 1])
-            x = mz[:, pos[sl]] @ val[sl]
+            x = mz_t[pos[sl]].T @ val[sl]
             share = (np.conj(x) * w[:, row_time[r]]).real
             out[g] += np.bincount(row_slot, weights=share, minlength=n_slots)
     return out
