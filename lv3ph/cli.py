@@ -130,6 +130,100 @@ def write_tables(pf: xr.Dataset, unb: xr.Dataset, viol: pd.DataFrame, folder: Pa
     return out
 
 
+ALLOCATION_COLUMNS = [
+    "time",
+    "contract",
+    "seller",
+    "buyer",
+    "kw",
+    "loss_phase_kw",
+    "loss_neutral_kw",
+    "loss_earth_kw",
+    "loss_transformer_kw",
+    "loss_total_kw",
+]
+
+
+def allocation_frame(al: xr.Dataset) -> pd.DataFrame:
+    """The allocation CSV table: one row per (time, contract) and per (time, grid:<customer>)."""
+    df = pd.DataFrame({c: al[c].values for c in ALLOCATION_COLUMNS if c != "time"})
+    df.insert(0, "time", al.row_time.values)
+    return df[ALLOCATION_COLUMNS]
+
+
+def cmd_allocate(args: argparse.Namespace) -> int:
+    """Allocate every step's losses to P2P contracts and compare methods."""
+    from lv3ph.allocation.audit import METHODS, allocate_method, compare
+    from lv3ph.allocation.contracts import assert_valid_contracts, contract_shares, read_contracts
+    from lv3ph.allocation.exact import branch_detail, loss_network, party_rows_for
+    from lv3ph.powerflow import capture, customer_ports, solve_raw
+
+    methods = [args.method] + [m for m in (args.compare.split(",") if args.compare else []) if m and m != args.method]
+    for m in methods:
+        if m not in METHODS:
+            raise Lv3phError(f"unknown method {m!r}: use one of {', '.join(METHODS)}")
+    table = read_contracts(args.contracts)
+    spec = RunSpec.parse(args.mode, args.stepsize, args.start, args.steps)
+    engine, model = _open(args)
+    names = customer_ports(model).names
+    assert_valid_contracts(table, names, range(spec.start, spec.start + spec.steps))
+    vt, measured = solve_raw(engine, model, spec, progress=not args.no_progress)
+    pf = capture(model, spec, vt, measured)
+    shares = contract_shares(table, pf.customer_p_kw.values, names, pf.time.values, oversold=args.oversold)
+    net = loss_network(model)
+    results = {
+        m: allocate_method(m, engine=engine, model=model, pf=pf, vt=vt, contracts=table, shares=shares, net=net, run=spec)
+        for m in methods
+    }
+    main = results[args.method]
+    write_csv(allocation_frame(main), args.out)
+    written = [str(args.out)]
+    if args.nc:
+        rows = party_rows_for(net, model, pf, vt, table, shares)
+        labels, detail = branch_detail(net, rows, vt, len(model.elements))
+        det = xr.Dataset(
+            {"loss_kw_steps": (("party", "element", "conductor"), detail, {"units": "kW x steps", "long_name": "loss share summed over the run"})},
+            coords={"party": labels, "element": model.element_names(), "conductor": np.arange(1, detail.shape[2] + 1)},
+            attrs={"method": "exact", "stepsize_s": spec.stepsize_s},
+        )
+        write_dataset(xr.merge([det, pf[["current", "loss_phase_kw", "loss_neutral_kw", "loss_earth_kw", "loss_kw"]]]), args.nc)
+        written.append(str(args.nc))
+    hours = spec.stepsize_s / 3600.0
+    opendss_kwh = float(pf.loss_total_kw.sum()) * hours
+    print(f"contracts  {len(table)} rows, {table.contract.nunique()} ids; {shares.scaled} scaled (--oversold {args.oversold})")
+    print(f"OpenDSS    {opendss_kwh:.6f} kWh of losses (all PD elements incl. earth electrodes)")
+    for m, ds in results.items():
+        is_c = ~pd.Series(ds.contract.values).str.startswith("grid:").to_numpy()
+        print(f"{m:<11}{float(ds.loss_total_kw.sum()) * hours:.6f} kWh allocated; contracts {float(ds.loss_total_kw.values[is_c].sum()) * hours:.6f} kWh")
+    if len(results) > 1:
+        diff = compare(results)
+        print("largest differences from exact (per contract id, kWh):")
+        print(diff.head(args.top).to_string(index=False))
+    print("wrote      " + ", ".join(written))
+    return 0
+
+
+def cmd_study(args: argparse.Namespace) -> int:
+    """Run a study file and write its report."""
+    from lv3ph.study import run_study
+
+    spec, results, report = run_study(args.study, serial=args.serial, scheduler=args.scheduler, workers=args.workers, progress=not args.no_progress)
+    summary = pd.DataFrame([r.summary for r in results])
+    cols = ["scenario", "traded_kwh", "loss_kwh", "loss_neutral_kwh", "loss_earth_kwh", "pvur_max_pct", "vuf_max_pct", "violation_minutes"]
+    with pd.option_context("display.width", 200, "display.max_columns", 20):
+        print(summary[cols].round(3).to_string(index=False))
+    print(f"report     {report}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Run the main study shipped with lv3ph (studies/eu_lv_p2p.toml)."""
+    args.study = Path(__file__).resolve().parents[1] / "studies" / "eu_lv_p2p.toml"
+    if not args.study.is_file():
+        raise Lv3phError(f"main study not found at {args.study} (run from a source checkout)")
+    return cmd_study(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lv3ph", description="Three-phase four-wire LV feeder engine on OpenDSS.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -143,6 +237,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--csv", type=Path, default=None, metavar="DIR", help="also write voltages.csv, unbalance.csv, losses.csv, violations.csv")
     p.add_argument("--vne-threshold", type=float, default=10.0, metavar="V", help="neutral-to-earth voltage to report (default 10 V)")
     p.set_defaults(func=cmd_powerflow)
+    p = sub.add_parser("allocate", help="allocate losses to P2P contracts", description="Split every step's losses (phase, neutral, earth, transformer) across P2P contracts and grid exchanges.")
+    _model_args(p)
+    _run_args(p)
+    p.add_argument("--contracts", type=Path, required=True, help="CSV with columns contract,time,seller,buyer,kw")
+    p.add_argument("--method", default="exact", help="method for the CSV: exact, kron, phase-only, pro-rata, lsf, ptdf (default exact)")
+    p.add_argument("--compare", default="phase-only,pro-rata", help="methods to compare with (comma list; default phase-only,pro-rata)")
+    p.add_argument("--oversold", default="error", choices=["error", "scale"], help="contracts above a seller's export / buyer's import: error (default) or scale them down")
+    p.add_argument("--out", type=Path, default=Path("allocation.csv"), help="allocation CSV (default allocation.csv)")
+    p.add_argument("--nc", type=Path, default=None, help="netCDF with the per-branch, per-conductor detail")
+    p.add_argument("--top", type=int, default=10, help="how many of the largest differences to print")
+    p.set_defaults(func=cmd_allocate)
+    for name, helptext in (("study", "run a study file (TOML)"), ("demo", "run the main study on the bundled feeder")):
+        p = sub.add_parser(name, help=helptext, description=helptext)
+        if name == "study":
+            p.add_argument("study", type=Path, help="study file (studies/*.toml)")
+        p.add_argument("--serial", action="store_true", help="run scenarios one after the other (no Dask)")
+        p.add_argument("--scheduler", default=None, metavar="ADDRESS", help="use an existing Dask scheduler")
+        p.add_argument("--workers", type=int, default=2, help="local Dask workers (default 2)")
+        p.add_argument("--no-progress", action="store_true", help="no progress bars")
+        p.set_defaults(func=cmd_study if name == "study" else cmd_demo)
     return parser
 
 

@@ -302,6 +302,16 @@ def branch_detail(net: LossNetwork, rows: PartyRows, vt: ComplexArray, n_element
     return list(labels), out.reshape(labels.size, n_elements, net.max_conductors) / 1000.0
 
 
+def party_rows_for(
+    net: LossNetwork, model: FeederModel, pf: xr.Dataset, vt: ComplexArray, contracts: pd.DataFrame, shares: Shares
+) -> PartyRows:
+    """:func:`party_rows` from a power-flow Dataset and its voltages."""
+    ports = customer_ports(model)
+    inj = pf.customer_injection.values
+    a, _ = active_injection(inj, port_voltages(vt, ports.nodes), ports.n_phases)
+    return party_rows(net, model, contracts, shares, inj, a, net.y_ext @ vt, pf.time.values)
+
+
 def exact_allocation(
     model: FeederModel,
     pf: xr.Dataset,
@@ -330,14 +340,9 @@ def exact_allocation(
         ``seller``, ``buyer``, ``kw``; plus ``network_loss_kw`` (time) = ``V^H G V`` per part.
     """
     net = loss_network(model) if net is None else net
-    ports = customer_ports(model)
-    inj = pf.customer_injection.values
-    v_ports = port_voltages(vt, ports.nodes)
-    a, _ = active_injection(inj, v_ports, ports.n_phases)
-    j_ext = net.y_ext @ vt
     times = pf.time.values
-    rows = party_rows(net, model, contracts, shares, inj, a, j_ext, times)
-    losses = allocate_rows(net, rows, j_ext)
+    rows = party_rows_for(net, model, pf, vt, contracts, shares)
+    losses = allocate_rows(net, rows, net.y_ext @ vt)
     network = network_losses(net, vt)
     ds = xr.Dataset(
         {f"loss_{p}_kw": ("row", losses[:, i], {"units": "kW"}) for i, p in enumerate(PARTS)}
