@@ -12,10 +12,10 @@ import pytest
 
 from lv3ph.allocation import allocate
 from lv3ph.allocation.contracts import contract_shares
-from lv3ph.allocation.exact import active_injection, exact_allocation, loss_network, party_rows, party_voltages
+from lv3ph.allocation.exact import exact_allocation, loss_network, party_rows_for, party_voltages
 from lv3ph.errors import ContractError
 from lv3ph.model import loadshape_command, pv_commands
-from lv3ph.powerflow import RunSpec, capture, customer_ports, open_feeder, port_voltages
+from lv3ph.powerflow import RunSpec, capture, customer_ports, open_feeder
 from tests.conftest import IEEE, IEEE_4W, write_feeder
 
 #: Stiff 416 V source with its neutral earthed at the source only; two 4-wire line sections
@@ -137,10 +137,7 @@ def test_conservation_every_step_pme_day(pme_day) -> None:
 
 def test_superposition_currents_add_up(pme_day) -> None:
     engine, model, pf, vt, table, shares, net, al = pme_day
-    ports = customer_ports(model)
-    v_ports = port_voltages(vt, ports.nodes)
-    a, _ = active_injection(pf.customer_injection.values, v_ports, ports.n_phases)
-    rows = party_rows(net, model, table, shares, pf.customer_injection.values, a, net.y_ext @ vt, pf.time.values)
+    rows = party_rows_for(net, model, pf, vt, table, shares)
     t = 720  # noon, PV exporting
     at_t = np.nonzero(rows.time == t)[0]
     v_parts = party_voltages(net, rows, at_t)
@@ -180,8 +177,7 @@ def test_shapley_brute_force_equals_equal_split(tmp_path: Path) -> None:
     shares = contract_shares(table, pf.customer_p_kw.values, ports.names, pf.time.values)
     net = loss_network(model)
     al = exact_allocation(model, pf, vt, table, shares, net=net)
-    a, _ = active_injection(pf.customer_injection.values, port_voltages(vt, ports.nodes), ports.n_phases)
-    rows = party_rows(net, model, table, shares, pf.customer_injection.values, a, net.y_ext @ vt, pf.time.values)
+    rows = party_rows_for(net, model, pf, vt, table, shares)
     x = net.row_map @ party_voltages(net, rows, np.arange(rows.time.size)).T  # loss rows x players
     players = list(range(x.shape[1]))
 

@@ -13,8 +13,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from lv3ph.allocation.contracts import contract_shares
-from lv3ph.allocation.exact import active_injection, exact_allocation, loss_network, party_rows, party_voltages
-from lv3ph.powerflow import RunSpec, capture, customer_ports, open_feeder, port_voltages, solve_raw
+from lv3ph.allocation.exact import exact_allocation, loss_network, party_rows_for, party_voltages
+from lv3ph.powerflow import RunSpec, capture, customer_ports, open_feeder, solve_raw
 
 
 @st.composite
@@ -90,9 +90,8 @@ def test_conservation_and_superposition_on_random_feeders(case: tuple[str, pd.Da
         al = exact_allocation(model, pf, vt, table, shares, net=net)
         opendss_total_kw = sum(v.real for v in engine.element_losses_w().values()) / 1000
         assert abs(float(al.loss_total_kw.sum()) - opendss_total_kw) <= 1e-6 * abs(opendss_total_kw) + 1e-9
-        ports = customer_ports(model)
-        a, _ = active_injection(pf.customer_injection.values, port_voltages(vt, ports.nodes), ports.n_phases)
-        rows = party_rows(net, model, table, shares, pf.customer_injection.values, a, net.y_ext @ vt, pf.time.values)
+        customer_ports(model)
+        rows = party_rows_for(net, model, pf, vt, table, shares)
         v_parts = party_voltages(net, rows, np.arange(rows.time.size))
         for e in model.elements:
             if e.kind == "transformer":
