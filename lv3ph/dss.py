@@ -10,6 +10,7 @@ admittances, in bulk, outside this module.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -84,10 +85,13 @@ class Engine:
         if not p.is_file():
             raise ModelError(f"model file not found: {p}")
         self.command("clear")
+        cwd = os.getcwd()  # OpenDSS moves the process into the model's folder on compile
         try:
             self.dss.Text.Command(f'compile "{p.resolve()}"')
         except opendssdirect.DSSException as exc:  # type: ignore[attr-defined]
             raise ModelError(f"OpenDSS could not compile {p}: {exc.args[-1] if exc.args else exc}") from None
+        finally:
+            os.chdir(cwd)
         if not self.dss.Circuit.Name():
             raise ModelError(f"{p} defines no circuit")
         if vmaxpu is not None:

@@ -490,6 +490,7 @@ def summarise(
     demand = float(np.clip(net_kw, 0, None).sum()) * dt_h
     load = float((net_kw + pv_kw).clip(min=0).sum()) * dt_h
     import_kw = pf.source_p_kw.values
+    lv = np.unique(pf.customer_bus.values[pf.customer_bus.values != ""])  # customers' supply terminals
     loss = {k: float(pf[f"loss_{k}_kw"].sum()) * dt_h for k in ("phase", "neutral", "earth")}
     out: dict[str, float | int | str] = {
         "scenario": sc.name,
@@ -510,8 +511,8 @@ def summarise(
         "vuf_max_pct": float(unb.vuf_pct.max()),
         "vuf_p95_pct": float(np.nanpercentile(unb.vuf_pct.max("bus"), 95)),
         "vne_max_v": float(unb.vne_v.max()),
-        "vmin_v": float(unb.vmin_pn_v.min()),
-        "vmax_v": float(unb.vmax_pn_v.max()),
+        "vmin_v": float(unb.vmin_pn_v.sel(bus=lv).min()),
+        "vmax_v": float(unb.vmax_pn_v.sel(bus=lv).max()),
         "violation_steps": int(viol.time.nunique()) if len(viol) else 0,
         "violation_minutes": float(viol.time.nunique() * dt_h * 60) if len(viol) else 0.0,
         "bill_savings_eur": float(bill["savings_eur"].sum()),
