@@ -17,7 +17,9 @@ A study file (``studies/*.toml``) has these tables (every key optional unless ma
 * ``[scenarios]``: lists whose product is the scenario grid: ``pv_share`` (share of
   customers with PV, 0..1), ``market`` (``none``, ``community-auction``,
   ``bilateral:random``, ``bilateral:electrical-distance``, ``bilateral:same-phase-first``,
-  ``file:<contracts.csv>``), ``battery`` (``off``, ``self-consumption``, ``p2p``).
+  ``file:<contracts.csv>``), ``battery`` (``off``, ``self-consumption``, ``p2p``),
+  ``pme_ohm`` (earth electrode at every customer's neutral, ohm; 0 = earthed at the
+  transformer only; default ``[study].pme_ohm`` or 0).
 
 Every problem in a study file is reported at once (:class:`~lv3ph.errors.StudyError`), each
 naming the table and key. Scenarios are independent, so they run in parallel on Dask
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import itertools
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -68,7 +71,7 @@ _KEYS: dict[str, set[str]] = {
     "battery": {"kwh", "kw", "efficiency", "soc0", "soc_min", "soc_max"},
     "tariffs": {"grid_import_eur_kwh", "grid_export_eur_kwh", "local_price_rule"},
     "allocation": {"methods"},
-    "scenarios": {"pv_share", "market", "battery"},
+    "scenarios": {"pv_share", "market", "battery", "pme_ohm"},
     "limits": set(),  # checked by Limits.from_dict
 }
 
@@ -105,8 +108,8 @@ class StudySpec:
     pv_share: tuple[float, ...]
     market: tuple[str, ...]
     battery_strategy: tuple[str, ...]
+    pme_ohm: tuple[float, ...] = (0.0,)
     vmaxpu: float | None = None
-    pme_ohm: float | None = None
     seed: int = 1
 
 
@@ -119,6 +122,7 @@ class Scenario:
     market: str
     battery: str
     seed: int
+    pme_ohm: float = 0.0
 
 
 @dataclass
@@ -241,6 +245,7 @@ def load_study(path: str | Path) -> StudySpec:
             errors.append(f"[scenarios].market: contracts file not found: {p.parent / m[5:]}")
     strategies = tuple(str(b) for b in _as_list(sc.get("battery", ["off"])))
     errors += [f"[scenarios].battery: unknown strategy {b!r} (known: {', '.join(BATTERY_STRATEGIES)})" for b in strategies if b not in BATTERY_STRATEGIES]
+    pme = tuple(_number(errors, "[scenarios].pme_ohm", x, lo=0) for x in _as_list(sc.get("pme_ohm", [study.get("pme_ohm", 0.0)])))
     if errors:
         raise StudyError(f"{p}: " + "; ".join(errors))
     return StudySpec(
@@ -257,8 +262,8 @@ def load_study(path: str | Path) -> StudySpec:
         pv_share=shares,
         market=tuple(m if not m.startswith("file:") else f"file:{(p.parent / m[5:]).resolve()}" for m in markets),
         battery_strategy=strategies,
+        pme_ohm=pme,
         vmaxpu=study.get("vmaxpu"),
-        pme_ohm=study.get("pme_ohm"),
         seed=int(study.get("seed", 1)),
     )
 
@@ -268,12 +273,14 @@ def _as_list(x: Any) -> list[Any]:
 
 
 def scenarios(spec: StudySpec) -> list[Scenario]:
-    """The scenario grid: PV share x market x battery strategy."""
+    """The scenario grid: PV share x market x battery strategy x earthing."""
     out = []
-    for share, market, bat in itertools.product(spec.pv_share, spec.market, spec.battery_strategy):
+    for share, market, bat, pme in itertools.product(spec.pv_share, spec.market, spec.battery_strategy, spec.pme_ohm):
         label = market if not market.startswith("file:") else f"file-{Path(market[5:]).stem}"
         name = f"pv{round(share * 100):02d}_{label.replace(':', '-')}_bat-{bat}"
-        out.append(Scenario(name=name, pv_share=share, market=market, battery=bat, seed=spec.seed))
+        if len(spec.pme_ohm) > 1 or pme:
+            name += f"_pme-{pme:g}" if pme else "_tx-earth"
+        out.append(Scenario(name=name, pv_share=share, market=market, battery=bat, seed=spec.seed, pme_ohm=pme))
     return out
 
 
@@ -295,7 +302,7 @@ def _market(spec: StudySpec, sc: Scenario, net_kw: np.ndarray, names: list[str],
 def run_scenario(spec: StudySpec, sc: Scenario, *, progress: bool = False) -> ScenarioResult:
     """Run one scenario: devices, market, power flow, allocation, metrics."""
     run = spec.run
-    engine, model = open_feeder(spec.model, vmaxpu=spec.vmaxpu, pme_ohm=spec.pme_ohm)
+    engine, model = open_feeder(spec.model, vmaxpu=spec.vmaxpu, pme_ohm=sc.pme_ohm or None)
     names = [c.name for c in model.customers]
     single = [c.name for c in model.customers if len(c.phases) == 1]
     load_names, load_kw, _ = engine.load_setpoints(run.mode, run.stepsize_s, run.start, run.steps)
@@ -347,12 +354,8 @@ def run_scenario(spec: StudySpec, sc: Scenario, *, progress: bool = False) -> Sc
     contracts = market.contracts.copy()
     contracts["contract"] = contracts.seller + ">" + contracts.buyer  # a standing pair agreement
     assert_valid_contracts(contracts, ports.names, times)
-    set_bat = engine.setter("generator", [f"bat_{n}" for n in bat_names]) if bat_names else None
     bat_cols = [names.index(n) for n in bat_names]
-
-    def before_step(k: int) -> None:
-        if set_bat is not None:
-            set_bat(-bat_kw[k - run.start, bat_cols])  # generator kW: discharge positive
+    before_step = _battery_setter(engine, bat_names, bat_kw[:, bat_cols], run.start) if bat_names else None
 
     vt, measured = solve_raw(engine, model, run, progress=progress, before_step=before_step)
     pf = capture(model, run, vt, measured)
@@ -360,7 +363,23 @@ def run_scenario(spec: StudySpec, sc: Scenario, *, progress: bool = False) -> Sc
     viol = violations(pf, unb, spec.limits)
     shares = contract_shares(contracts, pf.customer_p_kw.values, ports.names, times, oversold="scale")
     net = loss_network(model)
-    results = {m: allocate_method(m, engine=engine, model=model, pf=pf, vt=vt, contracts=contracts, shares=shares, net=net, run=run) for m in spec.methods}
+    results: dict[str, xr.Dataset] = {}
+    for m in sorted(spec.methods, key=lambda x: x != "exact"):  # exact first: phase-only reuses it
+        results[m] = allocate_method(
+            m,
+            engine=engine,
+            model=model,
+            pf=pf,
+            vt=vt,
+            contracts=contracts,
+            shares=shares,
+            net=net,
+            run=run,
+            exact=results.get("exact"),
+            before_step=before_step,
+            reduced_before_step=(lambda eng: _battery_setter(eng, bat_names, bat_kw[:, bat_cols], run.start)) if bat_names else None,
+        )
+    results = {m: results[m] for m in spec.methods}
     allocation = allocation_table(results, dt_h)
     bill = bills(net_kw, names, times, market.contracts, market.price_eur_kwh, spec.tariffs, dt_h)
     series = _series(model, engine.line_lengths_km(), pf, unb, market, pv_kw, load_kw, bat_kw)
@@ -371,6 +390,17 @@ def run_scenario(spec: StudySpec, sc: Scenario, *, progress: bool = False) -> Sc
     from lv3ph.unbalance import violation_summary
 
     return ScenarioResult(scenario=sc, summary=summary, series=series, allocation=allocation, bills=bill, violations=violation_summary(viol), notes=notes)
+
+
+def _battery_setter(engine: Any, names: list[str], charge_kw: np.ndarray, start: int) -> Callable[[int], None]:
+    """Per-step setter of the battery generators: ``charge_kw`` (steps, batteries) drawn
+    power, so the generator's kW is its negative (discharge positive)."""
+    set_kw = engine.setter("generator", [f"bat_{n}" for n in names])
+
+    def before_step(k: int) -> None:
+        set_kw(-charge_kw[k - start])
+
+    return before_step
 
 
 def _electrical_distance(engine: Any, model: Any) -> np.ndarray:
@@ -497,6 +527,7 @@ def summarise(
         "pv_share": sc.pv_share,
         "market": sc.market,
         "battery": sc.battery,
+        "pme_ohm": sc.pme_ohm,
         "pv_kwh": float(pv_kw.sum()) * dt_h,
         "traded_kwh": traded,
         "self_sufficiency_pct": 100.0 * (1.0 - demand / load) if load > 0 else 0.0,
