@@ -19,14 +19,14 @@ from pathlib import Path
 
 os.environ.setdefault("NUMPY_MADVISE_HUGEPAGE", "0")
 
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
+import numpy as np
+import pandas as pd
 
-from lv3ph.allocation.contracts import contract_shares  # noqa: E402
-from lv3ph.allocation.exact import active_injection, fast_u, loss_network, party_rows  # noqa: E402
-from lv3ph.allocation.kernels import branch_losses, branch_losses_reference, row_losses, row_losses_reference  # noqa: E402
-from lv3ph.model import loadshape_command, pv_commands  # noqa: E402
-from lv3ph.powerflow import RunSpec, capture, customer_ports, open_feeder, port_voltages, solve_raw  # noqa: E402
+from lv3ph.allocation.contracts import contract_shares
+from lv3ph.allocation.exact import active_injection, fast_u, loss_network, party_rows
+from lv3ph.allocation.kernels import branch_losses, branch_losses_reference, row_losses, row_losses_reference
+from lv3ph.model import loadshape_command, pv_commands
+from lv3ph.powerflow import RunSpec, capture, customer_ports, open_feeder, port_voltages, solve_raw
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = ROOT / "dss_models/ieee_eu_lv_4wire/Master.dss"
@@ -40,7 +40,17 @@ def contracts_every_step(pf, per_step: int, rng: np.random.Generator) -> pd.Data
         sellers, buyers = np.nonzero(drawn[ti] < -0.1)[0], np.nonzero(drawn[ti] > 0.05)[0]
         s, b = rng.choice(sellers, per_step), rng.choice(buyers, per_step)
         kw = 0.9 * np.minimum(-drawn[ti, s] / per_step, drawn[ti, b] / per_step)
-        frames.append(pd.DataFrame({"contract": [f"{x}>{y}" for x, y in zip(names[s], names[b], strict=True)], "time": t, "seller": names[s], "buyer": names[b], "kw": kw}))
+        frames.append(
+            pd.DataFrame(
+                {
+                    "contract": [f"{x}>{y}" for x, y in zip(names[s], names[b], strict=True)],
+                    "time": t,
+                    "seller": names[s],
+                    "buyer": names[b],
+                    "kw": kw,
+                }
+            )
+        )
     return pd.concat(frames, ignore_index=True)
 
 
@@ -51,7 +61,9 @@ def main() -> None:
     args = parser.parse_args()
     engine, model = open_feeder(MODEL, vmaxpu=1.5, pme_ohm=20.0)
     sellers = [c.name for c in model.customers[::2]]  # 28 prosumers exporting all day
-    engine.apply([loadshape_command("flat", np.ones(1440), 60.0), *pv_commands(model, dict.fromkeys(sellers, 8.0), "flat")])
+    engine.apply(
+        [loadshape_command("flat", np.ones(1440), 60.0), *pv_commands(model, dict.fromkeys(sellers, 8.0), "flat")]
+    )
     model = engine.model()
     spec = RunSpec("yearly", 60.0, 1, 1440)
     solve_raw(engine, model, RunSpec("yearly", 60.0, 1, 5), progress=False)  # warm-up
@@ -96,7 +108,18 @@ def main() -> None:
     gptr = np.concatenate([[0], np.cumsum(np.bincount(group, minlength=labels.size))]).astype(np.int64)
     w = net.row_b @ (net.row_map @ vt)
     slots = len(model.elements) * net.max_conductors
-    args_d = (np.ascontiguousarray(net.mz.T), w, net.row_slot, slots, gptr, order, rows.time, rows.ptr, rows.pos, rows.val)
+    args_d = (
+        np.ascontiguousarray(net.mz.T),
+        w,
+        net.row_slot,
+        slots,
+        gptr,
+        order,
+        rows.time,
+        rows.ptr,
+        rows.pos,
+        rows.val,
+    )
     branch_losses(*args_d)
     t0 = time.perf_counter()
     det = branch_losses(*args_d)
@@ -106,12 +129,20 @@ def main() -> None:
     t_bref = time.perf_counter() - t0
     assert np.allclose(det, det_ref, rtol=1e-10, atol=1e-12 * np.abs(det_ref).max())
     n_c = len(table)
-    print(f"four-wire IEEE twin, PME 20 ohm, 1440 steps, {args.contracts} contracts/step ({n_c} contract rows, {rows.time.size} party rows)")
+    print(
+        f"four-wire IEEE twin, PME 20 ohm, 1440 steps, {args.contracts} contracts/step ({n_c} contract rows, {rows.time.size} party rows)"
+    )
     print(f"{'power flow (solve + capture)':<44} {t_pf:8.3f} s")
-    print(f"{'allocation per run (shares..kernel)':<44} {t_alloc:8.3f} s   ratio to power flow {t_alloc / t_pf:5.2f} (target <= 0.2)")
-    print(f"{'  + once-per-model precompute':<44} {t_pre:8.3f} s   ratio incl. precompute {(t_alloc + t_pre) / t_pf:5.2f}")
+    print(
+        f"{'allocation per run (shares..kernel)':<44} {t_alloc:8.3f} s   ratio to power flow {t_alloc / t_pf:5.2f} (target <= 0.2)"
+    )
+    print(
+        f"{'  + once-per-model precompute':<44} {t_pre:8.3f} s   ratio incl. precompute {(t_alloc + t_pre) / t_pf:5.2f}"
+    )
     print(f"{'row_losses: numba vs numpy reference':<44} {t_k:8.4f} s vs {t_ref:8.4f} s   speed-up {t_ref / t_k:6.1f}x")
-    print(f"{'branch detail ({} party rows): numba vs numpy'.format(few.size):<44} {t_bk:8.4f} s vs {t_bref:8.4f} s   speed-up {t_bref / t_bk:6.1f}x (target >= 20x)")
+    print(
+        f"{f'branch detail ({few.size} party rows): numba vs numpy':<44} {t_bk:8.4f} s vs {t_bref:8.4f} s   speed-up {t_bref / t_bk:6.1f}x (target >= 20x)"
+    )
     print(f"allocated {total * 60 / 60:.4f} kW-steps = power flow's {float(pf.loss_total_kw.sum()):.4f}")
 
 

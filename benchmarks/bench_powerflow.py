@@ -18,7 +18,7 @@ from pathlib import Path
 
 os.environ.setdefault("NUMPY_MADVISE_HUGEPAGE", "0")
 
-from lv3ph.powerflow import RunSpec, capture, open_feeder  # noqa: E402
+from lv3ph.powerflow import RunSpec, capture, open_feeder
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = {

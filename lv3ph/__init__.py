@@ -16,8 +16,8 @@ os.environ.setdefault("NUMPY_MADVISE_HUGEPAGE", "0")
 
 __version__ = "0.1.0"
 
-from lv3ph.dss import Engine  # noqa: E402
-from lv3ph.model import FeederModel  # noqa: E402
-from lv3ph.powerflow import RunSpec, run_powerflow  # noqa: E402
+from lv3ph.dss import Engine
+from lv3ph.model import FeederModel
+from lv3ph.powerflow import RunSpec, run_powerflow
 
 __all__ = ["Engine", "FeederModel", "RunSpec", "__version__", "run_powerflow"]

@@ -17,13 +17,24 @@ import xarray as xr
 from lv3ph.errors import Lv3phError
 from lv3ph.io import write_csv, write_dataset
 from lv3ph.powerflow import RunSpec, open_feeder, solve
-from lv3ph.unbalance import Limits, unbalance, violation_summary, violations
+from lv3ph.unbalance import Limits, unbalance, violations
 
 
 def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", type=Path, help="OpenDSS master file")
-    p.add_argument("--vmaxpu", type=float, default=None, help="batchedit load..* vmaxpu=X after compiling (1.5 for the IEEE reference)")
-    p.add_argument("--pme", type=float, default=None, metavar="OHM", help="earth every customer's neutral through OHM (four-wire models)")
+    p.add_argument(
+        "--vmaxpu",
+        type=float,
+        default=None,
+        help="batchedit load..* vmaxpu=X after compiling (1.5 for the IEEE reference)",
+    )
+    p.add_argument(
+        "--pme",
+        type=float,
+        default=None,
+        metavar="OHM",
+        help="earth every customer's neutral through OHM (four-wire models)",
+    )
     p.add_argument("--pme-customers", default=None, metavar="A,B", help="only these customers get an electrode")
 
 
@@ -53,7 +64,10 @@ def cmd_info(args: argparse.Namespace) -> int:
     devices = sum(len(c.devices) - 1 for c in model.customers)
     print(f"devices    {devices} PV/storage/generators at customers, {len(model.orphan_devices)} elsewhere")
     earth = [e for e in model.elements if e.kind == "earthing"]
-    print(f"earthing   {len(earth)} electrodes" + (": " + ", ".join(e.name for e in earth[:8]) + (" ..." if len(earth) > 8 else "") if earth else ""))
+    print(
+        f"earthing   {len(earth)} electrodes"
+        + (": " + ", ".join(e.name for e in earth[:8]) + (" ..." if len(earth) > 8 else "") if earth else "")
+    )
     for e in model.elements:
         if e.kind == "transformer":
             print(f"transformer {e.name} {e.kva:g} kVA, buses {' -> '.join(e.buses)}")
@@ -75,10 +89,14 @@ def _summary(pf: xr.Dataset, unb: xr.Dataset, viol: pd.DataFrame, vne_threshold:
         if bool(da.notnull().any()):
             pos = np.unravel_index(int(np.nanargmax(da.values)), da.shape)
             unit = "V" if var == "vne_v" else "%"
-            lines.append(f"worst {label:<5} {float(da.values[pos]):.3f} {unit} at bus {unb.bus.values[pos[1]]}, step {int(unb.time.values[pos[0]])}")
+            lines.append(
+                f"worst {label:<5} {float(da.values[pos]):.3f} {unit} at bus {unb.bus.values[pos[1]]}, step {int(unb.time.values[pos[0]])}"
+            )
     dep = pf.customer_pq_departure_pct
     n_dep = int((np.abs(dep) > 1.0).any(dim="time").sum())
-    lines.append(f"PQ loads   {n_dep} customers drew >1 % off their set-point (OpenDSS constant-Z outside vminpu/vmaxpu)")
+    lines.append(
+        f"PQ loads   {n_dep} customers drew >1 % off their set-point (OpenDSS constant-Z outside vminpu/vmaxpu)"
+    )
     n_vne = int((unb.vne_v > vne_threshold).any(dim="time").sum())
     lines.append(f"V n-e      {n_vne} buses above {vne_threshold:g} V")
     if viol.empty:
@@ -172,7 +190,9 @@ def cmd_allocate(args: argparse.Namespace) -> int:
     shares = contract_shares(table, pf.customer_p_kw.values, names, pf.time.values, oversold=args.oversold)
     net = loss_network(model)
     results = {
-        m: allocate_method(m, engine=engine, model=model, pf=pf, vt=vt, contracts=table, shares=shares, net=net, run=spec)
+        m: allocate_method(
+            m, engine=engine, model=model, pf=pf, vt=vt, contracts=table, shares=shares, net=net, run=spec
+        )
         for m in methods
     }
     main = results[args.method]
@@ -182,19 +202,31 @@ def cmd_allocate(args: argparse.Namespace) -> int:
         rows = party_rows_for(net, model, pf, vt, table, shares)
         labels, detail = branch_detail(net, rows, vt, len(model.elements))
         det = xr.Dataset(
-            {"loss_kw_steps": (("party", "element", "conductor"), detail, {"units": "kW x steps", "long_name": "loss share summed over the run"})},
+            {
+                "loss_kw_steps": (
+                    ("party", "element", "conductor"),
+                    detail,
+                    {"units": "kW x steps", "long_name": "loss share summed over the run"},
+                )
+            },
             coords={"party": labels, "element": model.element_names(), "conductor": np.arange(1, detail.shape[2] + 1)},
             attrs={"method": "exact", "stepsize_s": spec.stepsize_s},
         )
-        write_dataset(xr.merge([det, pf[["current", "loss_phase_kw", "loss_neutral_kw", "loss_earth_kw", "loss_kw"]]]), args.nc)
+        write_dataset(
+            xr.merge([det, pf[["current", "loss_phase_kw", "loss_neutral_kw", "loss_earth_kw", "loss_kw"]]]), args.nc
+        )
         written.append(str(args.nc))
     hours = spec.stepsize_s / 3600.0
     opendss_kwh = float(pf.loss_total_kw.sum()) * hours
-    print(f"contracts  {len(table)} rows, {table.contract.nunique()} ids; {shares.scaled} scaled (--oversold {args.oversold})")
+    print(
+        f"contracts  {len(table)} rows, {table.contract.nunique()} ids; {shares.scaled} scaled (--oversold {args.oversold})"
+    )
     print(f"OpenDSS    {opendss_kwh:.6f} kWh of losses (all PD elements incl. earth electrodes)")
     for m, ds in results.items():
         is_c = ~pd.Series(ds.contract.values).str.startswith("grid:").to_numpy()
-        print(f"{m:<11}{float(ds.loss_total_kw.sum()) * hours:.6f} kWh allocated; contracts {float(ds.loss_total_kw.values[is_c].sum()) * hours:.6f} kWh")
+        print(
+            f"{m:<11}{float(ds.loss_total_kw.sum()) * hours:.6f} kWh allocated; contracts {float(ds.loss_total_kw.values[is_c].sum()) * hours:.6f} kWh"
+        )
     if len(results) > 1:
         diff = compare(results)
         print("largest differences from exact (per contract id, kWh):")
@@ -207,9 +239,20 @@ def cmd_study(args: argparse.Namespace) -> int:
     """Run a study file and write its report."""
     from lv3ph.study import run_study
 
-    spec, results, report = run_study(args.study, serial=args.serial, scheduler=args.scheduler, workers=args.workers, progress=not args.no_progress)
+    _spec, results, report = run_study(
+        args.study, serial=args.serial, scheduler=args.scheduler, workers=args.workers, progress=not args.no_progress
+    )
     summary = pd.DataFrame([r.summary for r in results])
-    cols = ["scenario", "traded_kwh", "loss_kwh", "loss_neutral_kwh", "loss_earth_kwh", "pvur_max_pct", "vuf_max_pct", "violation_minutes"]
+    cols = [
+        "scenario",
+        "traded_kwh",
+        "loss_kwh",
+        "loss_neutral_kwh",
+        "loss_earth_kwh",
+        "pvur_max_pct",
+        "vuf_max_pct",
+        "violation_minutes",
+    ]
     with pd.option_context("display.width", 200, "display.max_columns", 20):
         print(summary[cols].round(3).to_string(index=False))
     print(f"report     {report}")
@@ -227,23 +270,60 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lv3ph", description="Three-phase four-wire LV feeder engine on OpenDSS.")
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("info", help="what a model contains", description="Buses, lines, customers per phase, neutral, earthing, transformer.")
+    p = sub.add_parser(
+        "info",
+        help="what a model contains",
+        description="Buses, lines, customers per phase, neutral, earthing, transformer.",
+    )
     _model_args(p)
     p.set_defaults(func=cmd_info)
-    p = sub.add_parser("powerflow", help="time-series power flow to netCDF/CSV", description="Solve with OpenDSS's own time modes and capture voltages, currents, losses and unbalance.")
+    p = sub.add_parser(
+        "powerflow",
+        help="time-series power flow to netCDF/CSV",
+        description="Solve with OpenDSS's own time modes and capture voltages, currents, losses and unbalance.",
+    )
     _model_args(p)
     _run_args(p)
     p.add_argument("--out", type=Path, default=Path("results.nc"), help="netCDF output (default results.nc)")
-    p.add_argument("--csv", type=Path, default=None, metavar="DIR", help="also write voltages.csv, unbalance.csv, losses.csv, violations.csv")
-    p.add_argument("--vne-threshold", type=float, default=10.0, metavar="V", help="neutral-to-earth voltage to report (default 10 V)")
+    p.add_argument(
+        "--csv",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="also write voltages.csv, unbalance.csv, losses.csv, violations.csv",
+    )
+    p.add_argument(
+        "--vne-threshold",
+        type=float,
+        default=10.0,
+        metavar="V",
+        help="neutral-to-earth voltage to report (default 10 V)",
+    )
     p.set_defaults(func=cmd_powerflow)
-    p = sub.add_parser("allocate", help="allocate losses to P2P contracts", description="Split every step's losses (phase, neutral, earth, transformer) across P2P contracts and grid exchanges.")
+    p = sub.add_parser(
+        "allocate",
+        help="allocate losses to P2P contracts",
+        description="Split every step's losses (phase, neutral, earth, transformer) across P2P contracts and grid exchanges.",
+    )
     _model_args(p)
     _run_args(p)
     p.add_argument("--contracts", type=Path, required=True, help="CSV with columns contract,time,seller,buyer,kw")
-    p.add_argument("--method", default="exact", help="method for the CSV: exact, kron, phase-only, pro-rata, lsf, ptdf (default exact)")
-    p.add_argument("--compare", default="phase-only,pro-rata", help="methods to compare with (comma list; default phase-only,pro-rata)")
-    p.add_argument("--oversold", default="error", choices=["error", "scale"], help="contracts above a seller's export / buyer's import: error (default) or scale them down")
+    p.add_argument(
+        "--method",
+        default="exact",
+        help="method for the CSV: exact, kron, phase-only, pro-rata, lsf, ptdf (default exact)",
+    )
+    p.add_argument(
+        "--compare",
+        default="phase-only,pro-rata",
+        help="methods to compare with (comma list; default phase-only,pro-rata)",
+    )
+    p.add_argument(
+        "--oversold",
+        default="error",
+        choices=["error", "scale"],
+        help="contracts above a seller's export / buyer's import: error (default) or scale them down",
+    )
     p.add_argument("--out", type=Path, default=Path("allocation.csv"), help="allocation CSV (default allocation.csv)")
     p.add_argument("--nc", type=Path, default=None, help="netCDF with the per-branch, per-conductor detail")
     p.add_argument("--top", type=int, default=10, help="how many of the largest differences to print")

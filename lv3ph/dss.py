@@ -68,7 +68,7 @@ class Engine:
         """Run one OpenDSS command; an OpenDSS error becomes :class:`ModelError`."""
         try:
             out = self.dss.Text.Command(text)
-        except opendssdirect.DSSException as exc:  # type: ignore[attr-defined]
+        except opendssdirect.DSSException as exc:
             raise ModelError(f"OpenDSS rejected {text!r}: {exc.args[-1] if exc.args else exc}") from None
         return str(out or "")
 
@@ -88,7 +88,7 @@ class Engine:
         cwd = os.getcwd()  # OpenDSS moves the process into the model's folder on compile
         try:
             self.dss.Text.Command(f'compile "{p.resolve()}"')
-        except opendssdirect.DSSException as exc:  # type: ignore[attr-defined]
+        except opendssdirect.DSSException as exc:
             raise ModelError(f"OpenDSS could not compile {p}: {exc.args[-1] if exc.args else exc}") from None
         finally:
             os.chdir(cwd)
@@ -112,7 +112,7 @@ class Engine:
     def _solve_checked(self, what: str) -> None:
         try:
             self.dss.Solution.Solve()
-        except opendssdirect.DSSException as exc:  # type: ignore[attr-defined]
+        except opendssdirect.DSSException as exc:
             raise ConvergenceError(f"OpenDSS failed at {what}: {exc.args[-1] if exc.args else exc}") from None
         if not self.dss.Solution.Converged():
             raise ConvergenceError(
@@ -265,8 +265,10 @@ class Engine:
                 continue
             api.First()
             while True:
-                shape = (api.daily() if cls == "pvsystem" else api.Daily()) if mode == "daily" else (
-                    api.yearly() if cls == "pvsystem" else api.Yearly()
+                shape = (
+                    (api.daily() if cls == "pvsystem" else api.Daily())
+                    if mode == "daily"
+                    else (api.yearly() if cls == "pvsystem" else api.Yearly())
                 )
                 if not shape and mode == "yearly":
                     shape = api.daily() if cls == "pvsystem" else api.Daily()
@@ -355,7 +357,7 @@ class Engine:
                 before_step(k)
             try:
                 solve()
-            except opendssdirect.DSSException as exc:  # type: ignore[attr-defined]
+            except opendssdirect.DSSException as exc:
                 raise ConvergenceError(f"OpenDSS failed at step {k}: {exc.args[-1] if exc.args else exc}") from None
             if not converged():
                 raise ConvergenceError(f"OpenDSS did not converge at step {k} (time {k * stepsize_s:g} s)")
@@ -396,7 +398,9 @@ class Engine:
 
         return set_kw
 
-    def load_setpoints(self, mode: str, stepsize_s: float, start: int, steps: int) -> tuple[list[str], np.ndarray, np.ndarray]:
+    def load_setpoints(
+        self, mode: str, stepsize_s: float, start: int, steps: int
+    ) -> tuple[list[str], np.ndarray, np.ndarray]:
         """Every Load's set-point per step from its load shape: ``(names, kW, kvar)``.
 
         ``kW = kW_base x mult(t)`` at ``t = k x stepsize`` (``mult`` is the actual kW when the
@@ -423,7 +427,9 @@ class Engine:
                     raise ProfileError(f"load shape {shape} (used by load.{name}) has no fixed interval")
                 span = pm.size * h
                 grid = h * np.arange(1, pm.size + 1)
-                mult = np.interp(np.mod(t_h - 1e-9, span) + 1e-9, np.concatenate([[0.0], grid]), np.concatenate([[pm[-1]], pm]))
+                mult = np.interp(
+                    np.mod(t_h - 1e-9, span) + 1e-9, np.concatenate([[0.0], grid]), np.concatenate([[pm[-1]], pm])
+                )
                 if d.LoadShape.UseActual():
                     base_kw, base_kvar = 1.0, base_kvar / base_kw if base_kw else 0.0
             names.append(name)

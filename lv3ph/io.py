@@ -45,7 +45,7 @@ def write_atomic(path: str | Path, writer: Callable[[Path], object]) -> Path:
 
 def _split_complex(ds: xr.Dataset) -> xr.Dataset:
     out = ds.copy()
-    for name in list(ds.data_vars):
+    for name in [str(n) for n in ds.data_vars]:
         var = ds[name]
         if np.iscomplexobj(var.values):
             attrs = dict(var.attrs)
@@ -64,7 +64,7 @@ def write_dataset(ds: xr.Dataset, path: str | Path) -> Path:
 def read_dataset(path: str | Path) -> xr.Dataset:
     """Read a Dataset written by :func:`write_dataset`, joining complex parts."""
     ds = xr.load_dataset(path, engine="h5netcdf")
-    for name in [n for n in ds.data_vars if str(n).endswith("_re") and "complex_parts" in ds[n].attrs]:
+    for name in [str(n) for n in ds.data_vars if str(n).endswith("_re") and "complex_parts" in ds[n].attrs]:
         base = ds[name].attrs["complex_parts"]
         attrs = {k: v for k, v in ds[name].attrs.items() if k != "complex_parts"}
         ds[base] = (ds[name] + 1j * ds[f"{base}_im"]).assign_attrs(attrs)

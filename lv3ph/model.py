@@ -244,7 +244,9 @@ def series_rows(model: FeederModel, positions: IntArray) -> SeriesRows:
         shape=(row, model.n_nodes),
     )
     yser = sp.block_diag(blocks, format="csr") if blocks else sp.csr_matrix((0, 0), dtype=np.complex128)
-    element = np.concatenate([np.full(e.n_conductors, i) for i, e in zip(positions, elems, strict=True)] or [np.zeros(0, int)])
+    element = np.concatenate(
+        [np.full(e.n_conductors, i) for i, e in zip(positions, elems, strict=True)] or [np.zeros(0, int)]
+    )
     conductor = np.concatenate([np.arange(1, e.n_conductors + 1) for e in elems] or [np.zeros(0, int)])
     return SeriesRows(yser=sp.csr_matrix(yser), difference=difference, element=element, conductor=conductor)
 
@@ -261,9 +263,7 @@ def assemble_y(model: FeederModel, elements: tuple[Element, ...]) -> sp.csc_matr
         rows.append(r.ravel())
         cols.append(c.ravel())
         vals.append(e.yprim[np.ix_(on, on)].ravel())
-    return sp.csc_matrix(
-        (np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(n, n)
-    )
+    return sp.csc_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(n, n))
 
 
 def _touching(elements: tuple[Element, ...]) -> list[Element]:

@@ -35,7 +35,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import scipy.sparse as sp
 import xarray as xr
 from tqdm.auto import tqdm
 
@@ -216,7 +215,11 @@ def capture(
     ds = xr.Dataset(
         data_vars={
             "voltage": (("time", "bus", "terminal"), vgrid, {"units": "V", "long_name": "node-to-earth voltage"}),
-            "current": (("time", "element", "conductor"), current, {"units": "A", "long_name": "current into terminal 1"}),
+            "current": (
+                ("time", "element", "conductor"),
+                current,
+                {"units": "A", "long_name": "current into terminal 1"},
+            ),
             "loss_kw": (("time", "element"), loss_total, {"units": "kW"}),
             "loss_phase_kw": (("time", "element"), loss_phase, {"units": "kW"}),
             "loss_neutral_kw": (("time", "element"), loss_neutral, {"units": "kW"}),
@@ -225,8 +228,16 @@ def capture(
             "source_p_kw": (("time",), s_src.real, {"units": "kW", "long_name": "power into the network from sources"}),
             "source_q_kvar": (("time",), s_src.imag, {"units": "kvar"}),
             "winding_s_kva": (("time", "element"), winding, {"units": "kVA"}),
-            "customer_injection": (("time", "customer", "port"), inj, {"units": "A", "long_name": "current injected into the network"}),
-            "customer_p_kw": (("time", "customer"), s_cust.real, {"units": "kW", "long_name": "drawn active power (export negative)"}),
+            "customer_injection": (
+                ("time", "customer", "port"),
+                inj,
+                {"units": "A", "long_name": "current injected into the network"},
+            ),
+            "customer_p_kw": (
+                ("time", "customer"),
+                s_cust.real,
+                {"units": "kW", "long_name": "drawn active power (export negative)"},
+            ),
             "customer_q_kvar": (("time", "customer"), s_cust.imag, {"units": "kvar"}),
             "customer_pq_departure_pct": (("time", "customer"), departure, {"units": "%"}),
         },
@@ -243,7 +254,10 @@ def capture(
             "customer": list(ports.names),
             "customer_kind": ("customer", list(ports.kinds)),
             "customer_bus": ("customer", [_bus_of(model, p) for p in ports.nodes]),
-            "customer_phases": ("customer", [_phases_of(model, p, n) for p, n in zip(ports.nodes, ports.n_phases, strict=True)]),
+            "customer_phases": (
+                "customer",
+                [_phases_of(model, p, n) for p, n in zip(ports.nodes, ports.n_phases, strict=True)],
+            ),
             "port": np.arange(1, ports.nodes.shape[1] + 1),
             "customer_port_node": (("customer", "port"), port_names),
         },
@@ -332,7 +346,9 @@ def element_flows(model: FeederModel, vt: ComplexArray) -> ElementFlows:
     offsets = np.concatenate([[0], np.cumsum(ks)]).astype(np.int64)
     node1 = np.concatenate([e.nodes[: e.n_conductors] for e in elems] or [np.zeros(0, np.int64)])
     node2 = np.concatenate([e.nodes[e.n_conductors :] for e in elems] or [np.zeros(0, np.int64)])
-    yser = np.concatenate([e.yprim[: e.n_conductors, : e.n_conductors].ravel() for e in elems] or [np.zeros(0, complex)])
+    yser = np.concatenate(
+        [e.yprim[: e.n_conductors, : e.n_conductors].ravel() for e in elems] or [np.zeros(0, complex)]
+    )
     series_flows(vt, node1, node2, offsets, yser, pos.astype(np.int64), current, p_cond)
     return _general_flows(model, vt, series, current, p_cond)
 

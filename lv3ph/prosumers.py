@@ -76,9 +76,7 @@ _WEATHER_OPTIONAL: Final[tuple[str, ...]] = ("temp_air", "wind_speed")
 # ------------------------------------------------------------------------------- PV
 
 
-def _step_times(
-    date: str, stepsize_s: float, start: int, steps: int, tz: str
-) -> pd.DatetimeIndex:
+def _step_times(date: str, stepsize_s: float, start: int, steps: int, tz: str) -> pd.DatetimeIndex:
     """Timestamps of steps ``start .. start+steps-1`` (elapsed time from local midnight)."""
     if not (math.isfinite(stepsize_s) and stepsize_s > 0):
         raise StudyError(f"stepsize_s must be > 0 s, got {stepsize_s}")
@@ -88,15 +86,9 @@ def _step_times(
         raise StudyError(f"start must be >= 0, got {start}")
     try:
         midnight = pd.Timestamp(date).normalize()
-        midnight = (
-            midnight.tz_localize(tz)
-            if midnight.tzinfo is None
-            else midnight.tz_convert(tz)
-        )
+        midnight = midnight.tz_localize(tz) if midnight.tzinfo is None else midnight.tz_convert(tz)
     except (ValueError, TypeError, KeyError) as exc:  # bad date string or unknown zone
-        raise StudyError(
-            f"PV profile: bad date {date!r} or time zone {tz!r}: {exc}"
-        ) from exc
+        raise StudyError(f"PV profile: bad date {date!r} or time zone {tz!r}: {exc}") from exc
     k = np.arange(start, start + steps, dtype=np.float64)
     return pd.DatetimeIndex(midnight + pd.to_timedelta(k * stepsize_s, unit="s"))
 
@@ -118,9 +110,7 @@ def _read_weather(path: Path, times: pd.DatetimeIndex, start: int) -> pd.DataFra
             f"(required: {', '.join(_WEATHER_REQUIRED)}; optional: {', '.join(_WEATHER_OPTIONAL)})"
         )
     if len(raw) != len(times):
-        raise ProfileError(
-            f"{where}: has {len(raw)} data rows, expected {len(times)} (one per step)"
-        )
+        raise ProfileError(f"{where}: has {len(raw)} data rows, expected {len(times)} (one per step)")
     out = pd.DataFrame(index=times)
     for col in ("ghi", "dni", "dhi", *_WEATHER_OPTIONAL):
         if col not in raw.columns:
@@ -129,9 +119,7 @@ def _read_weather(path: Path, times: pd.DatetimeIndex, start: int) -> pd.DataFra
         bad = np.flatnonzero(~np.isfinite(values))
         if bad.size:
             line = int(bad[0]) + 2  # 1-based, line 1 is the header
-            raise ProfileError(
-                f"{where}: column {col} has {bad.size} NaN/non-numeric value(s), first at line {line}"
-            )
+            raise ProfileError(f"{where}: column {col} has {bad.size} NaN/non-numeric value(s), first at line {line}")
         if col in ("ghi", "dni", "dhi", "wind_speed") and (values < 0).any():
             line = int(np.flatnonzero(values < 0)[0]) + 2
             raise ProfileError(f"{where}: column {col} is negative at line {line}")
@@ -144,9 +132,7 @@ def _read_weather(path: Path, times: pd.DatetimeIndex, start: int) -> pd.DataFra
     return out
 
 
-def _check_weather_time(
-    col: pd.Series, times: pd.DatetimeIndex, start: int, where: str
-) -> None:
+def _check_weather_time(col: pd.Series, times: pd.DatetimeIndex, start: int, where: str) -> None:
     """The ``time`` column holds step indices or timestamps matching the requested steps."""
     numeric = pd.to_numeric(col, errors="coerce")
     if numeric.notna().all():
@@ -166,20 +152,12 @@ def _check_weather_time(
         except ValueError:  # e.g. UTC offsets changing across a DST switch
             stamps = pd.DatetimeIndex(pd.to_datetime(col, errors="raise", utc=True))
     except (ValueError, TypeError) as exc:
-        raise ProfileError(
-            f"{where}: time column is neither step indices nor timestamps ({exc})"
-        ) from exc
-    stamps = (
-        stamps.tz_localize(times.tz)
-        if stamps.tz is None
-        else stamps.tz_convert(times.tz)
-    )
+        raise ProfileError(f"{where}: time column is neither step indices nor timestamps ({exc})") from exc
+    stamps = stamps.tz_localize(times.tz) if stamps.tz is None else stamps.tz_convert(times.tz)
     bad = np.flatnonzero(stamps != times)
     if bad.size:
         i = int(bad[0])
-        raise ProfileError(
-            f"{where}: line {i + 2}: time {col.iloc[i]} is not the step time {times[i]}"
-        )
+        raise ProfileError(f"{where}: line {i + 2}: time {col.iloc[i]} is not the step time {times[i]}")
 
 
 def pv_profile_kw_per_kwp(
@@ -223,14 +201,12 @@ def pv_profile_kw_per_kwp(
     Returns an array of shape ``(steps,)`` in kW per kWp (multiply by kWp for kW).
     """
     # Imported here: pvlib is only needed for PV profiles and takes ~0.5 s to import.
-    import pvlib  # type: ignore[import-untyped]
+    import pvlib
 
     if not (0.0 <= system_loss_pct < 100.0):
         raise StudyError(f"system_loss_pct must be in [0, 100), got {system_loss_pct}")
     if not (-90.0 <= latitude <= 90.0 and -180.0 <= longitude <= 180.0):
-        raise StudyError(
-            f"PV site: latitude {latitude} / longitude {longitude} out of range"
-        )
+        raise StudyError(f"PV site: latitude {latitude} / longitude {longitude} out of range")
     if not (0.0 <= tilt <= 90.0):
         raise StudyError(f"PV tilt must be in [0, 90] degrees, got {tilt}")
     times = _step_times(date, stepsize_s, start, steps, tz)
@@ -255,13 +231,9 @@ def pv_profile_kw_per_kwp(
         dni_extra=dni_extra,
         model="haydavies",
     )
-    aoi = pvlib.irradiance.aoi(
-        tilt, azimuth, solpos["apparent_zenith"], solpos["azimuth"]
-    )
+    aoi = pvlib.irradiance.aoi(tilt, azimuth, solpos["apparent_zenith"], solpos["azimuth"])
     iam = pvlib.iam.physical(aoi)
-    effective = (
-        (poa["poa_direct"] * iam + poa["poa_diffuse"]).fillna(0.0).clip(lower=0.0)
-    )
+    effective = (poa["poa_direct"] * iam + poa["poa_diffuse"]).fillna(0.0).clip(lower=0.0)
     params = pvlib.temperature.TEMPERATURE_MODEL_PARAMETERS["sapm"][_SAPM_MOUNT]
     temp_cell = pvlib.temperature.sapm_cell(
         poa["poa_global"].fillna(0.0),
@@ -269,13 +241,9 @@ def pv_profile_kw_per_kwp(
         weather["wind_speed"],
         **params,
     )
-    pdc = pvlib.pvsystem.pvwatts_dc(
-        effective, temp_cell, pdc0=1.0, gamma_pdc=GAMMA_PDC_PER_C
-    )
+    pdc = pvlib.pvsystem.pvwatts_dc(effective, temp_cell, pdc0=1.0, gamma_pdc=GAMMA_PDC_PER_C)
     pdc = pdc * (1.0 - system_loss_pct / 100.0)
-    pac = pvlib.inverter.pvwatts(
-        pdc, pdc0=1.0 / INVERTER_EFFICIENCY, eta_inv_nom=INVERTER_EFFICIENCY
-    )
+    pac = pvlib.inverter.pvwatts(pdc, pdc0=1.0 / INVERTER_EFFICIENCY, eta_inv_nom=INVERTER_EFFICIENCY)
     out = np.clip(np.asarray(pac, dtype=np.float64), 0.0, None)
     out[~np.isfinite(out)] = 0.0
     return out
@@ -313,34 +281,24 @@ def place_pv(
     n = len(names)
     count = math.floor(share * n + 0.5 + 1e-9)
     rng = np.random.default_rng(seed)
-    chosen = (
-        np.sort(rng.choice(n, size=count, replace=False))
-        if count
-        else np.array([], dtype=int)
-    )
+    chosen = np.sort(rng.choice(n, size=count, replace=False)) if count else np.array([], dtype=int)
     if isinstance(kwp, tuple):
         if len(kwp) != 2:
             raise StudyError(f"place_pv: kwp range must be (low, high), got {kwp}")
         low, high = float(kwp[0]), float(kwp[1])
         if not (math.isfinite(low) and math.isfinite(high) and 0.0 < low <= high):
-            raise StudyError(
-                f"place_pv: kwp range must satisfy 0 < low <= high, got {kwp}"
-            )
+            raise StudyError(f"place_pv: kwp range must satisfy 0 < low <= high, got {kwp}")
         sizes = rng.uniform(low, high, size=count)
     elif isinstance(kwp, Mapping):
         missing = [names[i] for i in chosen if names[i] not in kwp]
         if missing:
-            raise StudyError(
-                f"place_pv: no kwp given for chosen customer(s) {', '.join(missing)}"
-            )
+            raise StudyError(f"place_pv: no kwp given for chosen customer(s) {', '.join(missing)}")
         sizes = np.array([float(kwp[names[i]]) for i in chosen], dtype=np.float64)
     else:
         try:
             sizes = np.full(count, float(kwp))
         except (TypeError, ValueError) as exc:
-            raise StudyError(
-                f"place_pv: kwp must be kWp, (low, high) or a mapping, got {kwp!r}"
-            ) from exc
+            raise StudyError(f"place_pv: kwp must be kWp, (low, high) or a mapping, got {kwp!r}") from exc
     if not np.all(np.isfinite(sizes) & (sizes > 0.0)):
         raise StudyError(f"place_pv: kwp must be finite and > 0, got {kwp}")
     return {names[i]: float(s) for i, s in zip(chosen, sizes, strict=True)}
@@ -372,9 +330,7 @@ class Battery:
         if not (math.isfinite(self.kw) and self.kw >= 0.0):
             raise StudyError(f"Battery: kw must be >= 0, got {self.kw}")
         if not (0.0 < self.efficiency <= 1.0):
-            raise StudyError(
-                f"Battery: efficiency must be in (0, 1], got {self.efficiency}"
-            )
+            raise StudyError(f"Battery: efficiency must be in (0, 1], got {self.efficiency}")
         if not (0.0 <= self.soc_min <= self.soc0 <= self.soc_max <= 1.0):
             raise StudyError(
                 "Battery: need 0 <= soc_min <= soc0 <= soc_max <= 1, got "
@@ -382,30 +338,22 @@ class Battery:
             )
 
 
-def _battery_arrays(
-    battery: Battery | Sequence[Battery], n: int | None
-) -> dict[str, NDArray[np.float64]]:
+def _battery_arrays(battery: Battery | Sequence[Battery], n: int | None) -> dict[str, NDArray[np.float64]]:
     """Battery parameters as arrays of shape (n,) (or (1,) for one battery and 1-D net)."""
     if isinstance(battery, Battery):
         batts = [battery] * (n or 1)
     else:
         batts = list(battery)
         if len(batts) != (n or 1):
-            raise StudyError(
-                f"need one Battery per customer column ({n}), got {len(batts)}"
-            )
+            raise StudyError(f"need one Battery per customer column ({n}), got {len(batts)}")
     fields = ("kwh", "kw", "efficiency", "soc0", "soc_min", "soc_max")
-    return {
-        f: np.array([getattr(b, f) for b in batts], dtype=np.float64) for f in fields
-    }
+    return {f: np.array([getattr(b, f) for b in batts], dtype=np.float64) for f in fields}
 
 
 def _net_2d(net_kw: ArrayLike, what: str) -> tuple[NDArray[np.float64], bool]:
     arr = np.asarray(net_kw, dtype=np.float64)
     if arr.ndim not in (1, 2) or arr.shape[0] == 0:
-        raise ProfileError(
-            f"{what}: net_kw must have shape (steps,) or (steps, customers), got {arr.shape}"
-        )
+        raise ProfileError(f"{what}: net_kw must have shape (steps,) or (steps, customers), got {arr.shape}")
     if not np.isfinite(arr).all():
         raise ProfileError(f"{what}: net_kw has NaN/inf values")
     return (arr[:, None], True) if arr.ndim == 1 else (arr, False)
@@ -415,9 +363,7 @@ def _per_step(x: float | ArrayLike, steps: int, what: str) -> NDArray[np.float64
     arr = np.asarray(x, dtype=np.float64)
     arr = np.broadcast_to(arr, (steps,)) if arr.ndim == 0 else arr
     if arr.shape != (steps,):
-        raise ProfileError(
-            f"{what}: expected a scalar or shape ({steps},), got {arr.shape}"
-        )
+        raise ProfileError(f"{what}: expected a scalar or shape ({steps},), got {arr.shape}")
     if not np.isfinite(arr).all():
         raise ProfileError(f"{what}: has NaN/inf values")
     return arr
@@ -516,8 +462,6 @@ def dispatch_p2p(
         raise StudyError("dispatch_p2p: grid_export_price exceeds grid_import_price")
     mid = (imp + exp) / 2.0
     big = np.inf  # clipped to kW/SoC limits by _dispatch
-    target = np.where(
-        (lp < mid)[:, None], big, np.where((lp > mid)[:, None], -big, -net)
-    )
+    target = np.where((lp < mid)[:, None], big, np.where((lp > mid)[:, None], -big, -net))
     p, soc = _dispatch(net, target, b, dt_h)
     return (p[:, 0], soc[:, 0]) if flat else (p, soc)

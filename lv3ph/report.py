@@ -29,10 +29,10 @@ state, no global backend switch), so reports can be written from worker threads.
 from __future__ import annotations
 
 import base64
+import functools
 import html
 import io
 import math
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -109,10 +109,15 @@ def _values(ds: xr.Dataset, name: str) -> np.ndarray:
 
 
 def _finite(x: Any) -> bool:
+    return math.isfinite(_num(x))
+
+
+def _num(x: Any) -> float:
+    """``x`` as a float; NaN when it is missing or not a number."""
     try:
-        return x is not None and math.isfinite(float(x))
+        return float(x)
     except (TypeError, ValueError):
-        return False
+        return math.nan
 
 
 def _nanmax(a: np.ndarray) -> float:
@@ -236,7 +241,10 @@ def _pick_distinct(results: Sequence[ScenarioResult], k: int) -> list[int]:
         for i in range(len(results)):
             if i in chosen:
                 continue
-            d = min(float(np.sqrt(np.nanmean((mat[i] - mat[j]) ** 2))) if np.isfinite(mat[i] - mat[j]).any() else 0.0 for j in chosen)
+            d = min(
+                float(np.sqrt(np.nanmean((mat[i] - mat[j]) ** 2))) if np.isfinite(mat[i] - mat[j]).any() else 0.0
+                for j in chosen
+            )
             if d > best_d:
                 best, best_d = i, d
         assert best is not None
@@ -311,7 +319,15 @@ def plot_unbalance(spec: StudySpec, results: Sequence[ScenarioResult]) -> Figure
             y = _values(r.series, var)
             h = _hours(r.series, stepsize)
             if y.size and y.size == h.size:
-                ax.plot(h, y, color=colour, linewidth=1.1, marker="o" if y.size < 30 else None, markersize=3, label=r.scenario.name)
+                ax.plot(
+                    h,
+                    y,
+                    color=colour,
+                    linewidth=1.1,
+                    marker="o" if y.size < 30 else None,
+                    markersize=3,
+                    label=r.scenario.name,
+                )
         if lim is not None:
             ax.axhline(lim, **LIMIT_STYLE, label=f"limit {_fmt(lim, 1)} %")
         ax.set_ylabel(label)
@@ -340,7 +356,15 @@ def plot_head_neutral_current(spec: StudySpec, results: Sequence[ScenarioResult]
         h = _hours(r.series, stepsize)
         peaks.append(_nanmax(y) if y.size else float("nan"))
         if y.size and y.size == h.size:
-            axes[0].plot(h, y, color=colour, linewidth=1.1, marker="o" if y.size < 30 else None, markersize=3, label=r.scenario.name)
+            axes[0].plot(
+                h,
+                y,
+                color=colour,
+                linewidth=1.1,
+                marker="o" if y.size < 30 else None,
+                markersize=3,
+                label=r.scenario.name,
+            )
     axes[0].set_ylabel("neutral current (A)")
     axes[0].set_title("Neutral current at the feeder head", fontsize=10)
     axes[0].set_ylim(bottom=0)
@@ -360,8 +384,16 @@ def plot_head_neutral_current(spec: StudySpec, results: Sequence[ScenarioResult]
             cur = cur.transpose("time", "phase")
             for p in range(cur.sizes["phase"]):
                 lab = _phase_label(p)
-                ax.plot(h, np.asarray(cur.isel(phase=p).values, dtype=float), color=PHASE_COLOURS.get(lab, "C0"), linewidth=1.1, label=f"phase {lab}")
-        ax.plot(h, _values(r.series, "head_neutral_current_a"), color=PHASE_COLOURS["n"], linewidth=1.4, label="neutral")
+                ax.plot(
+                    h,
+                    np.asarray(cur.isel(phase=p).values, dtype=float),
+                    color=PHASE_COLOURS.get(lab, "C0"),
+                    linewidth=1.1,
+                    label=f"phase {lab}",
+                )
+        ax.plot(
+            h, _values(r.series, "head_neutral_current_a"), color=PHASE_COLOURS["n"], linewidth=1.4, label="neutral"
+        )
         ax.set_title(f"Currents at the feeder head in {r.scenario.name} (highest neutral current)", fontsize=10)
         ax.legend(fontsize=8, loc="upper left", ncol=4)
     ax.set_ylabel("current (A)")
@@ -400,26 +432,54 @@ def plot_allocation(spec: StudySpec, results: Sequence[ScenarioResult]) -> Figur
     width = 0.8 / max(1, len(methods))
     method_colours = {m: f"C{i}" for i, m in enumerate(methods)}
     for k, m in enumerate(methods):
-        ax0.bar(x + (k - (len(methods) - 1) / 2) * width, top[f"{m}_kwh"].to_numpy(dtype=float) * scale, width, color=method_colours[m], label=m)
+        ax0.bar(
+            x + (k - (len(methods) - 1) / 2) * width,
+            top[f"{m}_kwh"].to_numpy(dtype=float) * scale,
+            width,
+            color=method_colours[m],
+            label=m,
+        )
     ax0.set_ylabel(f"loss allocated ({unit})")
     ax0.set_title(f"{r.scenario.name}: {len(top)} of {len(table)} contracts with the largest {ref} loss", fontsize=10)
     ax0.legend(fontsize=8)
     ax0.grid(True, axis="y", alpha=0.3)
     ref_total = float(np.nansum(table[f"{ref}_kwh"].to_numpy(dtype=float)))
     if not others:
-        ax1.text(0.5, 0.5, "only one allocation method: nothing to compare", ha="center", va="center", transform=ax1.transAxes)
+        ax1.text(
+            0.5,
+            0.5,
+            "only one allocation method: nothing to compare",
+            ha="center",
+            va="center",
+            transform=ax1.transAxes,
+        )
     elif ref_total == 0.0:
-        ax1.text(0.5, 0.5, f"the {ref} contract total is zero: errors cannot be normalised", ha="center", va="center", transform=ax1.transAxes)
+        ax1.text(
+            0.5,
+            0.5,
+            f"the {ref} contract total is zero: errors cannot be normalised",
+            ha="center",
+            va="center",
+            transform=ax1.transAxes,
+        )
     else:
         w = 0.8 / len(others)
         for k, m in enumerate(others):
             err = (top[f"{m}_kwh"].to_numpy(dtype=float) - top[f"{ref}_kwh"].to_numpy(dtype=float)) / ref_total * 100.0
             total_err = (float(np.nansum(table[f"{m}_kwh"].to_numpy(dtype=float))) - ref_total) / ref_total * 100.0
-            ax1.bar(x + (k - (len(others) - 1) / 2) * w, err, w, color=method_colours[m], label=f"{m} (all contracts: {total_err:+.1f} %)")
+            ax1.bar(
+                x + (k - (len(others) - 1) / 2) * w,
+                err,
+                w,
+                color=method_colours[m],
+                label=f"{m} (all contracts: {total_err:+.1f} %)",
+            )
         ax1.axhline(0.0, color="0.3", linewidth=0.8)
         ax1.legend(fontsize=8)
     ax1.set_ylabel(f"error vs {ref}\n(% of {ref} contract total)")
-    ax1.set_title(f"Error per contract, in % of the {ref} total over all contracts ({_fmt(ref_total, 3)} kWh)", fontsize=10)
+    ax1.set_title(
+        f"Error per contract, in % of the {ref} total over all contracts ({_fmt(ref_total, 3)} kWh)", fontsize=10
+    )
     ax1.grid(True, axis="y", alpha=0.3)
     ax1.set_xticks(x)
     ax1.set_xticklabels([str(c) for c in top["contract"]], rotation=45, ha="right", fontsize=8)
@@ -430,7 +490,9 @@ def plot_allocation(spec: StudySpec, results: Sequence[ScenarioResult]) -> Figur
 
 def plot_scenarios(spec: StudySpec, results: Sequence[ScenarioResult], summary: pd.DataFrame) -> Figure:
     """Scenario comparison: losses by part, traded energy, self-sufficiency, violations, PVUR."""
-    names = [str(x) for x in summary["scenario"]] if "scenario" in summary.columns else [r.scenario.name for r in results]
+    names = (
+        [str(x) for x in summary["scenario"]] if "scenario" in summary.columns else [r.scenario.name for r in results]
+    )
 
     def col(name: str) -> np.ndarray:
         if name not in summary.columns:
@@ -507,7 +569,11 @@ def _describe(sc: Any) -> str:
         mk = f"contracts from {Path(market[5:]).name}"
     else:
         mk = f"market {market}"
-    bat = {"off": "no batteries", "self-consumption": "batteries for self-consumption", "p2p": "batteries dispatched for P2P trading"}.get(str(sc.battery), f"battery strategy {sc.battery}")
+    bat = {
+        "off": "no batteries",
+        "self-consumption": "batteries for self-consumption",
+        "p2p": "batteries dispatched for P2P trading",
+    }.get(str(sc.battery), f"battery strategy {sc.battery}")
     return f"With {pv}, {mk} and {bat}"
 
 
@@ -532,7 +598,7 @@ def _worst_violation(r: ScenarioResult, check: str) -> tuple[int, _Worst | None]
     i = int(np.nanargmin(vals) if check == "voltage_low" else np.nanargmax(vals))
     row = rows.iloc[i]
     t = row.get("worst_time")
-    return len(rows), _Worst(float(vals[i]), str(row.get("item")), float(t) if _finite(t) else None)
+    return len(rows), _Worst(float(vals[i]), str(row.get("item")), _num(t) if _finite(t) else None)
 
 
 def scenario_finding(spec: StudySpec, r: ScenarioResult) -> str:
@@ -542,9 +608,11 @@ def scenario_finding(spec: StudySpec, r: ScenarioResult) -> str:
     step_h = spec.run.stepsize_s / 3600.0
     parts = [f"{_describe(r.scenario)}"]
     pv = s.get("pv_kwh")
-    pv_txt = f" (PV produced {_fmt(pv, 1)} kWh)" if _finite(pv) and float(pv) > 0 else ""
+    pv_txt = f" (PV produced {_fmt(pv, 1)} kWh)" if _finite(pv) and _num(pv) > 0 else ""
     traded = s.get("traded_kwh")
-    parts[0] += f"{pv_txt}, {_fmt(traded, 1)} kWh were traded locally and self-sufficiency was {_fmt(s.get('self_sufficiency_pct'), 1)} %."
+    parts[0] += (
+        f"{pv_txt}, {_fmt(traded, 1)} kWh were traded locally and self-sufficiency was {_fmt(s.get('self_sufficiency_pct'), 1)} %."
+    )
     loss = s.get("loss_kwh")
     parts.append(
         f"Losses were {_fmt(loss, 2)} kWh ({_fmt(_pct_of(s.get('loss_neutral_kwh'), loss), 1)} % in the neutral, "
@@ -555,21 +623,30 @@ def scenario_finding(spec: StudySpec, r: ScenarioResult) -> str:
     k = _nanargmax(pvur)
     when = f" at {_clock(float(r.series['time'].values[k]) * step_h)}" if k is not None else ""
     lim_txt = f"limit {_fmt(lim.pvur_pct, 1)} %" if lim.pvur_pct is not None else "no limit set"
-    parts.append(f"The worst PVUR over the feeder was {_fmt(s.get('pvur_max_pct', _nanmax(pvur)), 2)} %{when} ({lim_txt})")
+    parts.append(
+        f"The worst PVUR over the feeder was {_fmt(s.get('pvur_max_pct', _nanmax(pvur)), 2)} %{when} ({lim_txt})"
+    )
     n_pvur, worst = _worst_violation(r, "pvur")
     if n_pvur and worst is not None:
         at = f" at {_clock(worst.time * step_h)}" if worst.time is not None else ""
-        parts[-1] += f"; {n_pvur} checked bus{'es' if n_pvur != 1 else ''} exceeded the limit, the worst being bus {worst.item} with {_fmt(worst.value, 2)} %{at}"
+        parts[-1] += (
+            f"; {n_pvur} checked bus{'es' if n_pvur != 1 else ''} exceeded the limit, the worst being bus {worst.item} with {_fmt(worst.value, 2)} %{at}"
+        )
     vuf_lim = f"limit {_fmt(lim.vuf_pct, 1)} %" if lim.vuf_pct is not None else "no limit set"
     parts[-1] += f"; the worst VUF was {_fmt(s.get('vuf_max_pct'), 2)} % ({vuf_lim})."
     env = _lv_envelope(r.series)
     if env is not None and env[0].size and np.isfinite(env[1]).any():
         band = f"band {_fmt(lim.v_low_v, 0)}-{_fmt(lim.v_high_v, 0)} V" if lim.v_low_v is not None else "no band set"
-        parts.append(f"Phase-to-neutral voltages at LV buses ranged from {_fmt(np.nanmin(env[1]), 1)} V to {_fmt(_nanmax(env[2]), 1)} V ({band}).")
+        parts.append(
+            f"Phase-to-neutral voltages at LV buses ranged from {_fmt(np.nanmin(env[1]), 1)} V to {_fmt(_nanmax(env[2]), 1)} V ({band})."
+        )
     minutes = s.get("violation_minutes")
-    if _finite(minutes) and float(minutes) > 0:
-        counts = [(c, s.get(f"violations_{c}")) for c in ("voltage_high", "voltage_low", "vuf", "pvur", "vne", "line_thermal", "transformer_thermal")]
-        counts = [(c, int(n)) for c, n in counts if _finite(n) and int(n) > 0]
+    if _finite(minutes) and _num(minutes) > 0:
+        raw = [
+            (c, s.get(f"violations_{c}"))
+            for c in ("voltage_high", "voltage_low", "vuf", "pvur", "vne", "line_thermal", "transformer_thermal")
+        ]
+        counts = [(c, int(_num(n))) for c, n in raw if _finite(n) and _num(n) > 0]
         listed = ", ".join(f"{c.replace('_', ' ')}: {n}" for c, n in counts)
         detail = f" ({listed} item-steps)" if counts else ""
         parts.append(f"{_fmt(minutes, 0)} minutes had at least one violation{detail}.")
@@ -578,11 +655,13 @@ def scenario_finding(spec: StudySpec, r: ScenarioResult) -> str:
     ineu = _values(r.series, "head_neutral_current_a")
     k = _nanargmax(ineu)
     if k is not None:
-        parts.append(f"The neutral current at the feeder head peaked at {_fmt(ineu[k], 1)} A at {_clock(float(r.series['time'].values[k]) * step_h)}.")
+        parts.append(
+            f"The neutral current at the feeder head peaked at {_fmt(ineu[k], 1)} A at {_clock(float(r.series['time'].values[k]) * step_h)}."
+        )
     sav = s.get("bill_savings_eur")
     if _finite(sav) and str(r.scenario.market) != "none":
-        verb = "saved customers" if float(sav) >= 0 else "cost customers"
-        parts.append(f"Against trading only with the grid, the market {verb} EUR {_fmt(abs(float(sav)), 2)} in total.")
+        verb = "saved customers" if _num(sav) >= 0 else "cost customers"
+        parts.append(f"Against trading only with the grid, the market {verb} EUR {_fmt(abs(_num(sav)), 2)} in total.")
     contracts = _contracts(r.allocation)
     methods = _methods(spec, contracts) if len(contracts) else []
     ref = _reference(methods)
@@ -599,16 +678,26 @@ def scenario_finding(spec: StudySpec, r: ScenarioResult) -> str:
             d = _pct_of(tot - ref_total, ref_total)
             if _finite(d):
                 word = "over-charges" if d > 0 else "under-charges" if d < 0 else "matches"
-                comp.append(f"{m} {word} them by {_fmt(abs(d), 1)} % ({_fmt(tot, 3)} kWh)" if word != "matches" else f"{m} charges the same")
+                comp.append(
+                    f"{m} {word} them by {_fmt(abs(d), 1)} % ({_fmt(tot, 3)} kWh)"
+                    if word != "matches"
+                    else f"{m} charges the same"
+                )
             else:
                 comp.append(f"{m} charges {_fmt(tot, 3)} kWh")
         parts.append(txt + ("; " + ", ".join(comp) if comp else "") + ".")
     alloc = r.allocation
-    grid = alloc[alloc["contract"].astype(str).str.startswith("grid:")] if alloc is not None and "contract" in alloc.columns else None
+    grid = (
+        alloc[alloc["contract"].astype(str).str.startswith("grid:")]
+        if alloc is not None and "contract" in alloc.columns
+        else None
+    )
     grid_ref = _reference(_methods(spec, grid)) if grid is not None and len(grid) else None
     if grid is not None and grid_ref is not None:
         g = float(np.nansum(pd.to_numeric(grid[f"{grid_ref}_kwh"], errors="coerce")))
-        parts.append(f"Exchanges with the grid ({len(grid)} rows) are charged {_fmt(g, 3)} kWh by the {grid_ref} method.")
+        parts.append(
+            f"Exchanges with the grid ({len(grid)} rows) are charged {_fmt(g, 3)} kWh by the {grid_ref} method."
+        )
     return " ".join(parts)
 
 
@@ -688,7 +777,9 @@ CAPTIONS = {
 }
 
 
-def render_html(spec: StudySpec, results: Sequence[ScenarioResult], summary: pd.DataFrame, images: dict[str, bytes]) -> str:
+def render_html(
+    spec: StudySpec, results: Sequence[ScenarioResult], summary: pd.DataFrame, images: dict[str, bytes]
+) -> str:
     """The report page (self-contained: images as data URIs, inline CSS)."""
     e = html.escape
     lim = spec.limits
@@ -722,7 +813,9 @@ def render_html(spec: StudySpec, results: Sequence[ScenarioResult], summary: pd.
     for r in results:
         notes = "".join(f"<li>{e(str(n))}</li>" for n in (r.notes or []))
         notes_html = f'<ul class="notes">{notes}</ul>' if notes else ""
-        findings.append(f'<div class="finding"><h3>{e(r.scenario.name)}</h3><p>{e(scenario_finding(spec, r))}</p>{notes_html}</div>')
+        findings.append(
+            f'<div class="finding"><h3>{e(r.scenario.name)}</h3><p>{e(scenario_finding(spec, r))}</p>{notes_html}</div>'
+        )
     all_cols = [(c, c, -1 if c in ("scenario", "market", "battery") else _decimals(c)) for c in summary.columns]
     stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     return f"""<!DOCTYPE html>
@@ -766,11 +859,9 @@ def write_report(spec: StudySpec, results: list[ScenarioResult], summary: pd.Dat
         images[name] = _png(draw())
     page = render_html(spec, results, summary, images).encode("utf-8")
     for name, data in images.items():
-        write_atomic(out / name, lambda tmp, data=data: _write_readable(tmp, data))
-    return write_atomic(out / "report.html", lambda tmp: _write_readable(tmp, page))
+        write_atomic(out / name, functools.partial(_write_bytes, data=data))
+    return write_atomic(out / "report.html", lambda tmp: _write_bytes(tmp, page))
 
 
-def _write_readable(tmp: Path, data: bytes) -> None:
-    """Write ``data``; make the file world-readable (temporary files are created 0600)."""
+def _write_bytes(tmp: Path, data: bytes) -> None:
     tmp.write_bytes(data)
-    os.chmod(tmp, 0o644)

@@ -33,7 +33,7 @@ import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
@@ -46,7 +46,7 @@ from lv3ph.allocation.contracts import assert_valid_contracts, contract_shares, 
 from lv3ph.allocation.exact import loss_network
 from lv3ph.errors import Lv3phError, StudyError
 from lv3ph.market import Tariffs, bilateral, bills, community_auction, no_market
-from lv3ph.market.clearing import MarketResult
+from lv3ph.market.clearing import MarketResult, Preference
 from lv3ph.model import battery_commands, loadshape_command, pv_commands
 from lv3ph.powerflow import RunSpec, capture, customer_ports, open_feeder, solve_raw
 from lv3ph.prosumers import (
@@ -61,7 +61,13 @@ from lv3ph.prosumers import (
 )
 from lv3ph.unbalance import Limits, unbalance, violations
 
-MARKETS = ("none", "community-auction", "bilateral:random", "bilateral:electrical-distance", "bilateral:same-phase-first")
+MARKETS = (
+    "none",
+    "community-auction",
+    "bilateral:random",
+    "bilateral:electrical-distance",
+    "bilateral:same-phase-first",
+)
 BATTERY_STRATEGIES = ("off", "self-consumption", "p2p")
 METHODS_DEFAULT = ("exact", "phase-only", "pro-rata")
 _KEYS: dict[str, set[str]] = {
@@ -177,7 +183,11 @@ def load_study(path: str | Path) -> StudySpec:
         elif not isinstance(body, dict):
             errors.append(f"[{table}] must be a table")
         elif _KEYS[table]:
-            errors += [f"unknown key [{table}].{k} (known: {', '.join(sorted(_KEYS[table]))})" for k in body if k not in _KEYS[table]]
+            errors += [
+                f"unknown key [{table}].{k} (known: {', '.join(sorted(_KEYS[table]))})"
+                for k in body
+                if k not in _KEYS[table]
+            ]
     sec = {t: raw.get(t, {}) if isinstance(raw.get(t, {}), dict) else {} for t in _KEYS}
     study = sec["study"]
     for key in ("name", "model"):
@@ -191,7 +201,9 @@ def load_study(path: str | Path) -> StudySpec:
     t = sec["time"]
     run = RunSpec(mode="yearly", stepsize_s=60.0, start=1, steps=1440)
     try:
-        run = RunSpec.parse(t.get("mode", "yearly"), t.get("stepsize", "1m"), int(t.get("start", 1)), int(t.get("steps", 1440)))
+        run = RunSpec.parse(
+            t.get("mode", "yearly"), t.get("stepsize", "1m"), int(t.get("start", 1)), int(t.get("steps", 1440))
+        )
     except (Lv3phError, ValueError, TypeError) as exc:
         errors.append(f"[time]: {exc}")
     if run.mode not in ("snap", "daily", "yearly"):
@@ -223,7 +235,10 @@ def load_study(path: str | Path) -> StudySpec:
     bt = sec["battery"]
     battery = Battery(kwh=5.0, kw=2.5)
     try:
-        battery = Battery(**{k: _number(errors, f"[battery].{k}", v, lo=0) for k, v in bt.items() if k in _KEYS["battery"]} | {"kwh": bt.get("kwh", 5.0), "kw": bt.get("kw", 2.5)})
+        battery = Battery(
+            **{k: _number(errors, f"[battery].{k}", v, lo=0) for k, v in bt.items() if k in _KEYS["battery"]}
+            | {"kwh": bt.get("kwh", 5.0), "kw": bt.get("kw", 2.5)}
+        )
     except (Lv3phError, TypeError) as exc:
         errors.append(f"[battery]: {exc}")
     tariffs = Tariffs()
@@ -234,7 +249,9 @@ def load_study(path: str | Path) -> StudySpec:
     methods = tuple(sec["allocation"].get("methods", METHODS_DEFAULT))
     from lv3ph.allocation.audit import METHODS
 
-    errors += [f"[allocation].methods: unknown method {m!r} (known: {', '.join(METHODS)})" for m in methods if m not in METHODS]
+    errors += [
+        f"[allocation].methods: unknown method {m!r} (known: {', '.join(METHODS)})" for m in methods if m not in METHODS
+    ]
     sc = sec["scenarios"]
     shares = tuple(_number(errors, "[scenarios].pv_share", x, lo=0, hi=1) for x in _as_list(sc.get("pv_share", [0.0])))
     markets = tuple(str(m) for m in _as_list(sc.get("market", ["none"])))
@@ -244,8 +261,15 @@ def load_study(path: str | Path) -> StudySpec:
         if m.startswith("file:") and not (p.parent / m[5:]).is_file():
             errors.append(f"[scenarios].market: contracts file not found: {p.parent / m[5:]}")
     strategies = tuple(str(b) for b in _as_list(sc.get("battery", ["off"])))
-    errors += [f"[scenarios].battery: unknown strategy {b!r} (known: {', '.join(BATTERY_STRATEGIES)})" for b in strategies if b not in BATTERY_STRATEGIES]
-    pme = tuple(_number(errors, "[scenarios].pme_ohm", x, lo=0) for x in _as_list(sc.get("pme_ohm", [study.get("pme_ohm", 0.0)])))
+    errors += [
+        f"[scenarios].battery: unknown strategy {b!r} (known: {', '.join(BATTERY_STRATEGIES)})"
+        for b in strategies
+        if b not in BATTERY_STRATEGIES
+    ]
+    pme = tuple(
+        _number(errors, "[scenarios].pme_ohm", x, lo=0)
+        for x in _as_list(sc.get("pme_ohm", [study.get("pme_ohm", 0.0)]))
+    )
     if errors:
         raise StudyError(f"{p}: " + "; ".join(errors))
     return StudySpec(
@@ -285,18 +309,37 @@ def scenarios(spec: StudySpec) -> list[Scenario]:
 
 
 # ---------------------------------------------------------------------------- one scenario
-def _market(spec: StudySpec, sc: Scenario, net_kw: np.ndarray, names: list[str], times: np.ndarray, phases: list[str], distance: np.ndarray) -> MarketResult:
+def _market(
+    spec: StudySpec,
+    sc: Scenario,
+    net_kw: np.ndarray,
+    names: list[str],
+    times: np.ndarray,
+    phases: list[str],
+    distance: np.ndarray,
+) -> MarketResult:
     if sc.market == "none":
         return no_market(net_kw, names, times, spec.tariffs)
     if sc.market == "community-auction":
         return community_auction(net_kw, names, times, spec.tariffs)
     if sc.market.startswith("bilateral:"):
         return bilateral(
-            net_kw, names, times, spec.tariffs, preference=sc.market.split(":", 1)[1], seed=sc.seed, distance=distance, phases=phases  # type: ignore[arg-type]
+            net_kw,
+            names,
+            times,
+            spec.tariffs,
+            preference=cast(Preference, sc.market.split(":", 1)[1]),
+            seed=sc.seed,
+            distance=distance,
+            phases=phases,
         )
     table = read_contracts(sc.market[5:])
     price = pd.Series(spec.tariffs.mid_eur_kwh, index=times)
-    return MarketResult(contracts=table, price_eur_kwh=price, traded_kw=table.groupby("time").kw.sum().reindex(times, fill_value=0).to_numpy())
+    return MarketResult(
+        contracts=table,
+        price_eur_kwh=price,
+        traded_kw=table.groupby("time").kw.sum().reindex(times, fill_value=0).to_numpy(),
+    )
 
 
 def run_scenario(spec: StudySpec, sc: Scenario, *, progress: bool = False) -> ScenarioResult:
@@ -340,7 +383,14 @@ def run_scenario(spec: StudySpec, sc: Scenario, *, progress: bool = False) -> Sc
             b, soc = dispatch_self_consumption(net_kw[:, cols], spec.battery, dt_h)
         else:
             mid = spec.tariffs.mid_eur_kwh
-            b, soc = dispatch_p2p(net_kw[:, cols], mid, spec.tariffs.grid_import_eur_kwh, spec.tariffs.grid_export_eur_kwh, spec.battery, dt_h)
+            b, _soc = dispatch_p2p(
+                net_kw[:, cols],
+                mid,
+                spec.tariffs.grid_import_eur_kwh,
+                spec.tariffs.grid_export_eur_kwh,
+                spec.battery,
+                dt_h,
+            )
         bat_kw[:, cols] = b
         commands += battery_commands(model, bat_names)
     net_kw = net_kw + bat_kw
@@ -377,7 +427,9 @@ def run_scenario(spec: StudySpec, sc: Scenario, *, progress: bool = False) -> Sc
             run=run,
             exact=results.get("exact"),
             before_step=before_step,
-            reduced_before_step=(lambda eng: _battery_setter(eng, bat_names, bat_kw[:, bat_cols], run.start)) if bat_names else None,
+            reduced_before_step=(lambda eng: _battery_setter(eng, bat_names, bat_kw[:, bat_cols], run.start))
+            if bat_names
+            else None,
         )
     results = {m: results[m] for m in spec.methods}
     allocation = allocation_table(results, dt_h)
@@ -389,7 +441,15 @@ def run_scenario(spec: StudySpec, sc: Scenario, *, progress: bool = False) -> Sc
         notes.append(f"{shares.scaled} contract rows scaled down to the measured export/import")
     from lv3ph.unbalance import violation_summary
 
-    return ScenarioResult(scenario=sc, summary=summary, series=series, allocation=allocation, bills=bill, violations=violation_summary(viol), notes=notes)
+    return ScenarioResult(
+        scenario=sc,
+        summary=summary,
+        series=series,
+        allocation=allocation,
+        bills=bill,
+        violations=violation_summary(viol),
+        notes=notes,
+    )
 
 
 def _battery_setter(engine: Any, names: list[str], charge_kw: np.ndarray, start: int) -> Callable[[int], None]:
@@ -422,8 +482,21 @@ def allocation_table(results: dict[str, xr.Dataset], dt_h: float) -> pd.DataFram
     """Per contract id (and grid row), energy traded and loss per method summed over the run, kWh."""
     frames = []
     for method, ds in results.items():
-        df = pd.DataFrame({"contract": ds.contract.values, "seller": ds.seller.values, "buyer": ds.buyer.values, "kw": ds.kw.values, f"{method}_kwh": ds.loss_total_kw.values})
-        g = df.groupby("contract", sort=True).agg(seller=("seller", "first"), buyer=("buyer", "first"), kwh_traded=("kw", "sum"), loss=(f"{method}_kwh", "sum"))
+        df = pd.DataFrame(
+            {
+                "contract": ds.contract.values,
+                "seller": ds.seller.values,
+                "buyer": ds.buyer.values,
+                "kw": ds.kw.values,
+                f"{method}_kwh": ds.loss_total_kw.values,
+            }
+        )
+        g = df.groupby("contract", sort=True).agg(
+            seller=("seller", "first"),
+            buyer=("buyer", "first"),
+            kwh_traded=("kw", "sum"),
+            loss=(f"{method}_kwh", "sum"),
+        )
         g["kwh_traded"] *= dt_h
         g[f"{method}_kwh"] = g.pop("loss") * dt_h
         frames.append(g)
@@ -458,7 +531,9 @@ def _series(
     kinds = pf.element_kind
     head = _head_line(model)
     cur = np.abs(pf.current.isel(element=head))
-    neutral = cur.sel(conductor=4) if 4 in pf.conductor and model.explicit_neutral else xr.zeros_like(cur.isel(conductor=0))
+    neutral = (
+        cur.sel(conductor=4) if 4 in pf.conductor and model.explicit_neutral else xr.zeros_like(cur.isel(conductor=0))
+    )
     vpn = np.abs(pf.voltage.sel(terminal=[1, 2, 3]) - (pf.voltage.sel(terminal=4).fillna(0) if 4 in pf.terminal else 0))
     ds = xr.Dataset(
         {
@@ -573,7 +648,11 @@ def run_scenarios(
         return [run_scenario(spec, sc, progress=progress) for sc in tqdm(grid, desc="scenarios", disable=not progress)]
     from dask.distributed import Client, LocalCluster, as_completed
 
-    cluster = None if scheduler else LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None)
+    cluster = (
+        None
+        if scheduler
+        else LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None)
+    )
     try:
         with Client(scheduler or cluster) as client:
             futures = [client.submit(run_scenario, spec, sc, pure=False, key=f"scenario-{sc.name}") for sc in grid]
@@ -625,5 +704,7 @@ def run_study(
 ) -> tuple[StudySpec, list[ScenarioResult], Path]:
     """Load, run and report a study; returns the spec, the results and ``report.html``."""
     spec = load_study(path)
-    results = run_scenarios(spec, scenarios(spec), serial=serial, scheduler=scheduler, workers=workers, progress=progress)
+    results = run_scenarios(
+        spec, scenarios(spec), serial=serial, scheduler=scheduler, workers=workers, progress=progress
+    )
     return spec, results, write_outputs(spec, results)

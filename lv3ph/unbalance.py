@@ -104,15 +104,11 @@ def _three_phase(v: ArrayLike, what: str) -> NDArray[np.complex128]:
     """Return ``v`` as a complex128 array whose last axis has length 3, or raise."""
     arr = np.asarray(v)
     if arr.ndim == 0 or arr.shape[-1] != 3:
-        raise Lv3phError(
-            f"{what}: last axis must hold the three phases a, b, c; got shape {arr.shape}"
-        )
+        raise Lv3phError(f"{what}: last axis must hold the three phases a, b, c; got shape {arr.shape}")
     return arr.astype(np.complex128, copy=False)
 
 
-def _ratio_pct(
-    num: NDArray[np.float64], den: NDArray[np.float64]
-) -> NDArray[np.float64]:
+def _ratio_pct(num: NDArray[np.float64], den: NDArray[np.float64]) -> NDArray[np.float64]:
     """``num / den * 100`` with IEEE semantics (0/0 -> NaN, x/0 -> inf), no warnings."""
     with np.errstate(divide="ignore", invalid="ignore"):
         return np.asarray(num / den * 100.0, dtype=np.float64)
@@ -122,20 +118,14 @@ def _ratio_pct(
 # them are several times faster than numpy reductions over a last axis of length 3.
 
 
-def _max_dev_rate_pct(
-    ma: NDArray[np.float64], mb: NDArray[np.float64], mc: NDArray[np.float64]
-) -> NDArray[np.float64]:
+def _max_dev_rate_pct(ma: NDArray[np.float64], mb: NDArray[np.float64], mc: NDArray[np.float64]) -> NDArray[np.float64]:
     """Max |m_i - mean(m)| over three magnitudes, in % of the mean (NaN propagates)."""
     mean = (ma + mb + mc) / 3.0
-    dev = np.maximum(
-        np.maximum(np.abs(ma - mean), np.abs(mb - mean)), np.abs(mc - mean)
-    )
+    dev = np.maximum(np.maximum(np.abs(ma - mean), np.abs(mb - mean)), np.abs(mc - mean))
     return _ratio_pct(dev, mean)
 
 
-def _lvur3(
-    va: NDArray[np.complex128], vb: NDArray[np.complex128], vc: NDArray[np.complex128]
-) -> NDArray[np.float64]:
+def _lvur3(va: NDArray[np.complex128], vb: NDArray[np.complex128], vc: NDArray[np.complex128]) -> NDArray[np.float64]:
     """LVUR in % of three phase phasor arrays."""
     return _max_dev_rate_pct(np.abs(va - vb), np.abs(vb - vc), np.abs(vc - va))
 
@@ -196,9 +186,7 @@ def pvur_pct(v_pn: ArrayLike) -> NDArray[np.float64]:
     """
     arr = np.asarray(v_pn)
     if arr.ndim == 0 or arr.shape[-1] != 3:
-        raise Lv3phError(
-            f"pvur_pct: last axis must hold the three phases a, b, c; got shape {arr.shape}"
-        )
+        raise Lv3phError(f"pvur_pct: last axis must hold the three phases a, b, c; got shape {arr.shape}")
     mag = np.abs(arr).astype(np.float64, copy=False)
     return _max_dev_rate_pct(mag[..., 0], mag[..., 1], mag[..., 2])
 
@@ -308,9 +296,7 @@ def unbalance(pf: xr.Dataset) -> xr.Dataset:
     volt = _require(pf, "voltage", "unbalance metrics")
     missing = {"time", "bus", "terminal"} - set(volt.dims)
     if missing or volt.ndim != 3:
-        raise Lv3phError(
-            f"pf['voltage'] must have dims (time, bus, terminal); got {tuple(volt.dims)}"
-        )
+        raise Lv3phError(f"pf['voltage'] must have dims (time, bus, terminal); got {tuple(volt.dims)}")
     volt = volt.transpose("time", "bus", "terminal")
     raw = np.asarray(volt.values)
     if raw.dtype != np.complex128:
@@ -348,9 +334,7 @@ def unbalance(pf: xr.Dataset) -> xr.Dataset:
     dims = ("time", "bus")
     coords = {name: c for name, c in volt.coords.items() if "terminal" not in c.dims}
 
-    def var(
-        data: NDArray[np.float64], units: str, long_name: str, desc: str
-    ) -> xr.Variable:
+    def var(data: NDArray[np.float64], units: str, long_name: str, desc: str) -> xr.Variable:
         return xr.Variable(
             dims,
             np.asarray(data, dtype=np.float64),
@@ -370,8 +354,7 @@ def unbalance(pf: xr.Dataset) -> xr.Dataset:
                 lvur,
                 "%",
                 "line voltage unbalance rate",
-                "max |V_ll| deviation from the mean of |Vab|,|Vbc|,|Vca|, % of that mean "
-                "(NEMA); NaN unless 3 phases",
+                "max |V_ll| deviation from the mean of |Vab|,|Vbc|,|Vca|, % of that mean (NEMA); NaN unless 3 phases",
             ),
             "vuf_pct": var(
                 vuf,
@@ -427,9 +410,7 @@ def _check_number(key: str, value: object, *, optional: bool) -> float | None:
         if optional:
             return None
         raise StudyError(f"limits.{key} must be a number, got None")
-    ok = isinstance(value, int | float | np.integer | np.floating) and not isinstance(
-        value, bool | np.bool_
-    )
+    ok = isinstance(value, int | float | np.integer | np.floating) and not isinstance(value, bool | np.bool_)
     what = "a finite number > 0" if not optional else "a finite number >= 0 or null"
     if not ok:
         raise StudyError(f"limits.{key} must be {what}, got {value!r}")
@@ -491,17 +472,11 @@ class Limits:
             _check_number("v_nominal_v", self.v_nominal_v, optional=False),
         )
         for key in _OPTIONAL_LIMITS:
-            object.__setattr__(
-                self, key, _check_number(key, getattr(self, key), optional=True)
-            )
+            object.__setattr__(self, key, _check_number(key, getattr(self, key), optional=True))
         if self.v_band_pct is not None and self.v_band_pct >= 100.0:
-            raise StudyError(
-                f"limits.v_band_pct must be < 100, got {self.v_band_pct!r}"
-            )
+            raise StudyError(f"limits.v_band_pct must be < 100, got {self.v_band_pct!r}")
         if self.where not in ("customers", "all"):
-            raise StudyError(
-                f"limits.where must be 'customers' or 'all', got {self.where!r}"
-            )
+            raise StudyError(f"limits.where must be 'customers' or 'all', got {self.where!r}")
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Limits:
@@ -516,9 +491,7 @@ class Limits:
         valid = [f.name for f in fields(cls)]
         for key in d:
             if key not in valid:
-                raise StudyError(
-                    f"unknown limits key {key!r}; valid keys: {', '.join(valid)}"
-                )
+                raise StudyError(f"unknown limits key {key!r}; valid keys: {', '.join(valid)}")
         return cls(**d)
 
     def to_dict(self) -> dict[str, Any]:
@@ -617,9 +590,7 @@ def _customer_bus_mask(pf: xr.Dataset, buses: NDArray[Any]) -> NDArray[np.bool_]
     bus_str = buses.astype(str)
     unknown = np.setdiff1d(wanted, bus_str)
     if unknown.size:
-        raise UnknownItemError(
-            f"customer bus {unknown[0]!r} is not a bus of the power flow"
-        )
+        raise UnknownItemError(f"customer bus {unknown[0]!r} is not a bus of the power flow")
     return np.isin(bus_str, wanted)
 
 
@@ -687,12 +658,8 @@ def violations(pf: xr.Dataset, unb: xr.Dataset, limits: Limits) -> pd.DataFrame:
                 continue
             name = bus_vars[check]
             if name not in unb:
-                raise Lv3phError(
-                    f"unbalance dataset has no {name!r}, needed for check {check!r}"
-                )
-            vals = np.asarray(
-                unb[name].transpose("time", "bus").values, dtype=np.float64
-            )
+                raise Lv3phError(f"unbalance dataset has no {name!r}, needed for check {check!r}")
+            vals = np.asarray(unb[name].transpose("time", "bus").values, dtype=np.float64)
             if check == "voltage_low":
                 mask = vals < lim
             else:
@@ -706,9 +673,7 @@ def violations(pf: xr.Dataset, unb: xr.Dataset, limits: Limits) -> pd.DataFrame:
         why = "check 'line_thermal' (set line_loading_pct to null to disable)"
         cur = _require(pf, "current", why)
         if set(cur.dims) != {"time", "element", "conductor"}:
-            raise Lv3phError(
-                f"pf['current'] must have dims (time, element, conductor); got {tuple(cur.dims)}"
-            )
+            raise Lv3phError(f"pf['current'] must have dims (time, element, conductor); got {tuple(cur.dims)}")
         kind = _element_coord(pf, "element_kind", why).astype(str)
         normamps = _element_coord(pf, "element_normamps", why).astype(np.float64)
         sel = (kind == "line") & np.isfinite(normamps) & (normamps > 0.0)
@@ -717,14 +682,10 @@ def violations(pf: xr.Dataset, unb: xr.Dataset, limits: Limits) -> pd.DataFrame:
             elements = np.asarray(cur["element"].values)[sel]
             mag = np.abs(np.asarray(cur.values)[:, sel, :])
             nan = np.isnan(mag)
-            imax = np.where(
-                nan.all(axis=-1), np.nan, np.where(nan, -np.inf, mag).max(axis=-1)
-            )
+            imax = np.where(nan.all(axis=-1), np.nan, np.where(nan, -np.inf, mag).max(axis=-1))
             loading = imax / normamps[sel][None, :] * 100.0
             lim = limits.line_loading_pct
-            rows.add(
-                "line_thermal", loading, loading > lim, pf_times, elements, lim, "%"
-            )
+            rows.add("line_thermal", loading, loading > lim, pf_times, elements, lim, "%")
 
     # --- transformer thermal (time, element)
     if limits.transformer_loading_pct is not None:
@@ -736,16 +697,10 @@ def violations(pf: xr.Dataset, unb: xr.Dataset, limits: Limits) -> pd.DataFrame:
             kva = np.asarray(s_kva["element_kva"].values, dtype=np.float64)
             sel = (kind_s == "transformer") & np.isfinite(kva) & (kva > 0.0)
             elements = np.asarray(s_kva["element"].values)[sel]
-            loading = (
-                np.asarray(s_kva.values, dtype=np.float64)[:, sel]
-                / kva[sel][None, :]
-                * 100.0
-            )
+            loading = np.asarray(s_kva.values, dtype=np.float64)[:, sel] / kva[sel][None, :] * 100.0
             lim = limits.transformer_loading_pct
             times = np.asarray(s_kva["time"].values)
-            rows.add(
-                "transformer_thermal", loading, loading > lim, times, elements, lim, "%"
-            )
+            rows.add("transformer_thermal", loading, loading > lim, times, elements, lim, "%")
 
     time_dtype = pf_times.dtype if pf_times.size else unb_times.dtype
     return rows.frame(time_dtype)
@@ -797,9 +752,7 @@ def violation_summary(df: pd.DataFrame) -> pd.DataFrame:
             }
         )
     work = df.sort_values(["time"], kind="stable").reset_index(drop=True)
-    severity = np.where(work["check"].to_numpy() == "voltage_low", -1.0, 1.0) * work[
-        "value"
-    ].to_numpy(dtype=np.float64)
+    severity = np.where(work["check"].to_numpy() == "voltage_low", -1.0, 1.0) * work["value"].to_numpy(dtype=np.float64)
     work = work.assign(_severity=severity)
     grouped = work.groupby(["check", "item"], sort=True)
     out = grouped.agg(

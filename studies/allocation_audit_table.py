@@ -32,9 +32,19 @@ def customer_phases(loads_file: Path) -> dict[str, str]:
 def main(folder: Path) -> None:
     summary = pd.read_csv(folder / "summary.csv")
     phase = customer_phases(ROOT / "dss_models/ieee_eu_lv_4wire/Loads.txt")
-    methods = [c[: -len("_kwh")] for c in pd.read_csv(folder / summary.scenario[0] / "allocation.csv").columns if c.endswith("_kwh") and c != "kwh_traded"]
+    methods = [
+        c[: -len("_kwh")]
+        for c in pd.read_csv(folder / summary.scenario[0] / "allocation.csv").columns
+        if c.endswith("_kwh") and c != "kwh_traded"
+    ]
     others = [m for m in methods if m != "exact"]
-    head = "| scenario | losses kWh | neutral % | earth % | contracts charged, kWh: " + " / ".join(methods) + " | " + " | ".join(f"{m} error % (same / cross phase)" for m in others) + " |"
+    head = (
+        "| scenario | losses kWh | neutral % | earth % | contracts charged, kWh: "
+        + " / ".join(methods)
+        + " | "
+        + " | ".join(f"{m} error % (same / cross phase)" for m in others)
+        + " |"
+    )
     print(head)
     print("|" + "---|" * (4 + 1 + len(others)))
     for _, s in summary.iterrows():
@@ -44,11 +54,17 @@ def main(folder: Path) -> None:
         charged = " / ".join(f"{c[f'{m}_kwh'].sum():.3f}" for m in methods)
         errs = []
         for m in others:
-            def wmae(mask: pd.Series, m: str = m) -> float:
+
+            def wmae(mask: pd.Series, m: str = m, c: pd.DataFrame = c) -> float:
                 d = c[mask]
                 return 100 * (d[f"{m}_kwh"] - d.exact_kwh).abs().sum() / d.exact_kwh.abs().sum()
+
             errs.append(f"{wmae(~cross):.0f} / {wmae(cross):.0f}")
-        print(f"| {s.scenario} | {s.loss_kwh:.3f} | {100 * s.loss_neutral_kwh / s.loss_kwh:.1f} | {100 * s.loss_earth_kwh / s.loss_kwh:.2f} | {charged} | " + " | ".join(errs) + " |")
+        print(
+            f"| {s.scenario} | {s.loss_kwh:.3f} | {100 * s.loss_neutral_kwh / s.loss_kwh:.1f} | {100 * s.loss_earth_kwh / s.loss_kwh:.2f} | {charged} | "
+            + " | ".join(errs)
+            + " |"
+        )
     print(f"\n({int(cross.sum())} of {len(c)} contract ids in the last scenario cross phases)")
 
 

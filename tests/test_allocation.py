@@ -103,7 +103,9 @@ def pme_day():
     engine, model = open_feeder(IEEE_4W, vmaxpu=1.5, pme_ohm=20.0)
     rng = np.random.default_rng(7)
     chosen = rng.choice([c.name for c in model.customers], size=20, replace=False)
-    engine.apply([loadshape_command("sun", solar_shape(), 60.0), *pv_commands(model, {c: 4.0 for c in chosen}, "sun")])
+    engine.apply(
+        [loadshape_command("sun", solar_shape(), 60.0), *pv_commands(model, dict.fromkeys(chosen, 4.0), "sun")]
+    )
     model = engine.model()
     spec = RunSpec("yearly", 60.0, 1, 1440)
     vt, meas = engine.run(spec.mode, spec.stepsize_s, spec.start, spec.steps)
@@ -123,8 +125,12 @@ def test_conservation_every_step_pme_day(pme_day) -> None:
     assert np.allclose(per_step, pf.loss_total_kw.values, rtol=1e-6, atol=0)
     # the network's own parts match the power flow's phase/neutral/earth/transformer split
     # (the twin's conductors are uncoupled, so both conventions agree)
-    assert np.allclose(al.network_loss_kw.sel(part="earth").values, pf.loss_earth_kw.sum("element").values, rtol=1e-6, atol=1e-9)
-    assert np.allclose(al.network_loss_kw.sel(part="neutral").values, pf.loss_neutral_kw.sum("element").values, rtol=1e-6, atol=1e-9)
+    assert np.allclose(
+        al.network_loss_kw.sel(part="earth").values, pf.loss_earth_kw.sum("element").values, rtol=1e-6, atol=1e-9
+    )
+    assert np.allclose(
+        al.network_loss_kw.sel(part="neutral").values, pf.loss_neutral_kw.sum("element").values, rtol=1e-6, atol=1e-9
+    )
     # per part the allocation works on V = Z_E J_E; OpenDSS's voltages carry a tiny KCL
     # residual at other nodes, amplified by the faithful twin's 1e-6 ohm/km neutrals
     # (admittance ~1e9 S): a few 1e-6 of the small neutral part
@@ -156,7 +162,9 @@ def test_superposition_currents_add_up(pme_day) -> None:
 
 def test_null_and_identical_contracts(tmp_path: Path) -> None:
     path = write_feeder(tmp_path, HAND.replace("kw=-4", "kw=-5"))
-    table = contracts([("zero", 1, "seller", "buyer", 0.0), ("a", 1, "seller", "buyer", 2.0), ("b", 1, "seller", "buyer", 2.0)])
+    table = contracts(
+        [("zero", 1, "seller", "buyer", 0.0), ("a", 1, "seller", "buyer", 2.0), ("b", 1, "seller", "buyer", 2.0)]
+    )
     al, pf = allocate(path, table, mode="snap", steps=1, progress=False)
     tot = dict(zip(al.contract.values, al.loss_total_kw.values, strict=True))
     assert tot["zero"] == 0.0
@@ -168,7 +176,9 @@ def test_shapley_brute_force_equals_equal_split(tmp_path: Path) -> None:
     """With loss L(S) = V_S^H G V_S for coalitions S (V_S the coalition's superposed
     voltages, the no-load term always present), the Shapley value equals the equal split."""
     path = write_feeder(tmp_path, HAND.replace("kw=-4", "kw=-5"))
-    table = contracts([("a", 1, "seller", "buyer", 1.0), ("b", 1, "seller", "buyer", 2.5), ("c", 1, "seller", "buyer", 0.7)])
+    table = contracts(
+        [("a", 1, "seller", "buyer", 1.0), ("b", 1, "seller", "buyer", 2.5), ("c", 1, "seller", "buyer", 0.7)]
+    )
     engine, model = open_feeder(path)
     spec = RunSpec("snap", 1.0, 1, 1)
     vt, _ = engine.run("snap", 1.0, 1, 1)
@@ -205,7 +215,7 @@ def test_four_wire_twin_allocates_like_published_model() -> None:
     results = {}
     for path in (IEEE, IEEE_4W):
         engine, model = open_feeder(path, vmaxpu=1.5)
-        engine.apply([loadshape_command("sun", profile, 60.0), *pv_commands(model, {c: 5.0 for c in chosen}, "sun")])
+        engine.apply([loadshape_command("sun", profile, 60.0), *pv_commands(model, dict.fromkeys(chosen, 5.0), "sun")])
         model = engine.model()
         spec = RunSpec("yearly", 60.0, minute, 1)
         vt, _ = engine.run(spec.mode, spec.stepsize_s, minute, 1)
@@ -231,7 +241,9 @@ def test_oversold_seller_is_an_error_naming_the_contract(tmp_path: Path) -> None
     path = write_feeder(tmp_path, HAND)
     with pytest.raises(ContractError, match="seller seller at step 1 is contracted for 5 kW but exports 4.*k9"):
         allocate(path, contracts([("k9", 1, "seller", "buyer", 5.0)]), mode="snap", steps=1, progress=False)
-    al, _ = allocate(path, contracts([("k9", 1, "seller", "buyer", 5.0)]), mode="snap", steps=1, progress=False, oversold="scale")
+    al, _ = allocate(
+        path, contracts([("k9", 1, "seller", "buyer", 5.0)]), mode="snap", steps=1, progress=False, oversold="scale"
+    )
     assert float(al.kw.sel(row=0)) == pytest.approx(4.0, rel=1e-3)
     assert al.attrs["scaled_contracts"] == 1
 
@@ -239,4 +251,10 @@ def test_oversold_seller_is_an_error_naming_the_contract(tmp_path: Path) -> None
 def test_unknown_customer_and_time(tmp_path: Path) -> None:
     path = write_feeder(tmp_path, HAND)
     with pytest.raises(ContractError, match="unknown buyer 'nobody'.*time 7 is outside the run"):
-        allocate(path, contracts([("k1", 1, "seller", "nobody", 1.0), ("k2", 7, "seller", "buyer", 1.0)]), mode="snap", steps=1, progress=False)
+        allocate(
+            path,
+            contracts([("k1", 1, "seller", "nobody", 1.0), ("k2", 7, "seller", "buyer", 1.0)]),
+            mode="snap",
+            steps=1,
+            progress=False,
+        )

@@ -43,7 +43,9 @@ def feeders(draw: st.DrawFn) -> tuple[str, pd.DataFrame]:
             ph = draw(st.integers(1, 3))
             kw = draw(st.floats(-6, 8).filter(lambda x: abs(x) > 0.3))
             name = f"c{i}_{j}"
-            loads.append(f"new load.{name} phases=1 bus1=b{i}.{ph}.4 kv=0.24 kw={kw:.3f} pf={draw(st.floats(0.85, 1)):.3f} vminpu=0.5 vmaxpu=1.5")
+            loads.append(
+                f"new load.{name} phases=1 bus1=b{i}.{ph}.4 kv=0.24 kw={kw:.3f} pf={draw(st.floats(0.85, 1)):.3f} vminpu=0.5 vmaxpu=1.5"
+            )
             names.append(name)
             kws.append(kw)
     sellers = [n for n, k in zip(names, kws, strict=True) if k < 0]
@@ -84,7 +86,9 @@ def test_conservation_and_superposition_on_random_feeders(case: tuple[str, pd.Da
         # contracts are fractions of what the seller exports / buyer imports
         drawn = pd.Series(pf.customer_p_kw.values[0], index=list(pf.customer.values))
         if len(table):
-            table = table.assign(kw=[f * min(-drawn[s], drawn[b]) for f, s, b in zip(table.kw, table.seller, table.buyer, strict=True)])
+            table = table.assign(
+                kw=[f * min(-drawn[s], drawn[b]) for f, s, b in zip(table.kw, table.seller, table.buyer, strict=True)]
+            )
         shares = contract_shares(table, pf.customer_p_kw.values, names, pf.time.values)
         net = loss_network(model)
         al = exact_allocation(model, pf, vt, table, shares, net=net)

@@ -76,9 +76,7 @@ net_positions = st.integers(1, 6).flatmap(
         lambda n: arrays(
             np.float64,
             (steps, n),
-            elements=st.one_of(
-                st.just(0.0), st.floats(-20.0, 20.0, allow_nan=False, width=32)
-            ),
+            elements=st.one_of(st.just(0.0), st.floats(-20.0, 20.0, allow_nan=False, width=32)),
         )
     )
 )
@@ -115,9 +113,7 @@ def test_invariants_all_markets(net: np.ndarray, tariffs: Tariffs, seed: int) ->
         ("same-phase-first", {"phases": phases, "distance": dist}),
     ]
     for pref, kw in cases:
-        res = bilateral(
-            net, customers, times, tariffs, preference=pref, seed=seed, **kw
-        )
+        res = bilateral(net, customers, times, tariffs, preference=pref, seed=seed, **kw)
         _check_invariants(res, net, customers, times, tariffs, full=True)
 
     res = no_market(net, customers, times, tariffs)
@@ -127,9 +123,7 @@ def test_invariants_all_markets(net: np.ndarray, tariffs: Tariffs, seed: int) ->
 
 @settings(max_examples=60, deadline=None)
 @given(net=net_positions, tariffs=tariff_strategy)
-def test_community_savings_equal_traded_energy_times_spread(
-    net: np.ndarray, tariffs: Tariffs
-) -> None:
+def test_community_savings_equal_traded_energy_times_spread(net: np.ndarray, tariffs: Tariffs) -> None:
     """Every locally traded kWh replaces one exported and one imported kWh."""
     steps, n = net.shape
     customers, times, dt_h = _names(n), np.arange(1, steps + 1), 0.25
@@ -183,9 +177,7 @@ def test_sdr_price_extremes() -> None:
     tariffs = Tariffs(0.30, 0.05, "auction")
     customers = ["a", "b"]
     # no supply -> import price; supply but no demand -> export price
-    res = community_auction(
-        np.array([[1.0, 2.0], [-1.0, -2.0]]), customers, [1, 2], tariffs
-    )
+    res = community_auction(np.array([[1.0, 2.0], [-1.0, -2.0]]), customers, [1, 2], tariffs)
     assert list(res.price_eur_kwh) == pytest.approx([0.30, 0.05])
     assert res.contracts.empty
 
@@ -213,15 +205,11 @@ def test_auction_with_bids_hand_example() -> None:
         Tariffs(0.30, 0.05),
         bids=np.array([[0.5, 0.2, 0.01, 0.25]]),
     )
-    assert set(zip(res.contracts["seller"], res.contracts["buyer"], strict=True)) == {
-        ("s2", "b2")
-    }
+    assert set(zip(res.contracts["seller"], res.contracts["buyer"], strict=True)) == {("s2", "b2")}
     assert res.price_eur_kwh[7] == pytest.approx(0.225)
     # NaN bids = no limit: same as the plain auction
     plain = community_auction(net, customers, [7], Tariffs(0.30, 0.05))
-    nan_bids = community_auction(
-        net, customers, [7], Tariffs(0.30, 0.05), bids=np.full((1, 4), np.nan)
-    )
+    nan_bids = community_auction(net, customers, [7], Tariffs(0.30, 0.05), bids=np.full((1, 4), np.nan))
     pd.testing.assert_frame_equal(plain.contracts, nan_bids.contracts)
 
 
@@ -309,13 +297,9 @@ def test_bilateral_reproducible_with_seed() -> None:
 def test_bilateral_needs_distance_or_phases() -> None:
     net = np.array([[1.0, -1.0]])
     with pytest.raises(StudyError, match="distance"):
-        bilateral(
-            net, ["a", "b"], [1], Tariffs(), preference="electrical-distance", seed=0
-        )
+        bilateral(net, ["a", "b"], [1], Tariffs(), preference="electrical-distance", seed=0)
     with pytest.raises(StudyError, match="phases"):
-        bilateral(
-            net, ["a", "b"], [1], Tariffs(), preference="same-phase-first", seed=0
-        )
+        bilateral(net, ["a", "b"], [1], Tariffs(), preference="same-phase-first", seed=0)
     with pytest.raises(StudyError, match="phases given"):
         bilateral(
             net,
@@ -349,9 +333,7 @@ def test_market_input_errors_are_typed() -> None:
     with pytest.raises(ProfileError, match="unique"):
         community_auction(np.zeros((2, 2)), ["a", "b"], [1, 1], Tariffs())
     with pytest.raises(ProfileError, match="bids shape"):
-        community_auction(
-            np.zeros((2, 2)), ["a", "b"], [1, 2], Tariffs(), bids=np.zeros(2)
-        )
+        community_auction(np.zeros((2, 2)), ["a", "b"], [1, 2], Tariffs(), bids=np.zeros(2))
     assert issubclass(ProfileError, Lv3phError) and issubclass(Lv3phError, ValueError)
 
 
@@ -367,9 +349,7 @@ def test_bills_hand_example() -> None:
        pays 0.40 -> bill 0.85; without market 3.5 kWh * 0.30 = 1.05.
     """
     net = np.array([[-4.0, 6.0], [2.0, 1.0]])
-    contracts = pd.DataFrame(
-        {"contract": ["c1"], "time": [1], "seller": ["a"], "buyer": ["b"], "kw": [4.0]}
-    )
+    contracts = pd.DataFrame({"contract": ["c1"], "time": [1], "seller": ["a"], "buyer": ["b"], "kw": [4.0]})
     price = pd.Series([0.20, 0.175], index=[1, 2])
     b = bills(net, ["a", "b"], [1, 2], contracts, price, Tariffs(0.30, 0.05), 0.5)
     assert b.loc["a", "import_kwh"] == pytest.approx(1.0)
@@ -406,9 +386,7 @@ def test_bills_without_market_equal_grid_tariffs() -> None:
 def test_bills_reject_unknown_customer_and_time() -> None:
     net = np.array([[-1.0, 1.0]])
     price = pd.Series([0.2], index=[1])
-    bad = pd.DataFrame(
-        {"contract": ["c9"], "time": [1], "seller": ["zz"], "buyer": ["b"], "kw": [1.0]}
-    )
+    bad = pd.DataFrame({"contract": ["c9"], "time": [1], "seller": ["zz"], "buyer": ["b"], "kw": [1.0]})
     with pytest.raises(ContractError, match="c9.*unknown seller 'zz'"):
         bills(net, ["a", "b"], [1], bad, price, Tariffs(), 1.0)
     bad = bad.assign(seller="a", time=5)
@@ -436,13 +414,9 @@ def test_contracts_from_file_roundtrip(tmp_path: Path) -> None:
     assert c["time"].dtype == np.int64 and c["kw"].dtype == np.float64
     assert list(c["kw"]) == [1.5, 0.0]
     # a market result written out and read back is the same table
-    res = community_auction(
-        np.array([[-2.0, 1.0, 1.0]]), ["a", "b", "c"], [4], Tariffs()
-    )
+    res = community_auction(np.array([[-2.0, 1.0, 1.0]]), ["a", "b", "c"], [4], Tariffs())
     res.contracts.to_csv(tmp_path / "out.csv", index=False)
-    pd.testing.assert_frame_equal(
-        contracts_from_file(tmp_path / "out.csv"), res.contracts
-    )
+    pd.testing.assert_frame_equal(contracts_from_file(tmp_path / "out.csv"), res.contracts)
 
 
 @pytest.mark.parametrize(
@@ -482,9 +456,7 @@ def test_contracts_from_file_errors(tmp_path: Path, text: str, pattern: str) -> 
 def test_contracts_from_file_missing_and_empty(tmp_path: Path) -> None:
     with pytest.raises(ContractError, match="not found"):
         contracts_from_file(tmp_path / "nope.csv")
-    assert contracts_from_file(
-        _write(tmp_path, "contract,time,seller,buyer,kw\n")
-    ).empty
+    assert contracts_from_file(_write(tmp_path, "contract,time,seller,buyer,kw\n")).empty
 
 
 # ------------------------------------------------------------------ performance
@@ -512,9 +484,7 @@ def test_market_speed_ieee_size() -> None:
                 phases=phases,
             ),
         ):
-            bills(
-                net, customers, times, res.contracts, res.price_eur_kwh, tariffs, 1 / 60
-            )
+            bills(net, customers, times, res.contracts, res.price_eur_kwh, tariffs, 1 / 60)
 
     best = np.inf
     for _ in range(3):

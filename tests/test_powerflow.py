@@ -46,10 +46,16 @@ def test_losses_match_opendss_phase_neutral_earth(pme_step) -> None:
         assert total == pytest.approx(ref[e.name].real, rel=1e-9, abs=1e-6), e.name
         if e.kind == "line":
             per_conductor = engine.element_phase_losses_kw(e.name).real  # kW, conductors 1..4
-            assert float(ds.loss_phase_kw.sel(element=e.name)[0]) == pytest.approx(per_conductor[:3].sum(), rel=1e-9, abs=1e-12)
-            assert float(ds.loss_neutral_kw.sel(element=e.name)[0]) == pytest.approx(per_conductor[3], rel=1e-9, abs=1e-12)
+            assert float(ds.loss_phase_kw.sel(element=e.name)[0]) == pytest.approx(
+                per_conductor[:3].sum(), rel=1e-9, abs=1e-12
+            )
+            assert float(ds.loss_neutral_kw.sel(element=e.name)[0]) == pytest.approx(
+                per_conductor[3], rel=1e-9, abs=1e-12
+            )
         if e.kind == "earthing":
-            assert float(ds.loss_earth_kw.sel(element=e.name)[0]) * 1000 == pytest.approx(ref[e.name].real, rel=1e-9, abs=1e-12)
+            assert float(ds.loss_earth_kw.sel(element=e.name)[0]) * 1000 == pytest.approx(
+                ref[e.name].real, rel=1e-9, abs=1e-12
+            )
     assert float(ds.loss_neutral_kw.sum()) > 0.05 * float(ds.loss_total_kw.sum())
     assert float(ds.loss_earth_kw.sum()) > 0
 
@@ -63,7 +69,11 @@ def test_total_loss_is_source_input_minus_consumption(pme_step) -> None:
     balance = float(ds.source_p_kw[0] - ds.customer_p_kw.sum())
     assert balance == pytest.approx(ref_total_kw, rel=1e-6)
     # Circuit.Losses() leaves out the earth electrodes (Reactors)
-    circuit_kw = engine.dss.Circuit.Losses()[0] / 1000 if np.ndim(engine.dss.Circuit.Losses()) else engine.dss.Circuit.Losses().real / 1000
+    circuit_kw = (
+        engine.dss.Circuit.Losses()[0] / 1000
+        if np.ndim(engine.dss.Circuit.Losses())
+        else engine.dss.Circuit.Losses().real / 1000
+    )
     assert ref_total_kw - circuit_kw == pytest.approx(float(ds.loss_earth_kw.sum()), rel=1e-6)
 
 
@@ -134,21 +144,30 @@ def test_unknown_mode(tmp_path: Path) -> None:
 
 
 def test_nan_profile_names_shape(tmp_path: Path) -> None:
-    text = TWO_CUSTOMER.replace("new load.c2", "new loadshape.bad npts=3 interval=1 mult=[1 nan 1]\nnew load.c2") + "\nedit load.c2 yearly=bad\n"
+    text = (
+        TWO_CUSTOMER.replace("new load.c2", "new loadshape.bad npts=3 interval=1 mult=[1 nan 1]\nnew load.c2")
+        + "\nedit load.c2 yearly=bad\n"
+    )
     path = write_feeder(tmp_path, text)
     with pytest.raises(ProfileError, match="bad.*NaN at point 2"):
         run_powerflow(path, mode="yearly", stepsize="1h", steps=3)
 
 
 def test_profile_too_short_for_run(tmp_path: Path) -> None:
-    text = TWO_CUSTOMER.replace("new load.c2", "new loadshape.short npts=3 interval=1 mult=[1 0.5 1]\nnew load.c2") + "\nedit load.c2 yearly=short\n"
+    text = (
+        TWO_CUSTOMER.replace("new load.c2", "new loadshape.short npts=3 interval=1 mult=[1 0.5 1]\nnew load.c2")
+        + "\nedit load.c2 yearly=short\n"
+    )
     path = write_feeder(tmp_path, text)
     with pytest.raises(ProfileError, match="short.*covers 3 h.*ends at 5 h"):
         run_powerflow(path, mode="yearly", stepsize="1h", steps=5)
 
 
 def test_non_convergence_names_step(tmp_path: Path) -> None:
-    text = TWO_CUSTOMER.replace("new load.c2", "new loadshape.spike npts=3 interval=1 mult=[1 1 400]\nnew load.c2") + "\nedit load.c2 yearly=spike\nset maxiterations=5\n"
+    text = (
+        TWO_CUSTOMER.replace("new load.c2", "new loadshape.spike npts=3 interval=1 mult=[1 1 400]\nnew load.c2")
+        + "\nedit load.c2 yearly=spike\nset maxiterations=5\n"
+    )
     path = write_feeder(tmp_path, text)
     with pytest.raises(ConvergenceError, match="step 3"):
         run_powerflow(path, mode="yearly", stepsize="1h", steps=3)

@@ -65,10 +65,7 @@ def _extraterrestrial_daily_kwh_m2(latitude: float, doy: int) -> float:
         / math.pi
         * 1.367
         * ecc
-        * (
-            math.cos(phi) * math.cos(delta) * math.sin(ws)
-            + ws * math.sin(phi) * math.sin(delta)
-        )
+        * (math.cos(phi) * math.cos(delta) * math.sin(ws) + ws * math.sin(phi) * math.sin(delta))
     )
 
 
@@ -115,9 +112,7 @@ def test_pv_december_much_lower_than_june(june_utc: np.ndarray) -> None:
 
 def test_pv_start_and_steps_select_a_window(june_utc: np.ndarray) -> None:
     # 15-min steps 41..56 = 10:15 .. 14:00 UTC equal the 1-min profile at those instants
-    p = pv_profile_kw_per_kwp(
-        **MANCHESTER, date=JUNE, stepsize_s=900, start=41, steps=16
-    )
+    p = pv_profile_kw_per_kwp(**MANCHESTER, date=JUNE, stepsize_s=900, start=41, steps=16)
     idx = np.arange(41, 57) * 15 - 1
     np.testing.assert_allclose(p, june_utc[idx], rtol=1e-9)
 
@@ -125,9 +120,7 @@ def test_pv_start_and_steps_select_a_window(june_utc: np.ndarray) -> None:
 def _weather_from_clearsky(path: Path, times: pd.DatetimeIndex) -> pd.DataFrame:
     import pvlib  # type: ignore[import-untyped]
 
-    site = pvlib.location.Location(
-        DEFAULT_LATITUDE, DEFAULT_LONGITUDE, tz="UTC", altitude=DEFAULT_ALTITUDE_M
-    )
+    site = pvlib.location.Location(DEFAULT_LATITUDE, DEFAULT_LONGITUDE, tz="UTC", altitude=DEFAULT_ALTITUDE_M)
     cs = site.get_clearsky(times)
     df = pd.DataFrame(
         {
@@ -141,9 +134,7 @@ def _weather_from_clearsky(path: Path, times: pd.DatetimeIndex) -> pd.DataFrame:
     return df
 
 
-def test_pv_weather_file_matches_clear_sky(
-    tmp_path: Path, june_utc: np.ndarray
-) -> None:
+def test_pv_weather_file_matches_clear_sky(tmp_path: Path, june_utc: np.ndarray) -> None:
     times = pd.date_range("2024-06-21 00:01", periods=1440, freq="1min", tz="UTC")
     path = tmp_path / "weather.csv"
     df = _weather_from_clearsky(path, times)
@@ -189,9 +180,7 @@ def test_pv_weather_file_timestamps_across_dst(tmp_path: Path) -> None:
         "steps": 24,
     }
     ref = pv_profile_kw_per_kwp(**MANCHESTER, **kw, tz="Europe/London")
-    times = pd.date_range(
-        "2024-03-31 01:00", periods=24, freq="1h", tz="UTC"
-    ).tz_convert("Europe/London")
+    times = pd.date_range("2024-03-31 01:00", periods=24, freq="1h", tz="UTC").tz_convert("Europe/London")
     path = tmp_path / "weather.csv"
     df = _weather_from_clearsky(path, times)
     df.assign(time=[t.isoformat() for t in times]).to_csv(path, index=False)
@@ -202,9 +191,7 @@ def test_pv_weather_file_timestamps_across_dst(tmp_path: Path) -> None:
 
 def test_pv_weather_file_not_found(tmp_path: Path) -> None:
     with pytest.raises(ProfileError, match="not found"):
-        pv_profile_kw_per_kwp(
-            **MANCHESTER, **MINUTE_DAY, weather_file=tmp_path / "x.csv"
-        )
+        pv_profile_kw_per_kwp(**MANCHESTER, **MINUTE_DAY, weather_file=tmp_path / "x.csv")
 
 
 def test_pv_bad_arguments() -> None:
@@ -280,9 +267,7 @@ def test_self_consumption_hand_computed() -> None:
     batt = Battery(kwh=10, kw=2, efficiency=0.81, soc0=0.5, soc_min=0.1, soc_max=0.9)
     net = np.array([-3.0, -3.0, -3.0, 1.0, 5.0, 5.0, 5.0, 5.0, 5.0])
     p, soc = dispatch_self_consumption(net, batt, 1.0)
-    np.testing.assert_allclose(
-        p, [2, 2, 0.4 / 0.9, -1, -2, -2, -2, -0.2, 0], atol=1e-12
-    )
+    np.testing.assert_allclose(p, [2, 2, 0.4 / 0.9, -1, -2, -2, -2, -0.2, 0], atol=1e-12)
     np.testing.assert_allclose(
         soc,
         [
@@ -326,9 +311,7 @@ prices = arrays(np.float64, 60, elements=st.floats(0.0, 0.5, width=32))
 
 
 @settings(max_examples=150, deadline=None)
-@given(
-    net=profiles, batt=batteries, dt_h=st.sampled_from([1 / 60, 0.25, 1.0]), lp=prices
-)
+@given(net=profiles, batt=batteries, dt_h=st.sampled_from([1 / 60, 0.25, 1.0]), lp=prices)
 def test_battery_limits_balance_and_self_consumption(
     net: np.ndarray, batt: Battery, dt_h: float, lp: np.ndarray
 ) -> None:
@@ -342,9 +325,7 @@ def test_battery_limits_balance_and_self_consumption(
         assert (soc >= batt.soc_min).all() and (soc <= batt.soc_max).all()
         assert (np.abs(p) <= batt.kw + 1e-12).all()
         stored = (np.where(p > 0, p * eta, p / eta) * dt_h).sum()
-        assert batt.kwh * (soc[-1] - soc[0]) == pytest.approx(
-            stored, abs=1e-9 * (1 + batt.kwh)
-        )
+        assert batt.kwh * (soc[-1] - soc[0]) == pytest.approx(stored, abs=1e-9 * (1 + batt.kwh))
     p, _ = dispatch_self_consumption(net, batt, dt_h)
     after = net + p
     # never imports to charge nor exports from the battery; grid import and export shrink
@@ -354,9 +335,7 @@ def test_battery_limits_balance_and_self_consumption(
 
 
 def test_self_consumption_reduces_grid_import_on_pv_day(june_utc: np.ndarray) -> None:
-    load = 0.4 + 0.8 * np.exp(
-        -(((np.arange(1440) - 19 * 60) / 90.0) ** 2)
-    )  # evening peak
+    load = 0.4 + 0.8 * np.exp(-(((np.arange(1440) - 19 * 60) / 90.0) ** 2))  # evening peak
     net = load - 4.0 * june_utc
     p, soc = dispatch_self_consumption(net, Battery(kwh=5, kw=2.5), 1 / 60)
     before = np.maximum(net, 0).sum() / 60

@@ -302,14 +302,25 @@ def test_many_scenarios_envelope_picks_three(study: types.ModuleType, spec: Any)
     for k in range(8):
         series = base.series.copy()
         series["vmax_pn_v"] = series.vmax_pn_v + (30.0 if k == 5 else 0.1 * k)
-        results.append(study.ScenarioResult(scenario=base.scenario, summary=base.summary, series=series, allocation=base.allocation, bills=base.bills, violations=base.violations))
+        results.append(
+            study.ScenarioResult(
+                scenario=base.scenario,
+                summary=base.summary,
+                series=series,
+                allocation=base.allocation,
+                bills=base.bills,
+                violations=base.violations,
+            )
+        )
     chosen = report._pick_distinct(results, 3)
     assert len(chosen) == 3 and 0 in chosen and 5 in chosen
     fig = report.plot_voltage_envelope(spec, results)
     assert "3 most different of 8" in fig.get_suptitle()
 
 
-def test_plot_failure_leaves_nothing(study: types.ModuleType, spec: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_plot_failure_leaves_nothing(
+    study: types.ModuleType, spec: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     def boom(*args: Any, **kwargs: Any) -> None:
         raise RuntimeError("plot failed")
 
@@ -322,7 +333,9 @@ def test_plot_failure_leaves_nothing(study: types.ModuleType, spec: Any, tmp_pat
     assert not out.exists() or (list(out.iterdir()) == [])
 
 
-def test_write_failure_leaves_no_report(study: types.ModuleType, spec: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_write_failure_leaves_no_report(
+    study: types.ModuleType, spec: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     real = report.write_atomic
 
     def failing(path: Path, writer: Any) -> Path:

@@ -97,12 +97,8 @@ def test_linecode_matrix_equals_formula() -> None:
     ctx.Text.Command(f"compile [{TWIN / 'Master.dss'}]")
     ctx.LineCodes.Name("4c_70")
     assert ctx.LineCodes.Phases() == 4
-    np.testing.assert_allclose(
-        np.reshape(ctx.LineCodes.Rmatrix(), (4, 4)), r_expected, atol=1e-12
-    )
-    np.testing.assert_allclose(
-        np.reshape(ctx.LineCodes.Xmatrix(), (4, 4)), x_expected, atol=1e-12
-    )
+    np.testing.assert_allclose(np.reshape(ctx.LineCodes.Rmatrix(), (4, 4)), r_expected, atol=1e-12)
+    np.testing.assert_allclose(np.reshape(ctx.LineCodes.Xmatrix(), (4, 4)), x_expected, atol=1e-12)
     np.testing.assert_array_equal(ctx.LineCodes.Cmatrix(), np.zeros(16))
     # a line of that code: ohm/m, phases=4, buses bus.1.2.3.4
     ctx.Lines.Name("LINE1")
@@ -111,9 +107,7 @@ def test_linecode_matrix_equals_formula() -> None:
         "1.1.2.3.4",
         "2.1.2.3.4",
     )
-    np.testing.assert_allclose(
-        np.reshape(ctx.Lines.RMatrix(), (4, 4)), r_expected / 1000.0, atol=1e-15
-    )
+    np.testing.assert_allclose(np.reshape(ctx.Lines.RMatrix(), (4, 4)), r_expected / 1000.0, atol=1e-15)
 
     # faithful: negative neutral R of 35_SAC_XSC kept, Z0 = Z1 two-core -> tiny neutral
     ctx.LineCodes.Name("35_SAC_XSC")
@@ -130,9 +124,7 @@ def test_linecode_matrix_equals_formula() -> None:
         assert phys.LineCodes.Rmatrix()[15] == pytest.approx(rp, abs=1e-12)
         assert phys.LineCodes.Xmatrix()[15] == pytest.approx(xp, abs=1e-12)
     phys.LineCodes.Name("4c_70")
-    np.testing.assert_allclose(
-        np.reshape(phys.LineCodes.Rmatrix(), (4, 4)), r_expected, atol=1e-12
-    )
+    np.testing.assert_allclose(np.reshape(phys.LineCodes.Rmatrix(), (4, 4)), r_expected, atol=1e-12)
 
     # the pure-Python matrices agree with the formula too
     codes = read_sequence_linecodes(PUBLISHED / "LineCode.txt")
@@ -153,9 +145,7 @@ def test_regenerating_the_bundled_twin_is_byte_identical(tmp_path: Path) -> None
     )
     generated = sorted(p.relative_to(out) for p in out.rglob("*") if p.is_file())
     assert generated == committed
-    match, mismatch, errors = filecmp.cmpfiles(
-        TWIN, out, [str(p) for p in committed], shallow=False
-    )
+    match, mismatch, errors = filecmp.cmpfiles(TWIN, out, [str(p) for p in committed], shallow=False)
     assert mismatch == [] and errors == []
     assert len(match) == len(committed)
 
@@ -170,9 +160,7 @@ def test_pme_earthing_is_off_by_default_and_on_in_master_pme() -> None:
     names = [n.lower() for n in pme.Reactors.AllNames()]
     customers = customer_buses_from_loads(PUBLISHED / "Loads.txt")
     assert len(customers) == 55
-    assert sorted(names) == sorted(
-        ["earth_tx"] + [f"pme_{c.lower()}" for c in customers]
-    )
+    assert sorted(names) == sorted(["earth_tx"] + [f"pme_{c.lower()}" for c in customers])
     _, vn_max = _phase_voltages_pu(pme, four_wire=True)
     assert vn_max < 4.0  # 4.77 V without PME; measured 2.57 V (at the transformer)
 

@@ -78,15 +78,13 @@ def test_balanced_set_gives_zero() -> None:
 
 
 def test_one_phase_low_hand_computed() -> None:
-    assert PVUR_ONE_LOW == pytest.approx(2.941176, abs=1e-6)
+    assert pytest.approx(2.941176, abs=1e-6) == PVUR_ONE_LOW
     assert float(pvur_pct(ONE_LOW)) == pytest.approx(PVUR_ONE_LOW, rel=1e-12)
     # magnitudes are enough for PVUR
-    assert float(pvur_pct(np.array([230.0, 230.0, 220.0]))) == pytest.approx(
-        PVUR_ONE_LOW
-    )
+    assert float(pvur_pct(np.array([230.0, 230.0, 220.0]))) == pytest.approx(PVUR_ONE_LOW)
     assert float(vuf_pct(ONE_LOW)) == pytest.approx(VUF_ONE_LOW, rel=1e-12)
     assert float(v0uf_pct(ONE_LOW)) == pytest.approx(VUF_ONE_LOW, rel=1e-12)
-    assert LVUR_ONE_LOW == pytest.approx(1.46506, abs=1e-5)
+    assert pytest.approx(1.46506, abs=1e-5) == LVUR_ONE_LOW
     assert float(lvur_pct(ONE_LOW)) == pytest.approx(LVUR_ONE_LOW, rel=1e-12)
 
 
@@ -169,9 +167,7 @@ _dev = st.floats(-20.0, 20.0)
 @st.composite
 def three_phase(draw: st.DrawFn) -> np.ndarray:
     """A plausible, not necessarily balanced, positive-sequence phase set."""
-    return np.array(
-        [pol(draw(_mag), nominal + draw(_dev)) for nominal in (0.0, -120.0, 120.0)]
-    )
+    return np.array([pol(draw(_mag), nominal + draw(_dev)) for nominal in (0.0, -120.0, 120.0)])
 
 
 METRICS = (pvur_pct, lvur_pct, vuf_pct, v0uf_pct)
@@ -222,9 +218,7 @@ def test_vuf_same_from_line_to_line(v: np.ndarray) -> None:
     v_ll = np.array([v[0] - v[1], v[1] - v[2], v[2] - v[0]])
     seq_ll = sequence_components(v_ll)
     assert abs(seq_ll[0]) == pytest.approx(0.0, abs=1e-9)
-    assert abs(seq_ll[2]) / abs(seq_ll[1]) * 100 == pytest.approx(
-        float(vuf_pct(v)), rel=1e-9
-    )
+    assert abs(seq_ll[2]) / abs(seq_ll[1]) * 100 == pytest.approx(float(vuf_pct(v)), rel=1e-9)
 
 
 @settings(max_examples=100, deadline=None)
@@ -238,9 +232,7 @@ def test_sequence_components_reconstruct(v: np.ndarray) -> None:
 # ----------------------------------------------------------------------------- Dataset
 
 SHIFT = 12.0 + 0.0j  # neutral-to-earth voltage of b4w at t = 11
-V3W_T11 = 230.0 * np.array([1, A**2, A]) + 6.9 * np.array(
-    [1, A, A**2]
-)  # 3 % negative seq
+V3W_T11 = 230.0 * np.array([1, A**2, A]) + 6.9 * np.array([1, A, A**2])  # 3 % negative seq
 
 
 def make_pf() -> xr.Dataset:
@@ -432,9 +424,7 @@ def test_violations_at_all_buses() -> None:
 def test_violations_limits_disabled_and_changed() -> None:
     pf = make_pf()
     unb = unbalance(pf)
-    off = Limits.from_dict(
-        {k: None for k in Limits().to_dict() if k not in ("v_nominal_v", "where")}
-    )
+    off = Limits.from_dict({k: None for k in Limits().to_dict() if k not in ("v_nominal_v", "where")})
     df = violations(pf, unb, off)
     assert df.empty
     assert list(df.columns) == ["time", "check", "item", "value", "limit", "unit"]
@@ -447,9 +437,7 @@ def test_violations_limits_disabled_and_changed() -> None:
         line_loading_pct=None,
         transformer_loading_pct=None,
     )
-    assert_rows(
-        violations(pf, unb, only_vuf), [(11, "vuf", "b4w", VUF_ONE_LOW, 1.0, "%")]
-    )
+    assert_rows(violations(pf, unb, only_vuf), [(11, "vuf", "b4w", VUF_ONE_LOW, 1.0, "%")])
 
 
 def test_violations_customer_bus_errors() -> None:

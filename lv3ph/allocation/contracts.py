@@ -23,6 +23,9 @@ from numpy.typing import NDArray
 
 from lv3ph.errors import ContractError
 
+#: Step numbers: a list or an integer array.
+Steps = Sequence[int] | NDArray[np.integer]
+
 #: The contract table's columns, in order.
 CONTRACT_COLUMNS: Final[tuple[str, ...]] = ("contract", "time", "seller", "buyer", "kw")
 OVERSOLD_POLICIES = ("error", "scale")
@@ -77,32 +80,24 @@ def read_contracts(path: str | Path) -> pd.DataFrame:
         return empty_contracts()
     text = {c: raw[c].astype(str).str.strip() for c in CONTRACT_COLUMNS}
 
-    def fail(
-        mask: NDArray[np.bool_] | pd.Series, problem: str | Callable[[int], str]
-    ) -> None:
+    def fail(mask: NDArray[np.bool_] | pd.Series, problem: str | Callable[[int], str]) -> None:
         bad = np.flatnonzero(np.asarray(mask))
         if bad.size:
             i = int(bad[0])
             more = f" (and {bad.size - 1} more row(s))" if bad.size > 1 else ""
-            raise ContractError(
-                f"{where}: line {i + 2}: {problem(i) if callable(problem) else problem}{more}"
-            )
+            raise ContractError(f"{where}: line {i + 2}: {problem(i) if callable(problem) else problem}{more}")
 
     for col in ("contract", "seller", "buyer"):
         fail(text[col] == "", f"empty {col}")
     kw_text = text["kw"]
     kw = pd.to_numeric(kw_text, errors="coerce").to_numpy(dtype=np.float64)
-    is_nan_text = (
-        kw_text.str.lower().isin(["nan", "", "na", "n/a", "null", "none"]).to_numpy()
-    )
+    is_nan_text = kw_text.str.lower().isin(["nan", "", "na", "n/a", "null", "none"]).to_numpy()
     fail(is_nan_text, "kw is NaN/empty")
     fail(np.isnan(kw), lambda i: f"kw {kw_text.iloc[i]!r} is not a number")
     fail(~np.isfinite(kw), lambda i: f"kw {kw_text.iloc[i]!r} is not finite")
     fail(
         kw < 0.0,
-        lambda i: (
-            f"kw {kw[i]} is negative (contracts deliver kw >= 0 from seller to buyer)"
-        ),
+        lambda i: f"kw {kw[i]} is negative (contracts deliver kw >= 0 from seller to buyer)",
     )
     t_text = text["time"]
     tnum = pd.to_numeric(t_text, errors="coerce").to_numpy(dtype=np.float64)
@@ -134,7 +129,7 @@ def read_contracts(path: str | Path) -> pd.DataFrame:
     return out
 
 
-def validate_contracts(contracts: pd.DataFrame, customers: Sequence[str], times: Sequence[int]) -> list[str]:
+def validate_contracts(contracts: pd.DataFrame, customers: Sequence[str], times: Steps) -> list[str]:
     """Every structural problem of ``contracts`` as one message each (empty = valid).
 
     Checks: unknown seller/buyer, seller == buyer, kW NaN or negative, time outside the
@@ -150,7 +145,10 @@ def validate_contracts(contracts: pd.DataFrame, customers: Sequence[str], times:
         (contracts.contract.astype(str).to_numpy() == "", lambda i: "empty contract id"),
         (~contracts.seller.isin(known).to_numpy(), lambda i: f"unknown seller {contracts.seller.iloc[i]!r}"),
         (~contracts.buyer.isin(known).to_numpy(), lambda i: f"unknown buyer {contracts.buyer.iloc[i]!r}"),
-        ((contracts.seller == contracts.buyer).to_numpy(), lambda i: f"seller and buyer are both {contracts.seller.iloc[i]!r}"),
+        (
+            (contracts.seller == contracts.buyer).to_numpy(),
+            lambda i: f"seller and buyer are both {contracts.seller.iloc[i]!r}",
+        ),
         (np.isnan(kw), lambda i: "kw is NaN"),
         (kw < 0, lambda i: f"negative kw {kw[i]:g}"),
         (
@@ -165,7 +163,7 @@ def validate_contracts(contracts: pd.DataFrame, customers: Sequence[str], times:
     return errors
 
 
-def assert_valid_contracts(contracts: pd.DataFrame, customers: Sequence[str], times: Sequence[int]) -> None:
+def assert_valid_contracts(contracts: pd.DataFrame, customers: Sequence[str], times: Steps) -> None:
     """Raise one :class:`ContractError` listing every problem found by :func:`validate_contracts`."""
     errors = validate_contracts(contracts, customers, times)
     if errors:
@@ -174,15 +172,15 @@ def assert_valid_contracts(contracts: pd.DataFrame, customers: Sequence[str], ti
 
 
 def contract_positions(
-    contracts: pd.DataFrame, customers: Sequence[str], times: Sequence[int]
+    contracts: pd.DataFrame, customers: Sequence[str], times: Steps
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Row positions of each contract's step, seller and buyer (validated contracts)."""
     cust = pd.Index([c.lower() for c in customers])
     steps = pd.Index([int(t) for t in times])
     return (
-        steps.get_indexer(contracts.time).astype(np.int64),
-        cust.get_indexer(contracts.seller).astype(np.int64),
-        cust.get_indexer(contracts.buyer).astype(np.int64),
+        steps.get_indexer(pd.Index(contracts.time)).astype(np.int64),
+        cust.get_indexer(pd.Index(contracts.seller)).astype(np.int64),
+        cust.get_indexer(pd.Index(contracts.buyer)).astype(np.int64),
     )
 
 
@@ -205,7 +203,7 @@ def contract_shares(
     contracts: pd.DataFrame,
     drawn_kw: np.ndarray,
     customers: Sequence[str],
-    times: Sequence[int],
+    times: Steps,
     *,
     oversold: str = "error",
 ) -> Shares:

@@ -113,7 +113,7 @@ def loss_rows(model: FeederModel) -> tuple[sp.csr_matrix, sp.csr_matrix, IntArra
         if is_series(e):
             ys = e.yprim[:k, :k]
             blocks.append((ys + ys.conj().T) / 2)
-            sides = ((e.nodes[:k], 1.0), (e.nodes[k:], -1.0))
+            sides: tuple[tuple[IntArray, float], ...] = ((e.nodes[:k], 1.0), (e.nodes[k:], -1.0))
             cond = np.arange(k)
         else:
             blocks.append((e.yprim + e.yprim.conj().T) / 2)
@@ -268,7 +268,9 @@ def party_rows(
         ptr=np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
         pos=np.concatenate(pos_parts).astype(np.int64),
         val=np.concatenate(val_parts).astype(np.complex128),
-        label=np.concatenate([contracts.contract.to_numpy(dtype=object), grid[g_cust], np.full(steps, NO_LOAD, dtype=object)]),
+        label=np.concatenate(
+            [contracts.contract.to_numpy(dtype=object), grid[g_cust], np.full(steps, NO_LOAD, dtype=object)]
+        ),
         seller=np.concatenate([contracts.seller.to_numpy(dtype=object), empty]),
         buyer=np.concatenate([contracts.buyer.to_numpy(dtype=object), empty]),
         kw=np.concatenate([shares.kw, np.zeros(steps * n_cust + steps)]),
@@ -367,7 +369,11 @@ def exact_allocation(
         ds["detail_loss_kw"] = xr.DataArray(
             det,
             dims=("party", "element", "conductor"),
-            coords={"party": labels, "element": model.element_names(), "conductor": np.arange(1, net.max_conductors + 1)},
+            coords={
+                "party": labels,
+                "element": model.element_names(),
+                "conductor": np.arange(1, net.max_conductors + 1),
+            },
             attrs={"units": "kW", "long_name": "loss share summed over steps (x step hours = kWh)"},
         )
     return ds

@@ -34,7 +34,9 @@ def row_losses(u: np.ndarray, row_time: np.ndarray, ptr: np.ndarray, pos: np.nda
     return out
 
 
-def row_losses_reference(u: np.ndarray, row_time: np.ndarray, ptr: np.ndarray, pos: np.ndarray, val: np.ndarray) -> np.ndarray:
+def row_losses_reference(
+    u: np.ndarray, row_time: np.ndarray, ptr: np.ndarray, pos: np.ndarray, val: np.ndarray
+) -> np.ndarray:
     """Plain numpy version of :func:`row_losses`."""
     owner = np.repeat(np.arange(row_time.size), np.diff(ptr))
     terms = (np.conj(val)[None, :] * u[:, pos, row_time[owner]]).real  # (parts, entries)

@@ -68,9 +68,7 @@ def traded_per_customer(
         )
     if not np.isfinite(kw).all() or (kw < 0).any():
         i = int(np.flatnonzero(~(np.isfinite(kw) & (kw >= 0)))[0])
-        raise ContractError(
-            f"contract {contracts['contract'].iloc[i]!r}: kw {kw[i]} must be finite and >= 0"
-        )
+        raise ContractError(f"contract {contracts['contract'].iloc[i]!r}: kw {kw[i]} must be finite and >= 0")
     np.add.at(sold, (t, seller), kw)
     np.add.at(bought, (t, buyer), kw)
     return sold, bought

@@ -75,17 +75,11 @@ class Tariffs:
     def __post_init__(self) -> None:
         imp, exp = self.grid_import_eur_kwh, self.grid_export_eur_kwh
         if not (math.isfinite(imp) and math.isfinite(exp)):
-            raise StudyError(
-                f"Tariffs: prices must be finite, got import {imp}, export {exp}"
-            )
+            raise StudyError(f"Tariffs: prices must be finite, got import {imp}, export {exp}")
         if exp > imp:
-            raise StudyError(
-                f"Tariffs: grid_export_eur_kwh {exp} exceeds grid_import_eur_kwh {imp}"
-            )
+            raise StudyError(f"Tariffs: grid_export_eur_kwh {exp} exceeds grid_import_eur_kwh {imp}")
         if self.local_price_rule not in ("mid", "auction"):
-            raise StudyError(
-                f"Tariffs: local_price_rule must be 'mid' or 'auction', got {self.local_price_rule!r}"
-            )
+            raise StudyError(f"Tariffs: local_price_rule must be 'mid' or 'auction', got {self.local_price_rule!r}")
 
     @property
     def mid_eur_kwh(self) -> float:
@@ -121,20 +115,14 @@ def _inputs(
     net = np.asarray(net_kw, dtype=np.float64)
     names = [str(c) for c in customers]
     if net.ndim != 2:
-        raise ProfileError(
-            f"{what}: net_kw must have shape (steps, customers), got {net.shape}"
-        )
+        raise ProfileError(f"{what}: net_kw must have shape (steps, customers), got {net.shape}")
     if net.shape[1] != len(names):
-        raise ProfileError(
-            f"{what}: net_kw has {net.shape[1]} customer columns but {len(names)} customers are named"
-        )
+        raise ProfileError(f"{what}: net_kw has {net.shape[1]} customer columns but {len(names)} customers are named")
     if len(set(names)) != len(names):
         raise StudyError(f"{what}: customer names are not unique")
     if not np.isfinite(net).all():
         t, c = np.argwhere(~np.isfinite(net))[0]
-        raise ProfileError(
-            f"{what}: net_kw is NaN/inf (first at step row {t}, customer {names[c]})"
-        )
+        raise ProfileError(f"{what}: net_kw is NaN/inf (first at step row {t}, customer {names[c]})")
     tarr = np.asarray(times)
     if tarr.shape != (net.shape[0],):
         raise ProfileError(f"{what}: {tarr.size} times given for {net.shape[0]} steps")
@@ -158,9 +146,7 @@ def _surplus_demand(
 # -------------------------------------------------------------------------- prices
 
 
-def local_price(
-    supply_kw: ArrayLike, demand_kw: ArrayLike, tariffs: Tariffs
-) -> NDArray[np.float64]:
+def local_price(supply_kw: ArrayLike, demand_kw: ArrayLike, tariffs: Tariffs) -> NDArray[np.float64]:
     """Local price per step (EUR/kWh) from total surplus and demand (kW) by the tariff rule.
 
     ``"mid"``: (import + export) / 2. ``"auction"``: SDR pricing (module docstring); the
@@ -195,9 +181,7 @@ def _pro_rata(s: NDArray[np.float64], d: NDArray[np.float64]) -> NDArray[np.floa
     traded = np.minimum(supply, demand)
     ok = traded > 0.0
     with np.errstate(divide="ignore", invalid="ignore"):
-        sold = np.where(
-            ok[:, None], s * np.where(ok, traded / supply, 0.0)[:, None], 0.0
-        )
+        sold = np.where(ok[:, None], s * np.where(ok, traded / supply, 0.0)[:, None], 0.0)
         # buyer share of each seller's sale: bought_j / traded = d_j / D
         share = np.where(ok[:, None], d / np.where(ok, demand, 1.0)[:, None], 0.0)
     # Clip to the exact surplus / demand so rounding can never oversell.
@@ -223,9 +207,7 @@ def _bid_clearing(
     d = np.where(bids < exp, 0.0, d)
     ask = np.where(np.isnan(bids), exp, np.clip(bids, exp, imp))
     bid = np.where(np.isnan(bids), imp, np.clip(bids, exp, imp))
-    cand = np.concatenate(
-        [np.where(s > 0.0, ask, np.nan), np.where(d > 0.0, bid, np.nan)], axis=1
-    )
+    cand = np.concatenate([np.where(s > 0.0, ask, np.nan), np.where(d > 0.0, bid, np.nan)], axis=1)
     supply_c = np.einsum("tcn,tn->tc", ask[:, None, :] <= cand[:, :, None], s)
     demand_c = np.einsum("tcn,tn->tc", bid[:, None, :] >= cand[:, :, None], d)
     traded_c = np.where(np.isnan(cand), -1.0, np.minimum(supply_c, demand_c))
@@ -279,9 +261,7 @@ def community_auction(
     else:
         b = np.asarray(bids, dtype=np.float64)
         if b.shape != net.shape:
-            raise ProfileError(
-                f"community_auction: bids shape {b.shape} differs from net_kw {net.shape}"
-            )
+            raise ProfileError(f"community_auction: bids shape {b.shape} differs from net_kw {net.shape}")
         price, s, d = _bid_clearing(s, d, b, tariffs)
     trade = _pro_rata(s, d)
     return MarketResult(
@@ -300,11 +280,7 @@ def _preference_order(
 ) -> NDArray[np.int64]:
     """Seller order (steps, customers) for each step's current buyer."""
     steps = buyer.size
-    n = (
-        dist.shape[0]
-        if dist is not None
-        else (phase_code.size if phase_code is not None else 0)
-    )
+    n = dist.shape[0] if dist is not None else (phase_code.size if phase_code is not None else 0)
     tie = rng.random((steps, n))
     if preference == "random":
         return np.argsort(tie, axis=1)
@@ -353,13 +329,9 @@ def bilateral(
     if distance is not None:
         dist = np.asarray(distance, dtype=np.float64)
         if dist.shape != (n, n) or not np.isfinite(dist).all() or (dist < 0).any():
-            raise StudyError(
-                f"{what}: distance must be a finite, >= 0 ({n}, {n}) matrix, got shape {dist.shape}"
-            )
+            raise StudyError(f"{what}: distance must be a finite, >= 0 ({n}, {n}) matrix, got shape {dist.shape}")
     elif preference == "electrical-distance":
-        raise StudyError(
-            f"{what}: preference 'electrical-distance' needs a distance matrix"
-        )
+        raise StudyError(f"{what}: preference 'electrical-distance' needs a distance matrix")
     phase_code: NDArray[np.int64] | None = None
     if phases is not None:
         labels = [str(p).strip().lower() for p in phases]
@@ -413,8 +385,6 @@ def no_market(
     s, d = _surplus_demand(net)
     return MarketResult(
         contracts=empty_contracts(),
-        price_eur_kwh=_price_series(
-            local_price(s.sum(axis=1), d.sum(axis=1), tariffs), tarr
-        ),
+        price_eur_kwh=_price_series(local_price(s.sum(axis=1), d.sum(axis=1), tariffs), tarr),
         traded_kw=np.zeros(net.shape[0]),
     )

@@ -32,7 +32,6 @@ __all__ = [
 ]
 
 
-
 def contracts_from_matrix(
     trade_kw: NDArray[np.float64],
     customers: Sequence[str],
