@@ -10,9 +10,10 @@ admittances, in bulk, outside this module.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -343,13 +344,8 @@ class Engine:
         for name in measure:
             self._active(name)
             measured[name] = np.empty((steps, int(d.CktElement.NumConductors())), dtype=np.complex128)
-        if mode == "snap":
-            self.command("set mode=snap")
-        else:
-            self.command(f"set mode={mode} number=1 stepsize={stepsize_s:g}s")
-            t0 = (start - 1) * stepsize_s
-            d.Solution.Hour(int(t0 // 3600))
-            d.Solution.Seconds(t0 - 3600 * (t0 // 3600))
+        self.set_mode(mode, stepsize_s)
+        self.set_clock(mode, stepsize_s, start)
         solve, converged, read_v = d.Solution.Solve, d.Solution.Converged, d.Circuit.YNodeVArray
         for i in range(steps):
             k = start + i
@@ -368,6 +364,68 @@ class Engine:
             if on_step is not None:
                 on_step(k)
         return volts, measured
+
+    def set_mode(self, mode: str, stepsize_s: float) -> None:
+        """Put OpenDSS in ``mode`` solving one step of ``stepsize_s`` seconds per solve."""
+        if mode == "snap":
+            self.command("set mode=snap")
+        else:
+            self.command(f"set mode={mode} number=1 stepsize={stepsize_s:g}s")
+
+    def set_clock(self, mode: str, stepsize_s: float, k: int) -> None:
+        """Set the clock so that the next solve is step ``k`` (time modes advance first)."""
+        if mode == "snap":
+            return
+        t0 = (k - 1) * stepsize_s
+        self.dss.Solution.Hour(int(t0 // 3600))
+        self.dss.Solution.Seconds(t0 - 3600 * (t0 // 3600))
+
+    def solve_step(
+        self, mode: str, stepsize_s: float, k: int, before_step: Callable[[int], None] | None = None
+    ) -> None:
+        """Re-solve step ``k`` (mode already set with :meth:`set_mode`); checks convergence."""
+        self.set_clock(mode, stepsize_s, k)
+        if before_step is not None:
+            before_step(k)
+        self._solve_checked(f"step {k}")
+
+    @contextlib.contextmanager
+    def tolerance(self, tolerance: float, min_iterations: int = 100) -> Iterator[None]:
+        """Solve with a tighter convergence tolerance (pu) inside the block, then restore."""
+        sol = self.dss.Solution
+        old_tol, old_maxit = sol.Convergence(), sol.MaxIterations()
+        sol.Convergence(tolerance)
+        sol.MaxIterations(max(int(old_maxit), min_iterations))
+        try:
+            yield
+        finally:
+            sol.Convergence(old_tol)
+            sol.MaxIterations(old_maxit)
+
+    def load_base(self, name: str) -> tuple[float, float, float]:
+        """A Load's base ``(kW, kvar, PF)`` (before load shapes)."""
+        loads = self.dss.Loads
+        loads.Name(name)
+        return float(loads.kW()), float(loads.kvar()), float(loads.PF())
+
+    def set_load_base(self, name: str, kw: float, *, kvar: float | None = None, pf: float | None = None) -> None:
+        """Set a Load's base kW and then its kvar or PF through the fast API."""
+        loads = self.dss.Loads
+        loads.Name(name)
+        loads.kW(float(kw))
+        if pf is not None:
+            loads.PF(float(pf))
+        if kvar is not None and abs(float(loads.kvar()) - kvar) > 1e-9 * max(1.0, abs(kvar)):
+            loads.kvar(float(kvar))
+
+    def frequency_hz(self) -> float:
+        """The circuit's base frequency, Hz."""
+        return float(self.dss.Solution.Frequency())
+
+    def save_circuit(self, folder: Path) -> Path:
+        """Dump the compiled circuit (its present state) as OpenDSS text into ``folder``."""
+        self.command(f'save circuit dir="{folder}"')
+        return folder
 
     # ------------------------------------------------------------------ fast device edits
     def set_load_kw(self, names: Iterable[str], kw: Iterable[float], kvar: Iterable[float] | None = None) -> None:

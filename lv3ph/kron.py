@@ -308,14 +308,13 @@ def kron_reduce(
     model = engine.model() if model is None else model
     if (out / "Master.dss").resolve() == Path(model.path).resolve() or out == Path(model.path).resolve().parent:
         raise ModelError(f"kron_reduce would write over the source model in {out}: choose another folder")
-    frequency = float(engine.dss.Solution.Frequency())
+    frequency = engine.frequency_hz()
     lines = {e.name: e for e in model.elements if e.kind == "line" and e.name.startswith("line.")}
     dropped = _dropped_elements(model)
     report = KronReport(source=model.path)
     tmp = Path(tempfile.mkdtemp(prefix="lv3ph_kron_"))
     try:
-        engine.command(f'save circuit dir="{tmp / "dump"}"')
-        dump = tmp / "dump"
+        dump = engine.save_circuit(tmp / "dump")
         if not (dump / "Master.dss").is_file():
             raise ModelError(f"OpenDSS did not dump {model.path} (save circuit wrote no Master.dss)")
         out.mkdir(parents=True, exist_ok=True)

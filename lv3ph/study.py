@@ -383,7 +383,7 @@ def run_scenario(spec: StudySpec, sc: Scenario, *, progress: bool = False) -> Sc
             b, soc = dispatch_self_consumption(net_kw[:, cols], spec.battery, dt_h)
         else:
             mid = spec.tariffs.mid_eur_kwh
-            b, _soc = dispatch_p2p(
+            b, soc = dispatch_p2p(
                 net_kw[:, cols],
                 mid,
                 spec.tariffs.grid_import_eur_kwh,
@@ -435,6 +435,11 @@ def run_scenario(spec: StudySpec, sc: Scenario, *, progress: bool = False) -> Sc
     allocation = allocation_table(results, dt_h)
     bill = bills(net_kw, names, times, market.contracts, market.price_eur_kwh, spec.tariffs, dt_h)
     series = _series(model, engine.line_lengths_km(), pf, unb, market, pv_kw, load_kw, bat_kw)
+    series["battery_soc_mean"] = (
+        "time",
+        soc[1:].mean(axis=1) if soc.shape[1] else np.full(run.steps, np.nan),
+        {"units": "1", "long_name": "mean state of charge of the batteries at the end of each step"},
+    )
     summary = summarise(sc, pf, unb, viol, market, net_kw, pv_kw, bill, allocation, spec.methods, dt_h)
     notes = []
     if shares.scaled:

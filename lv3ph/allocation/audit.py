@@ -328,24 +328,6 @@ def pro_rata(rows: Rows, drawn_kw: np.ndarray, total: np.ndarray, times: np.ndar
 
 
 # ---- lsf
-def _step_clock(engine: Engine, run: RunSpec, k: int) -> None:
-    """Set OpenDSS's clock so that the next solve is step ``k`` (time modes advance first)."""
-    if run.mode == "snap":
-        return
-    t0 = (k - 1) * run.stepsize_s
-    engine.dss.Solution.Hour(int(t0 // 3600))
-    engine.dss.Solution.Seconds(t0 - 3600 * (t0 // 3600))
-
-
-def _solve_step(engine: Engine, run: RunSpec, k: int, before_step: Callable[[int], None] | None) -> None:
-    _step_clock(engine, run, k)
-    if before_step is not None:
-        before_step(k)
-    engine.dss.Solution.Solve()
-    if not engine.dss.Solution.Converged():
-        raise ConvergenceError(f"OpenDSS did not converge re-solving step {k} for the loss sensitivities")
-
-
 def _drawn_kw(engine: Engine, devices: tuple[str, ...]) -> float:
     """Active power the devices draw at the last solve (kW; export negative)."""
     return float(sum(engine.element_powers_kva(d).real.sum() for d in devices))
@@ -381,35 +363,32 @@ def loss_sensitivities(
         and the number of OpenDSS solves (per step: the step, 2 per customer, and a
         final re-solve that leaves the engine at the unperturbed solution).
     """
-    d = engine.dss
     ports = customer_ports(model)
     loads = {c.name: c for c in model.customers}
     lsf = np.full(wanted.shape, np.nan)
     solves = 0
-    old_tol, old_maxit = d.Solution.Convergence(), d.Solution.MaxIterations()
-    if run.mode == "snap":
-        engine.command("set mode=snap")
-    else:
-        engine.command(f"set mode={run.mode} number=1 stepsize={run.stepsize_s:g}s")
-    d.Solution.Convergence(tolerance)
-    d.Solution.MaxIterations(max(int(old_maxit), 100))
+    engine.set_mode(run.mode, run.stepsize_s)
+
+    def solve(k: int) -> None:
+        try:
+            engine.solve_step(run.mode, run.stepsize_s, k, before_step)
+        except ConvergenceError as exc:
+            raise ConvergenceError(f"re-solving for the loss sensitivities: {exc}") from None
 
     def loss_kw() -> float:
-        v = np.asarray(d.Circuit.YNodeVArray(), dtype=np.complex128)[:, None]
-        return float(network_losses(net, v).sum())
+        return float(network_losses(net, engine.node_voltages()[:, None]).sum())
 
-    try:
+    with engine.tolerance(tolerance):
         for i in np.nonzero(wanted.any(axis=1))[0]:
             k = int(times[i])
-            _solve_step(engine, run, k, before_step)
+            solve(k)
             solves += 1
             for j in np.nonzero(wanted[i])[0]:
                 name = ports.names[j]
                 if name not in loads:
                     continue
                 devices = loads[name].devices
-                d.Loads.Name(name)
-                b0, q0, pf0 = float(d.Loads.kW()), float(d.Loads.kvar()), float(d.Loads.PF())
+                b0, q0, pf0 = engine.load_base(name)
                 p_load = _drawn_kw(engine, (f"load.{name}",))
                 m = p_load / b0 if b0 != 0 else 0.0
                 if not np.isfinite(m) or abs(m) < 1e-9:
@@ -418,26 +397,17 @@ def loss_sensitivities(
                 points = []
                 try:
                     for sign in (1.0, -1.0):
-                        d.Loads.Name(name)
-                        d.Loads.kW(b0 + sign * step_kw)
-                        d.Loads.kvar(q0)
-                        _solve_step(engine, run, k, before_step)
+                        engine.set_load_base(name, b0 + sign * step_kw, kvar=q0)
+                        solve(k)
                         solves += 1
                         points.append((loss_kw(), _drawn_kw(engine, devices)))
                 finally:
-                    d.Loads.Name(name)
-                    d.Loads.kW(b0)
-                    d.Loads.PF(pf0)
-                    if abs(float(d.Loads.kvar()) - q0) > 1e-9 * max(1.0, abs(q0)):
-                        d.Loads.kvar(q0)  # the load was defined by kvar, not by PF
+                    engine.set_load_base(name, b0, pf=pf0, kvar=q0)
                 dp = points[0][1] - points[1][1]
                 if abs(dp) > 1e-6 * abs(delta_kw):
                     lsf[i, j] = (points[0][0] - points[1][0]) / dp
-            _solve_step(engine, run, k, before_step)  # leave the engine at the unperturbed solution
+            solve(k)  # leave the engine at the unperturbed solution
             solves += 1
-    finally:
-        d.Solution.Convergence(old_tol)
-        d.Solution.MaxIterations(old_maxit)
     return lsf, solves
 
 
