@@ -46,6 +46,12 @@ def parse_stepsize(text: str | float) -> float:
     return seconds
 
 
+def _message(exc: BaseException) -> str:
+    """OpenDSS's error text on one line."""
+    text = str(exc.args[-1] if exc.args else exc)
+    return " ".join(text.split())
+
+
 def _new_context() -> OpenDSSDirect:
     """A fresh OpenDSS context that returns numpy (complex) arrays."""
     api = opendssdirect.dss._api_util
@@ -70,7 +76,7 @@ class Engine:
         try:
             out = self.dss.Text.Command(text)
         except opendssdirect.DSSException as exc:
-            raise ModelError(f"OpenDSS rejected {text!r}: {exc.args[-1] if exc.args else exc}") from None
+            raise ModelError(f"OpenDSS rejected {text!r}: {_message(exc)}") from None
         return str(out or "")
 
     def compile(self, path: str | Path, *, vmaxpu: float | None = None, commands: Sequence[str] = ()) -> None:
@@ -90,10 +96,14 @@ class Engine:
         try:
             self.dss.Text.Command(f'compile "{p.resolve()}"')
         except opendssdirect.DSSException as exc:
-            raise ModelError(f"OpenDSS could not compile {p}: {exc.args[-1] if exc.args else exc}") from None
+            raise ModelError(f"OpenDSS could not compile {p}: {_message(exc)}") from None
         finally:
             os.chdir(cwd)
-        if not self.dss.Circuit.Name():
+        try:
+            has_circuit = bool(self.dss.Circuit.Name())
+        except opendssdirect.DSSException:
+            has_circuit = False
+        if not has_circuit:
             raise ModelError(f"{p} defines no circuit")
         if vmaxpu is not None:
             self.command(f"batchedit load..* vmaxpu={vmaxpu}")
@@ -114,7 +124,7 @@ class Engine:
         try:
             self.dss.Solution.Solve()
         except opendssdirect.DSSException as exc:
-            raise ConvergenceError(f"OpenDSS failed at {what}: {exc.args[-1] if exc.args else exc}") from None
+            raise ConvergenceError(f"OpenDSS failed at {what}: {_message(exc)}") from None
         if not self.dss.Solution.Converged():
             raise ConvergenceError(
                 f"OpenDSS did not converge at {what} "
@@ -354,7 +364,7 @@ class Engine:
             try:
                 solve()
             except opendssdirect.DSSException as exc:
-                raise ConvergenceError(f"OpenDSS failed at step {k}: {exc.args[-1] if exc.args else exc}") from None
+                raise ConvergenceError(f"OpenDSS failed at step {k}: {_message(exc)}") from None
             if not converged():
                 raise ConvergenceError(f"OpenDSS did not converge at step {k} (time {k * stepsize_s:g} s)")
             volts[:, i] = read_v()
