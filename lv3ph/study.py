@@ -40,6 +40,7 @@ import pandas as pd
 import scipy.sparse as sp
 import scipy.sparse.csgraph as csg
 import xarray as xr
+from threadpoolctl import threadpool_limits
 
 from lv3ph.allocation.audit import allocate_method
 from lv3ph.allocation.contracts import assert_valid_contracts, contract_shares, read_contracts
@@ -343,7 +344,16 @@ def _market(
 
 
 def run_scenario(spec: StudySpec, sc: Scenario, *, progress: bool = False) -> ScenarioResult:
-    """Run one scenario: devices, market, power flow, allocation, metrics."""
+    """Run one scenario: devices, market, power flow, allocation, metrics.
+
+    BLAS runs single-threaded inside a scenario (scenarios are the unit of parallelism),
+    which also makes the numbers bit-identical wherever the scenario runs.
+    """
+    with threadpool_limits(limits=1):
+        return _run_scenario(spec, sc, progress=progress)
+
+
+def _run_scenario(spec: StudySpec, sc: Scenario, *, progress: bool) -> ScenarioResult:
     run = spec.run
     engine, model = open_feeder(spec.model, vmaxpu=spec.vmaxpu, pme_ohm=sc.pme_ohm or None)
     names = [c.name for c in model.customers]
