@@ -128,4 +128,4 @@ def test_serial_and_dask_give_identical_numbers_and_complete_outputs(tmp_path: P
             assert (out / r.scenario.name / f).is_file()
     summary = pd.read_csv(out / "summary.csv")
     assert list(summary.scenario) == [s.name for s in grid]
-    assert not [p for p in out.rglob("*.tmp")]
+    assert not list(out.rglob("*.tmp"))
