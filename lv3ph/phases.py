@@ -31,21 +31,25 @@ customer drawing ``S = P + jQ`` on phase ``q`` draws the current ``I = conj(S) u
   direction and summed along the path from the transformer, the drop at bus ``b`` is
   linear in the customers' powers; its deviation from the mean of the three phases,
   divided by ``V``, is the PVUR proxy. Lines only: the transformer impedance is ignored
-  (on the IEEE EU LV feeder it is ~9 mohm, against 0.1-0.3 ohm of feeder path).
+  (on the IEEE EU LV feeder it is ~9 mohm, against 0.03-0.21 ohm, median 0.12 ohm, of
+  phase-neutral loop impedance from the transformer to a customer).
 
 Both are evaluated per time step and aggregated over the steps by ``stat``: ``"max"``
-(the worst step, default) or ``"rms"`` (root mean square over the steps). Searches
-compare ``(stat, other stat)`` lexicographically: the other statistic only breaks ties.
+(the worst step) or ``"rms"`` (root mean square over the steps). Searches compare
+``(stat, other stat)`` lexicographically: the other statistic only breaks ties. Static
+rebalancing defaults to ``"rms"``: on the IEEE EU LV twin, minimising the worst minute
+leaves the typical minutes (and the losses) worse than minimising the rms, and the rms
+arrangement has the lower physical peak too; the MILP minimises ``"max"``.
 
 Fast switching formulation
 --------------------------
 Re-phasing a Load through a text edit (``Load.x.bus1=...``) makes OpenDSS rebuild and
-refactorise its system matrix at the next solve (about 4 ms on the IEEE EU LV feeder,
-six times a normal time step). Instead, :func:`switchable_commands` gives every
-switch-equipped customer ``x`` three Loads ``x_p1``, ``x_p2``, ``x_p3`` (copies of
-``x``, phase-to-neutral on each phase of its bus, ``status=fixed`` so OpenDSS ignores
-their load shapes) and disables ``x`` and the customer's own PV/storage/generator
-elements; :func:`run_switching` then puts the customer's whole net power
+refactorise its system matrix at the next solve: 6-9 ms per step on the IEEE EU LV
+twin, 8-13 times a normal time step (``benchmarks/bench_switching.py``). Instead,
+:func:`switchable_commands` gives every switch-equipped customer ``x`` three Loads
+``x_p1``, ``x_p2``, ``x_p3`` (copies of ``x``, phase-to-neutral on each phase of its
+bus, ``status=fixed`` so OpenDSS ignores their load shapes) and disables ``x`` and the
+customer's own PV/storage/generator elements; :func:`run_switching` then puts the customer's whole net power
 ``load_kw - pv_kw`` (and ``load_kvar``) on the live phase's Load through the fast API
 (no system-matrix rebuild) and 0 on the other two.
 
@@ -54,7 +58,9 @@ at 0 kW, so the system matrix is the as-built one: with the schedule at the as-b
 phases, the voltages equal a plain run to rounding (~1e-13). After a switch OpenDSS
 keeps iterating with the admittance it factorised (OpenDSS compensates a load's
 admittance in its injection current), so the converged result is the physics of the new
-arrangement, equal to a text-edited model within OpenDSS's convergence tolerance.
+arrangement, equal to a text-edited model within OpenDSS's convergence tolerance
+(the idle as-built phase Load keeps its admittance in the factorised matrix, so it shows
+a residue of that tolerance, ~1e-4 A per kW on the IEEE feeder, instead of exactly 0 A).
 
 Customer identity: in lv3ph a customer is a Load, so the three phase Loads would become
 three customers (and a device on another phase than the Load is not owned by it).
@@ -86,6 +92,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
+import numba as nb
 import numpy as np
 import scipy.sparse as sp
 import xarray as xr
@@ -211,16 +218,24 @@ def choose_switches(
 def customer_profiles(engine: Engine, model: FeederModel, run: RunSpec) -> tuple[np.ndarray, np.ndarray]:
     """Load set-points ``(kW, kvar)``, each (steps, customers) in ``model.customers`` order.
 
-    From the loads' shapes (:meth:`lv3ph.dss.Engine.load_setpoints`); a switchable
-    customer's values come from its original (disabled) Load, which keeps its shape.
+    From the loads' shapes (:meth:`lv3ph.dss.Engine.load_setpoints`). A switchable
+    customer (:func:`make_switchable`) gets the sum of its three phase Loads, which keep
+    its shape: outside :func:`run_switching` the as-built phase Load holds the customer's
+    kW and the other two 0, so this is the customer's original profile.
     """
     names, kw, kvar = engine.load_setpoints(run.mode, run.stepsize_s, run.start, run.steps)
     pos = {n: i for i, n in enumerate(names)}
-    missing = [c.name for c in model.customers if c.name not in pos]
-    if missing:
-        raise UnknownItemError(f"no Load for customer {missing[0]!r} in the engine")
-    cols = [pos[c.name] for c in model.customers]
-    return kw[:, cols], kvar[:, cols]
+    out_kw = np.zeros((run.steps, len(model.customers)))
+    out_kvar = np.zeros_like(out_kw)
+    for i, c in enumerate(model.customers):
+        parts = [d.split(".", 1)[1] for d in c.devices if d.startswith("load.")]
+        missing = [p_ for p_ in parts if p_ not in pos]
+        if missing or not parts:
+            raise UnknownItemError(f"no Load {(missing or [c.name])[0]!r} for customer {c.name} in the engine")
+        cols = [pos[p_] for p_ in parts]
+        out_kw[:, i] = kw[:, cols].sum(axis=1)
+        out_kvar[:, i] = kvar[:, cols].sum(axis=1)
+    return out_kw, out_kvar
 
 
 def _profiles(
@@ -514,32 +529,122 @@ def proxy_objective(
 # ============================================================================ search
 
 
-def _batched(
-    proxy: _Proxy, x: np.ndarray, m: np.ndarray, frm: np.ndarray, to: np.ndarray, stat: str
+@nb.njit(cache=True)
+def _eval_moves(
+    x: np.ndarray,
+    p: np.ndarray,
+    q: np.ndarray,
+    has_q: bool,
+    m1: np.ndarray,
+    d1p: np.ndarray,
+    d1q: np.ndarray,
+    m2: np.ndarray,
+    d2p: np.ndarray,
+    d2q: np.ndarray,
+    order: np.ndarray,
+    neutral: bool,
+    primary_max: bool,
+    bound: float,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(primary, secondary) of the states after each single move (m[k]: frm[k] -> to[k])."""
-    out1 = np.empty(m.size)
-    out2 = np.empty(m.size)
-    chunk = max(1, int(4e6 // max(1, x.size)))
-    for s in range(0, m.size, chunk):
-        sl = slice(s, s + chunk)
-        v = proxy.per_step(x[None] + proxy.delta(m[sl], frm[sl], to[sl]))
-        out1[sl], out2[sl] = _keys(v, stat)
+    """(primary, secondary) proxy keys after each candidate (one move, or two for a swap).
+
+    Candidate ``k`` adds ``p[:, m1[k]] d1p[k] + q[:, m1[k]] d1q[k]`` (and the same with
+    ``m2[k] >= 0``) to the state ``x`` (T, R). Steps are visited in ``order`` (worst first)
+    and a candidate is abandoned (``inf``) as soon as its primary key must exceed the best
+    seen so far (starting at ``bound``): it cannot be the best improvement.
+    """
+    n_k = m1.size
+    n_t, n_r = x.shape
+    out1 = np.full(n_k, np.inf)
+    out2 = np.full(n_k, np.inf)
+    best = bound
+    for k in range(n_k):
+        a = m1[k]
+        b = m2[k]
+        mx = 0.0
+        ss = 0.0
+        pruned = False
+        for ii in range(n_t):
+            t = order[ii]
+            pa = p[t, a]
+            qa = q[t, a] if has_q else 0.0
+            pb = p[t, b] if b >= 0 else 0.0
+            qb = q[t, b] if (has_q and b >= 0) else 0.0
+            if neutral:
+                re = x[t, 0] + pa * d1p[k, 0] + qa * d1q[k, 0] + pb * d2p[k, 0] + qb * d2q[k, 0]
+                im = x[t, 1] + pa * d1p[k, 1] + qa * d1q[k, 1] + pb * d2p[k, 1] + qb * d2q[k, 1]
+                v = math.sqrt(re * re + im * im)
+            else:
+                v = 0.0
+                for r in range(n_r):
+                    y = abs(x[t, r] + pa * d1p[k, r] + qa * d1q[k, r] + pb * d2p[k, r] + qb * d2q[k, r])
+                    if y > v:
+                        v = y
+            if v > mx:
+                mx = v
+            ss += v * v
+            if primary_max:
+                if mx > best * (1.0 + 1e-12):
+                    pruned = True
+                    break
+            elif ss > best * best * n_t * (1.0 + 1e-12):
+                pruned = True
+                break
+        if not pruned:
+            rms = math.sqrt(ss / n_t)
+            if primary_max:
+                out1[k], out2[k] = mx, rms
+            else:
+                out1[k], out2[k] = rms, mx
+            if out1[k] < best:
+                best = out1[k]
     return out1, out2
 
 
-def _batched_swaps(
-    proxy: _Proxy, x: np.ndarray, a: np.ndarray, b: np.ndarray, assign: IntArray, stat: str
+def _evaluate(
+    proxy: _Proxy,
+    x: np.ndarray,
+    moves: tuple[np.ndarray, np.ndarray, np.ndarray],
+    stat: str,
+    bound: float,
+    *,
+    second: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+    rows: slice = slice(None),
 ) -> tuple[np.ndarray, np.ndarray]:
-    out1 = np.empty(a.size)
-    out2 = np.empty(a.size)
-    chunk = max(1, int(4e6 // max(1, x.size)))
-    for s in range(0, a.size, chunk):
-        sl = slice(s, s + chunk)
-        aa, bb = a[sl], b[sl]
-        d = proxy.delta(aa, assign[aa], assign[bb]) + proxy.delta(bb, assign[bb], assign[aa])
-        out1[sl], out2[sl] = _keys(proxy.per_step(x[None] + d), stat)
-    return out1, out2
+    """Keys after each candidate: ``moves = (m, frm, to)``, plus ``second`` for swaps.
+
+    Candidates that cannot beat ``bound`` (or a better candidate) come back as ``inf``.
+    """
+    m, frm, to = moves
+    p = np.ascontiguousarray(proxy.p[rows])
+    q = np.ascontiguousarray(proxy.q[rows]) if proxy.q is not None else np.zeros((1, 1))
+    d1p = proxy.cp[m, to] - proxy.cp[m, frm]
+    d1q = proxy.cq[m, to] - proxy.cq[m, frm]
+    if second is None:
+        m2 = np.full(m.size, -1, dtype=np.int64)
+        d2p = np.zeros_like(d1p)
+        d2q = np.zeros_like(d1q)
+    else:
+        m2, frm2, to2 = second
+        d2p = proxy.cp[m2, to2] - proxy.cp[m2, frm2]
+        d2q = proxy.cq[m2, to2] - proxy.cq[m2, frm2]
+    order = np.argsort(-proxy.per_step(x), kind="stable")
+    return _eval_moves(
+        np.ascontiguousarray(x),
+        p,
+        q,
+        proxy.q is not None,
+        m.astype(np.int64),
+        d1p,
+        d1q,
+        m2.astype(np.int64),
+        d2p,
+        d2q,
+        order,
+        proxy.kind == "neutral",
+        stat == "max",
+        float(bound),
+    )
 
 
 def _better(k1: tuple[float, float], k0: tuple[float, float], rel: float = 1e-12) -> bool:
@@ -573,7 +678,7 @@ def _local_search(
             ok = after <= max_moves
         best = None
         if ok.any():
-            k1, k2 = _batched(proxy, x, m_all[ok], frm[ok], to[ok], stat)
+            k1, k2 = _evaluate(proxy, x, (m_all[ok], frm[ok], to[ok]), stat, key[0])
             j = int(np.lexsort((k2, k1))[0])
             if _better((float(k1[j]), float(k2[j])), key):
                 best = ("move", int(m_all[ok][j]), int(to[ok][j]), (float(k1[j]), float(k2[j])))
@@ -585,7 +690,7 @@ def _local_search(
                 keep &= after <= max_moves
             a, b = a[keep], b[keep]
             if a.size:
-                k1, k2 = _batched_swaps(proxy, x, a, b, assign, stat)
+                k1, k2 = _evaluate(proxy, x, (a, assign[a], assign[b]), stat, key[0], second=(b, assign[b], assign[a]))
                 j = int(np.lexsort((k2, k1))[0])
                 if _better((float(k1[j]), float(k2[j])), key):
                     best = ("swap", int(a[j]), int(b[j]), (float(k1[j]), float(k2[j])))
@@ -703,7 +808,7 @@ def _milp(
             integrality=integrality,
             bounds=bounds,
             constraints=[*cons_fixed, LinearConstraint(sp.csr_matrix(a_ub), -np.inf, ub)],
-            options={"time_limit": max(left, 0.1), "disp": False},
+            options={"time_limit": max(left, 0.1), "disp": False, "mip_rel_gap": 1e-7},
         )
         if res.x is None:
             status = f"no solution ({res.message})"
@@ -714,14 +819,13 @@ def _milp(
         values = items(proxy.state(assign))
         tol = 1e-9 * max(1.0, abs(z)) + 1e-9
         if res.status != 0:
-            status = "time limit"
+            status = "time limit" if res.status == 1 else str(res.message)
             break
-        if values.max() <= z + tol:
+        if values.max() <= z + tol or add_worst(values, z + tol, 24) == 0:
             status = "optimal"
             break
-        if add_worst(values, z + tol, 24) == 0:
-            status = "optimal"
-            break
+    else:
+        status = "round limit"
     return best, status
 
 
@@ -757,7 +861,7 @@ def rebalance_plan(
     movable: Sequence[str] | None = None,
     method: Literal["greedy", "milp"] = "greedy",
     seed: int = 0,
-    stat: Stat = "max",
+    stat: Stat | None = None,
     load_kvar: np.ndarray | None = None,
     max_moves: int | None = None,
     restarts: int = 2,
@@ -780,13 +884,19 @@ def rebalance_plan(
             :func:`scipy.optimize.milp` (constraint generation over the steps; ``neutral``
             replaces |.| by a 36-gon, within 0.4 %), then local search; for small feeders,
             stops at ``time_limit_s`` with the best solution found. ``stat="max"`` only.
-        stat: ``"max"`` (worst step) or ``"rms"`` over the steps.
+        stat: ``"max"`` (worst step) or ``"rms"`` over the steps; default ``"rms"`` for
+            greedy, ``"max"`` for milp.
         load_kvar: reactive power (default ignored).
-        max_moves: at most this many customers change phase (site visits).
+        max_moves: at most this many customers change phase (site visits); the greedy
+            method then only searches from the as-built arrangement, the MILP exactly.
+        restarts: randomised greedy orders besides the energy order (greedy).
+        time_limit_s: wall-clock budget of the whole search.
 
     The result never has a worse objective than the as-built arrangement: if the search
     finds no lexicographic improvement of ``(stat, other stat)``, the plan is as built.
     """
+    if stat is None:
+        stat = "max" if method == "milp" else "rms"
     _check_stat(stat)
     if method not in ("greedy", "milp"):
         raise StudyError(f"unknown method {method!r}: use 'greedy' or 'milp'")
@@ -959,13 +1069,12 @@ def switching_schedule(
             m = np.repeat(np.nonzero(free)[0], 2)
             frm = assign[m]
             to = (frm + np.tile([1, 2], m.size // 2)) % 3
-            d = proxy.delta(m, frm, to, rows)
-            k1, k2 = _keys(proxy.per_step(x[None] + d), stat)
+            k1, k2 = _evaluate(proxy, x, (m, frm, to), stat, cur[0], rows=rows)
             j = int(np.lexsort((k2, k1))[0])
             if not k1[j] < cur[0] * (1.0 - min_gain) - 1e-12 * cur[0]:
                 break
             mm = int(m[j])
-            x = x + d[j]
+            x = x + proxy.delta(m[j : j + 1], frm[j : j + 1], to[j : j + 1], rows)[0]
             assign[mm] = to[j]
             ops[mm] += 1
             free[mm] = False
@@ -1172,9 +1281,7 @@ def run_switching(
     names = switchable_customers(model)
     sw = [model.customer_index()[nm] for nm in names]
     fixed = np.setdiff1d(np.arange(n), sw)
-    expect = np.array(
-        [model.customers[c].phases[0] if len(model.customers[c].phases) == 1 else 0 for c in fixed], dtype=np.int64
-    )
+    expect = as_built_schedule(model, 1)[0, fixed].astype(np.int64)
     bad = np.argwhere(sched[:, fixed] != expect[None, :])
     if bad.size:
         t, j = bad[0]
@@ -1259,9 +1366,14 @@ def feeder_metrics(model: FeederModel, pf: xr.Dataset, unb: xr.Dataset | None = 
     ``head_neutral_mean_a``: neutral current of the line leaving the transformer (a
     three-wire model: the residual current); ``neutral_loss_kwh``, ``loss_kwh``;
     ``vne_max_v``: neutral-to-earth voltage; ``vmin_pn_v`` / ``vmax_pn_v``: extreme
-    phase-to-neutral voltages.
+    phase-to-neutral voltages. Voltage metrics over the low-voltage buses (voltage base
+    below 1 kV) when the model has voltage bases, else over all buses.
     """
     u = unbalance(pf) if unb is None else unb
+    kv = dict(zip(model.buses, model.bus_kv_base, strict=True))
+    lv = [b for b in u.bus.values if 0 < kv.get(str(b), 0.0) < 1.0]
+    if lv:  # low-voltage buses only (the source side would dominate the voltage extremes)
+        u = u.sel(bus=lv)
     head = _head_line(model)
     e = model.elements[head]
     cur = np.asarray(pf.current.isel(element=head).values)[:, : e.n_conductors]
