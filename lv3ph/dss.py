@@ -428,6 +428,44 @@ class Engine:
         if kvar is not None and abs(float(loads.kvar()) - kvar) > 1e-9 * max(1.0, abs(kvar)):
             loads.kvar(float(kvar))
 
+    def load_connection(self, name: str) -> tuple[int, float, float]:
+        """``(phase of bus1, kW, kvar)`` of a Load, enabled or not."""
+        d = self.dss
+        d.Loads.Name(name)
+        if d.Loads.Name().lower() != name.lower():
+            raise UnknownItemError(f"no Load {name!r} in the model")
+        bus = d.CktElement.BusNames()[0].split(".")
+        return (int(bus[1]) if len(bus) > 1 else 1), float(d.Loads.kW()), float(d.Loads.kvar())
+
+    def disabled_devices(self, buses: set[str]) -> list[str]:
+        """Disabled PV/storage/generator elements on ``buses`` (full names, lower case)."""
+        d = self.dss
+        out = []
+        for cls in _DEVICE_CLASSES:
+            d.Circuit.SetActiveClass(cls)
+            for n in d.ActiveClass.AllNames():
+                d.Circuit.SetActiveElement(f"{cls}.{n}")
+                if not d.CktElement.Enabled() and d.CktElement.BusNames()[0].split(".")[0].lower() in buses:
+                    out.append(f"{cls}.{n.lower()}")
+        return out
+
+    def pq_setter(self, names: Sequence[str]) -> Callable[[int, float, float], None]:
+        """A fast per-step setter of Loads' kW and kvar by position in ``names``."""
+        loads = self.dss.Loads
+        idx = []
+        for n in names:
+            loads.Name(n)
+            if loads.Name().lower() != n.lower():
+                raise UnknownItemError(f"no Load {n!r} in the model")
+            idx.append(int(loads.Idx()))
+
+        def set_pq(i: int, kw: float, kvar: float) -> None:
+            loads.Idx(idx[i])
+            loads.kW(kw)
+            loads.kvar(kvar)
+
+        return set_pq
+
     def frequency_hz(self) -> float:
         """The circuit's base frequency, Hz."""
         return float(self.dss.Solution.Frequency())

@@ -132,7 +132,6 @@ _U: Final[ComplexArray] = np.exp(-2j * np.pi * np.arange(3) / 3.0)
 #: Sides of the polygon that replaces |.| of the neutral proxy in the MILP (error <= 1 - cos(pi/K)).
 MILP_POLYGON_SIDES: Final[int] = 36
 _SUFFIX: Final[tuple[str, str, str]] = ("_p1", "_p2", "_p3")
-_DEVICE_CLASSES: Final[tuple[str, ...]] = ("pvsystem", "storage", "generator")
 
 
 # ============================================================================ customers
@@ -1184,59 +1183,6 @@ def make_switchable(engine: Engine, model: FeederModel, customers: Sequence[str]
 
 
 # ---------------------------------------------------------------------------- OpenDSS access
-# TODO move to lv3ph.dss: the three helpers below read/set Loads directly through
-# engine.dss (Engine.setter sets kW only; the phase Loads need kW and kvar).
-
-
-def _load_indices(engine: Engine, names: Sequence[str]) -> list[int]:
-    """TODO move to lv3ph.dss (Engine.load_indices): OpenDSS Loads index of each name."""
-    loads = engine.dss.Loads
-    out = []
-    for n in names:
-        loads.Name(n)
-        if loads.Name().lower() != n.lower():
-            raise UnknownItemError(f"no Load {n!r} in the engine (run make_switchable first)")
-        out.append(int(loads.Idx()))
-    return out
-
-
-def _load_base(engine: Engine, name: str) -> tuple[int, float, float]:
-    """TODO move to lv3ph.dss (Engine.load_base): (phase of bus1, kW, kvar) of a Load, enabled or not."""
-    d = engine.dss
-    d.Loads.Name(name)
-    if d.Loads.Name().lower() != name.lower():
-        raise UnknownItemError(f"no Load {name!r} in the engine")
-    bus = d.CktElement.BusNames()[0].split(".")
-    return (int(bus[1]) if len(bus) > 1 else 1), float(d.Loads.kW()), float(d.Loads.kvar())
-
-
-def _disabled_devices(engine: Engine, buses: set[str]) -> list[str]:
-    """TODO move to lv3ph.dss (Engine.disabled_devices): disabled PV/storage/generator elements on ``buses``."""
-    d = engine.dss
-    out = []
-    for cls in _DEVICE_CLASSES:
-        d.Circuit.SetActiveClass(cls)
-        for n in d.ActiveClass.AllNames():
-            d.Circuit.SetActiveElement(f"{cls}.{n}")
-            if not d.CktElement.Enabled() and d.CktElement.BusNames()[0].split(".")[0].lower() in buses:
-                out.append(f"{cls}.{n.lower()}")
-    return out
-
-
-class _PhaseLoads:
-    """Fast per-step setter of the phase Loads (TODO move to lv3ph.dss: Engine.pq_setter)."""
-
-    def __init__(self, engine: Engine, names: Sequence[str]) -> None:
-        self.api = engine.dss.Loads
-        self.idx = _load_indices(engine, names)
-
-    def set(self, i: int, kw: float, kvar: float) -> None:
-        api = self.api
-        api.Idx(self.idx[i])
-        api.kW(kw)
-        api.kvar(kvar)
-
-
 def run_switching(
     engine: Engine,
     model: FeederModel,
@@ -1299,18 +1245,18 @@ def run_switching(
             )
     p, q = _profiles(model, load_kw, pv_kw, load_kvar, steps=steps)
     if pv_kw is None and sw:
-        hidden = _disabled_devices(engine, {model.customers[i].bus for i in sw})
+        hidden = engine.disabled_devices({model.customers[i].bus for i in sw})
         if hidden:
             raise StudyError(
                 f"{hidden[0]} belongs to a switchable customer and was folded into its phase Loads: "
                 "pass its output in pv_kw"
             )
-    base = [_load_base(engine, nm) for nm in names]
+    base = [engine.load_connection(nm) for nm in names]
     if q is None:
         ratio = np.array([kvar / kw if kw else 0.0 for _, kw, kvar in base])
         q = np.zeros_like(p)
         q[:, sw] = np.asarray(load_kw, dtype=float)[:, sw] * ratio[None, :]  # PV at unity power factor
-    setter = _PhaseLoads(engine, [nm + s for nm in names for s in _SUFFIX])
+    set_pq = engine.pq_setter([nm + s for nm in names for s in _SUFFIX])
     net_p = p[:, sw].tolist()
     net_q = q[:, sw].tolist()
     phase = (sched[:, sw] - 1).tolist()
@@ -1319,7 +1265,7 @@ def run_switching(
     def reset() -> None:
         for j, (ph0, kw0, kvar0) in enumerate(base):
             for ph in range(3):
-                setter.set(3 * j + ph, kw0 if ph == ph0 - 1 else 0.0, kvar0 if ph == ph0 - 1 else 0.0)
+                set_pq(3 * j + ph, kw0 if ph == ph0 - 1 else 0.0, kvar0 if ph == ph0 - 1 else 0.0)
         live[:] = [b[0] - 1 for b in base]
 
     def step(k: int) -> None:
@@ -1330,9 +1276,9 @@ def run_switching(
         for j in range(len(ph_i)):
             ph = ph_i[j]
             if ph != live[j]:
-                setter.set(3 * j + live[j], 0.0, 0.0)
+                set_pq(3 * j + live[j], 0.0, 0.0)
                 live[j] = ph
-            setter.set(3 * j + ph, p_i[j], q_i[j])
+            set_pq(3 * j + ph, p_i[j], q_i[j])
 
     reset()
     try:
