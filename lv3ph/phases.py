@@ -1347,6 +1347,29 @@ def _bus1(model: FeederModel, c: Customer, phase: int) -> str:
     return f"{c.bus}.{phase}{neutral}"
 
 
+def arrangement_commands(model: FeederModel, arrangement: Mapping[str, int]) -> tuple[list[str], list[str]]:
+    """OpenDSS edits that move customers (their Load and devices) to the phases of
+    ``arrangement``, and the edits that undo them. One system-matrix rebuild when applied."""
+    base = as_built(model)
+    edits, undo = [], []
+    for name, ph in arrangement.items():
+        i = _index(model, name, "the arrangement")
+        c = model.customers[i]
+        if int(ph) not in (1, 2, 3):
+            raise StudyError(f"customer {c.name}: phase {ph} is not 1, 2 or 3")
+        if c.name not in base:
+            raise StudyError(f"customer {c.name} is not a single-phase customer")
+        if int(ph) == base[c.name]:
+            continue
+        why = _why_not_movable(model, c)
+        if why is not None:
+            raise StudyError(f"customer {c.name} {why}")
+        for dev in c.devices:
+            edits.append(f"{dev}.bus1={_bus1(model, c, int(ph))}")
+            undo.append(f"{dev}.bus1={_bus1(model, c, base[c.name])}")
+    return edits, undo
+
+
 def evaluate_arrangement(
     engine: Engine,
     model: FeederModel,
@@ -1363,23 +1386,7 @@ def evaluate_arrangement(
     (one matrix rebuild), the run is solved with the engine's own load shapes and devices,
     and the edits are undone afterwards. ``arrangement=None``: as built.
     """
-    base = as_built(model)
-    edits, undo = [], []
-    for name, ph in (arrangement or {}).items():
-        i = _index(model, name, "the arrangement")
-        c = model.customers[i]
-        if int(ph) not in (1, 2, 3):
-            raise StudyError(f"customer {c.name}: phase {ph} is not 1, 2 or 3")
-        if c.name not in base:
-            raise StudyError(f"customer {c.name} is not a single-phase customer")
-        if int(ph) == base[c.name]:
-            continue
-        why = _why_not_movable(model, c)
-        if why is not None:
-            raise StudyError(f"customer {c.name} {why}")
-        for dev in c.devices:
-            edits.append(f"{dev}.bus1={_bus1(model, c, int(ph))}")
-            undo.append(f"{dev}.bus1={_bus1(model, c, base[c.name])}")
+    edits, undo = arrangement_commands(model, arrangement or {})
     try:
         if edits:
             engine.apply(edits)

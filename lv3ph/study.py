@@ -19,7 +19,12 @@ A study file (``studies/*.toml``) has these tables (every key optional unless ma
   ``bilateral:random``, ``bilateral:electrical-distance``, ``bilateral:same-phase-first``,
   ``file:<contracts.csv>``), ``battery`` (``off``, ``self-consumption``, ``p2p``),
   ``pme_ohm`` (earth electrode at every customer's neutral, ohm; 0 = earthed at the
-  transformer only; default ``[study].pme_ohm`` or 0).
+  transformer only; default ``[study].pme_ohm`` or 0), ``arrangement`` (``as-built``,
+  ``static-rebalanced``: one re-phasing for the period from :func:`lv3ph.phases.rebalance`;
+  ``dynamic``: phase selector switches re-phasing every interval, Horta et al. 2018).
+* ``[phases]``: ``objective`` (``neutral`` or ``pvur``), ``switch_share`` (share of movable
+  customers with a switch, default 1), ``interval`` (``15m``), ``max_ops_per_day`` (4),
+  ``seed``. The market's contracts stay as traded; physics and allocation follow the phases.
 
 Every problem in a study file is reported at once (:class:`~lv3ph.errors.StudyError`), each
 naming the table and key. Scenarios are independent, so they run in parallel on Dask
@@ -45,10 +50,21 @@ from threadpoolctl import threadpool_limits
 from lv3ph.allocation.audit import allocate_method
 from lv3ph.allocation.contracts import assert_valid_contracts, contract_shares, read_contracts
 from lv3ph.allocation.exact import loss_network
+from lv3ph.dss import parse_stepsize
 from lv3ph.errors import Lv3phError, StudyError
 from lv3ph.market import Tariffs, bilateral, bills, community_auction, no_market
 from lv3ph.market.clearing import MarketResult, Preference
 from lv3ph.model import battery_commands, loadshape_command, pv_commands
+from lv3ph.phases import (
+    Objective,
+    arrangement_commands,
+    choose_switches,
+    make_switchable,
+    rebalance,
+    run_switching,
+    switching_operations,
+    switching_schedule,
+)
 from lv3ph.powerflow import RunSpec, capture, customer_ports, open_feeder, solve_raw
 from lv3ph.prosumers import (
     DEFAULT_LATITUDE,
@@ -70,6 +86,9 @@ MARKETS = (
     "bilateral:same-phase-first",
 )
 BATTERY_STRATEGIES = ("off", "self-consumption", "p2p")
+ARRANGEMENTS = ("as-built", "static-rebalanced", "dynamic")
+#: Methods that work with dynamic switching (the others re-solve or reduce the model).
+DYNAMIC_METHODS = ("exact", "phase-only", "pro-rata")
 METHODS_DEFAULT = ("exact", "phase-only", "pro-rata")
 _KEYS: dict[str, set[str]] = {
     "study": {"name", "model", "vmaxpu", "pme_ohm", "out", "seed"},
@@ -78,7 +97,8 @@ _KEYS: dict[str, set[str]] = {
     "battery": {"kwh", "kw", "efficiency", "soc0", "soc_min", "soc_max"},
     "tariffs": {"grid_import_eur_kwh", "grid_export_eur_kwh", "local_price_rule"},
     "allocation": {"methods"},
-    "scenarios": {"pv_share", "market", "battery", "pme_ohm"},
+    "scenarios": {"pv_share", "market", "battery", "pme_ohm", "arrangement"},
+    "phases": {"objective", "switch_share", "interval", "max_ops_per_day", "seed"},
     "limits": set(),  # checked by Limits.from_dict
 }
 
@@ -99,6 +119,17 @@ class PvSpec:
 
 
 @dataclass(frozen=True)
+class PhaseSpec:
+    """Phase rebalancing and switching settings (objective, switch share, s, operations/day)."""
+
+    objective: str = "neutral"
+    switch_share: float = 1.0
+    interval_s: float = 900.0
+    max_ops_per_day: int = 4
+    seed: int = 0
+
+
+@dataclass(frozen=True)
 class StudySpec:
     """A validated study file."""
 
@@ -116,6 +147,8 @@ class StudySpec:
     market: tuple[str, ...]
     battery_strategy: tuple[str, ...]
     pme_ohm: tuple[float, ...] = (0.0,)
+    arrangement: tuple[str, ...] = ("as-built",)
+    phases: PhaseSpec = PhaseSpec()
     vmaxpu: float | None = None
     seed: int = 1
 
@@ -130,6 +163,7 @@ class Scenario:
     battery: str
     seed: int
     pme_ohm: float = 0.0
+    arrangement: str = "as-built"
 
 
 @dataclass
@@ -216,7 +250,7 @@ def load_study(path: str | Path) -> StudySpec:
         errors.append(f"[limits]: {exc}")
     pvt = sec["pv"]
     kwp = pvt.get("kwp", (3.0, 5.0))
-    if isinstance(kwp, list):
+    if isinstance(kwp, list | tuple):
         if len(kwp) != 2:
             errors.append(f"[pv].kwp must be a number or [low, high], got {kwp!r}")
         kwp = tuple(_number(errors, "[pv].kwp", x, lo=0) for x in kwp[:2])
@@ -271,6 +305,32 @@ def load_study(path: str | Path) -> StudySpec:
         _number(errors, "[scenarios].pme_ohm", x, lo=0)
         for x in _as_list(sc.get("pme_ohm", [study.get("pme_ohm", 0.0)]))
     )
+    arrangements = tuple(str(a) for a in _as_list(sc.get("arrangement", ["as-built"])))
+    errors += [
+        f"[scenarios].arrangement: unknown arrangement {a!r} (known: {', '.join(ARRANGEMENTS)})"
+        for a in arrangements
+        if a not in ARRANGEMENTS
+    ]
+    if "dynamic" in arrangements:
+        errors += [
+            f"[allocation].methods: {m!r} cannot follow dynamic phase switching (use {', '.join(DYNAMIC_METHODS)})"
+            for m in methods
+            if m not in DYNAMIC_METHODS
+        ]
+    ph = sec["phases"]
+    phases = PhaseSpec()
+    try:
+        phases = PhaseSpec(
+            objective=str(ph.get("objective", "neutral")),
+            switch_share=_number(errors, "[phases].switch_share", ph.get("switch_share", 1.0), lo=0, hi=1),
+            interval_s=parse_stepsize(ph.get("interval", "15m")),
+            max_ops_per_day=int(_number(errors, "[phases].max_ops_per_day", ph.get("max_ops_per_day", 4), lo=0)),
+            seed=int(ph.get("seed", 0)),
+        )
+    except (Lv3phError, ValueError, TypeError) as exc:
+        errors.append(f"[phases]: {exc}")
+    if phases.objective not in ("neutral", "pvur"):
+        errors.append(f"[phases].objective must be neutral or pvur, got {phases.objective!r}")
     if errors:
         raise StudyError(f"{p}: " + "; ".join(errors))
     return StudySpec(
@@ -288,6 +348,8 @@ def load_study(path: str | Path) -> StudySpec:
         market=tuple(m if not m.startswith("file:") else f"file:{(p.parent / m[5:]).resolve()}" for m in markets),
         battery_strategy=strategies,
         pme_ohm=pme,
+        arrangement=arrangements,
+        phases=phases,
         vmaxpu=study.get("vmaxpu"),
         seed=int(study.get("seed", 1)),
     )
@@ -298,14 +360,27 @@ def _as_list(x: Any) -> list[Any]:
 
 
 def scenarios(spec: StudySpec) -> list[Scenario]:
-    """The scenario grid: PV share x market x battery strategy x earthing."""
+    """The scenario grid: PV share x market x battery strategy x earthing x phase arrangement."""
     out = []
-    for share, market, bat, pme in itertools.product(spec.pv_share, spec.market, spec.battery_strategy, spec.pme_ohm):
+    grid = itertools.product(spec.pv_share, spec.market, spec.battery_strategy, spec.pme_ohm, spec.arrangement)
+    for share, market, bat, pme, arrangement in grid:
         label = market if not market.startswith("file:") else f"file-{Path(market[5:]).stem}"
         name = f"pv{round(share * 100):02d}_{label.replace(':', '-')}_bat-{bat}"
         if len(spec.pme_ohm) > 1 or pme:
             name += f"_pme-{pme:g}" if pme else "_tx-earth"
-        out.append(Scenario(name=name, pv_share=share, market=market, battery=bat, seed=spec.seed, pme_ohm=pme))
+        if len(spec.arrangement) > 1 or arrangement != "as-built":
+            name += f"_{arrangement}"
+        out.append(
+            Scenario(
+                name=name,
+                pv_share=share,
+                market=market,
+                battery=bat,
+                seed=spec.seed,
+                pme_ohm=pme,
+                arrangement=arrangement,
+            )
+        )
     return out
 
 
@@ -407,8 +482,31 @@ def _run_scenario(spec: StudySpec, sc: Scenario, *, progress: bool) -> ScenarioR
     if commands:
         engine.apply(commands)
         model = engine.model()
-    ports = customer_ports(model)
+    switches: list[str] = []
+    schedule = None
+    demand, supply = np.clip(net_kw, 0, None), np.clip(-net_kw, 0, None)
+    objective = cast(Objective, spec.phases.objective)
+    if sc.arrangement == "static-rebalanced":
+        edits, _ = arrangement_commands(model, rebalance(model, demand, supply, objective=objective))
+        if edits:
+            engine.apply(edits)
+            model = engine.model()
     phases = [str(model.customers[i].phases[0]) for i in range(len(names))]
+    if sc.arrangement == "dynamic":
+        switches = choose_switches(model, share=spec.phases.switch_share, seed=spec.phases.seed)
+        schedule = switching_schedule(
+            model,
+            demand,
+            supply,
+            switches,
+            stepsize_s=run.stepsize_s,
+            interval_s=spec.phases.interval_s,
+            start=run.start,
+            max_ops_per_day=spec.phases.max_ops_per_day,
+            objective=objective,
+        )
+        model = make_switchable(engine, model, switches)
+    ports = customer_ports(model)
     distance = _electrical_distance(engine, model)
     market = _market(spec, sc, net_kw, names, times, phases, distance)
     contracts = market.contracts.copy()
@@ -417,7 +515,12 @@ def _run_scenario(spec: StudySpec, sc: Scenario, *, progress: bool) -> ScenarioR
     bat_cols = [names.index(n) for n in bat_names]
     before_step = _battery_setter(engine, bat_names, bat_kw[:, bat_cols], run.start) if bat_names else None
 
-    vt, measured = solve_raw(engine, model, run, progress=progress, before_step=before_step)
+    if schedule is None:
+        vt, measured = solve_raw(engine, model, run, progress=progress, before_step=before_step)
+    else:  # switchable customers: their load, PV and battery are carried by the phase loads
+        vt, measured = run_switching(
+            engine, model, run, load_kw, pv_kw - bat_kw, schedule, progress=progress, before_step=before_step
+        )
     pf = capture(model, run, vt, measured)
     unb = unbalance(pf)
     viol = violations(pf, unb, spec.limits)
@@ -452,6 +555,10 @@ def _run_scenario(spec: StudySpec, sc: Scenario, *, progress: bool) -> ScenarioR
     )
     summary = summarise(sc, pf, unb, viol, market, net_kw, pv_kw, bill, allocation, spec.methods, dt_h)
     notes = []
+    if schedule is not None:
+        ops = int(switching_operations(schedule, stepsize_s=run.stepsize_s, start=run.start).sum())
+        summary["switch_operations"] = ops
+        notes.append(f"{len(switches)} customers with phase selector switches made {ops} switching operations")
     if shares.scaled:
         notes.append(f"{shares.scaled} contract rows scaled down to the measured export/import")
     from lv3ph.unbalance import violation_summary
@@ -618,6 +725,7 @@ def summarise(
         "market": sc.market,
         "battery": sc.battery,
         "pme_ohm": sc.pme_ohm,
+        "arrangement": sc.arrangement,
         "pv_kwh": float(pv_kw.sum()) * dt_h,
         "traded_kwh": traded,
         "self_sufficiency_pct": 100.0 * (1.0 - demand / load) if load > 0 else 0.0,
