@@ -771,10 +771,13 @@ def run_scenarios(
         return [run_scenario(spec, sc, progress=progress) for sc in tqdm(grid, desc="scenarios", disable=not progress)]
     from dask.distributed import Client, LocalCluster, as_completed
 
+    # one scenario per worker process, each single-threaded (numba, BLAS); numpy's huge-page
+    # requests are switched off as in lv3ph/__init__ (workers import numpy before lv3ph)
+    env = {"NUMBA_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "NUMPY_MADVISE_HUGEPAGE": "0"}
     cluster = (
         None
         if scheduler
-        else LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None)
+        else LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None, env=env)
     )
     try:
         with Client(scheduler or cluster) as client:
