@@ -507,7 +507,8 @@ def _run_scenario(spec: StudySpec, sc: Scenario, *, progress: bool) -> ScenarioR
         )
         model = make_switchable(engine, model, switches)
     ports = customer_ports(model)
-    distance = _electrical_distance(engine, model)
+    net = loss_network(model)
+    distance = _electrical_distance(model, net)
     market = _market(spec, sc, net_kw, names, times, phases, distance)
     contracts = market.contracts.copy()
     contracts["contract"] = contracts.seller + ">" + contracts.buyer  # a standing pair agreement
@@ -525,7 +526,6 @@ def _run_scenario(spec: StudySpec, sc: Scenario, *, progress: bool) -> ScenarioR
     unb = unbalance(pf)
     viol = violations(pf, unb, spec.limits)
     shares = contract_shares(contracts, pf.customer_p_kw.values, ports.names, times, oversold="scale")
-    net = loss_network(model)
     results: dict[str, xr.Dataset] = {}
     for m in sorted(spec.methods, key=lambda x: x != "exact"):  # exact first: phase-only reuses it
         results[m] = allocate_method(
@@ -585,13 +585,12 @@ def _battery_setter(engine: Any, names: list[str], charge_kw: np.ndarray, start:
     return before_step
 
 
-def _electrical_distance(engine: Any, model: Any) -> np.ndarray:
+def _electrical_distance(model: Any, net: Any) -> np.ndarray:
     """Customer-to-customer electrical distance: |Z| of the loop through the network, ohm.
 
     ``d(i, j) = |Z_ii + Z_jj - 2 Z_ij|`` on the customers' phase nodes (Thevenin impedance
     between them), from the factorised network.
     """
-    net = loss_network(model)
     where = {int(n): i for i, n in enumerate(net.ext_nodes)}
     nodes = [int(c.phase_nodes[0]) for c in model.customers]
     cols = [where[n] for n in nodes]
