@@ -385,30 +385,17 @@ def _solve_steps(
 ) -> NDArray[np.complex128]:
     """Node voltages (n_nodes, len(steps)) at arbitrary (non-contiguous) steps.
 
-    TODO move to lv3ph.dss (as ``Engine.run_steps(mode, stepsize_s, steps, before_step=...)``):
-    ``Engine.run`` solves consecutive steps only and checks every load shape on each call,
-    which costs more than the solve when called once per screened step.
-    Same time convention as ``Engine.run``: step ``k`` is solved at ``k x stepsize_s``.
+    ``Engine.run`` solves consecutive steps and checks every load shape on each call, which
+    costs more than the solve when called once per screened step. Same time convention:
+    step ``k`` is solved at ``k x stepsize_s``. Setting the mode first also makes OpenDSS
+    start from its zero-load solution, so the result does not depend on earlier solves.
     """
-    import opendssdirect  # TODO move to lv3ph.dss
-
-    d = engine.dss
-    engine.command(f"set mode={mode} number=1 stepsize={stepsize_s:g}s")
-    out = np.empty((int(d.Circuit.NumNodes()), steps.size), dtype=np.complex128)
-    for i, k in enumerate(steps):
-        t0 = (int(k) - 1) * stepsize_s
-        d.Solution.Hour(int(t0 // 3600))
-        d.Solution.Seconds(t0 - 3600 * (t0 // 3600))
-        if before_step is not None:
-            before_step(int(k))
-        try:
-            d.Solution.Solve()
-        except opendssdirect.DSSException as exc:
-            raise ConvergenceError(f"OpenDSS failed at step {k}: {exc.args[-1] if exc.args else exc}") from None
-        if not d.Solution.Converged():
-            raise ConvergenceError(f"OpenDSS did not converge at step {k}")
-        out[:, i] = d.Circuit.YNodeVArray()
-    return out
+    engine.set_mode(mode, stepsize_s)
+    columns = []
+    for k in steps:
+        engine.solve_step(mode, stepsize_s, int(k), before_step)
+        columns.append(engine.node_voltages())
+    return np.stack(columns, axis=1)
 
 
 def _pv_sizer(engine: Engine, names: Sequence[str]) -> Callable[[NDArray[np.float64]], None]:
@@ -1219,8 +1206,12 @@ def _run_dask(job: _Job, placements: int, workers: int, scheduler: str | None, p
         # such a worker than in this process (5 placements: 7.1 s vs 4.3 s).
         environ = dict(dask.config.get("distributed.nanny.pre-spawn-environ", {}))
         environ.pop("MALLOC_TRIM_THRESHOLD_", None)
+        # numpy's huge-page requests off as in lv3ph/__init__ (workers import numpy before lv3ph)
+        env = {"NUMPY_MADVISE_HUGEPAGE": "0", "OMP_NUM_THREADS": "1"}
         with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}):
-            cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None)
+            cluster = LocalCluster(
+                n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None, env=env
+            )
     try:
         with Client(scheduler or cluster) as client:
             futures = [
