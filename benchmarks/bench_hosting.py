@@ -70,7 +70,9 @@ def run(label: str, *, serial: bool, workers: int, placements: int, **kw: object
 def describe(res: HostingResult, seconds: float, how: str) -> None:
     s = res.summary
     p = res.placements
-    print(f"\n== {res.label} [{how}]: {s['placements']} placements in {seconds:.1f} s ({seconds / s['placements']:.2f} s each)")
+    print(
+        f"\n== {res.label} [{how}]: {s['placements']} placements in {seconds:.1f} s ({seconds / s['placements']:.2f} s each)"
+    )
     print(
         f"   hosting capacity kWp: min {s['min_kw']:.1f}  p5 {s['p5_kw']:.1f}  median {s['median_kw']:.1f}  "
         f"mean {s['mean_kw']:.1f}  p95 {s['p95_kw']:.1f}  max {s['max_kw']:.1f}  (censored {s['censored']})"
@@ -81,7 +83,9 @@ def describe(res: HostingResult, seconds: float, how: str) -> None:
     print("   most frequent binding items: " + ", ".join(f"{c}@{i} x{n}" for (c, i), n in top.items()))
     steps = p[p.step > 0].step
     if len(steps):
-        hhmm = [f"{(k * 60) // 3600:02d}:{(k * 60) % 3600 // 60:02d}" for k in np.percentile(steps, [5, 50, 95]).astype(int)]
+        hhmm = [
+            f"{(k * 60) // 3600:02d}:{(k * 60) % 3600 // 60:02d}" for k in np.percentile(steps, [5, 50, 95]).astype(int)
+        ]
         print(f"   binding step (time of day) p5/median/p95: {' / '.join(hhmm)}")
     print(
         f"   per placement: {p.evaluations.mean():.1f} levels solved, {p.n_kept_steps.mean():.1f} kept steps "
@@ -90,8 +94,16 @@ def describe(res: HostingResult, seconds: float, how: str) -> None:
         f"{p.seconds.mean():.2f} s"
     )
     if len(res.pre_existing):
-        pre = res.pre_existing.groupby("check").agg(items=("item", "size"), steps=("n_steps", "sum"), worst=("worst_value", "max"))
-        print("   pre-existing violations without PV (PV window): " + "; ".join(f"{c}: {int(r['items'])} buses, {int(r['steps'])} bus-steps, worst {r['worst']:.2f}" for c, r in pre.iterrows()))
+        pre = res.pre_existing.groupby("check").agg(
+            items=("item", "size"), steps=("n_steps", "sum"), worst=("worst_value", "max")
+        )
+        print(
+            "   pre-existing violations without PV (PV window): "
+            + "; ".join(
+                f"{c}: {int(r['items'])} buses, {int(r['steps'])} bus-steps, worst {r['worst']:.2f}"
+                for c, r in pre.iterrows()
+            )
+        )
 
 
 def main() -> None:
@@ -121,9 +133,19 @@ def main() -> None:
             ser, t_ser = run(label, serial=True, workers=1, placements=n, **kw)
             cols = [c for c in res.placements.columns if c != "seconds"]
             same = res.placements[cols].equals(ser.placements[cols]) and res.steps.equals(ser.steps)
-            print(f"   serial: {t_ser:.1f} s; serial == Dask (placements and kept steps): {same}; Dask speed-up {t_ser / t_par:.2f}x")
+            print(
+                f"   serial: {t_ser:.1f} s; serial == Dask (placements and kept steps): {same}; Dask speed-up {t_ser / t_par:.2f}x"
+            )
     if args.bisect:
-        res, t = run("source 1.00 pu, PVUR off, bisect", serial=False, workers=w, placements=n, commands=SOURCE_1PU, checks=NO_PVUR, search="bisect")
+        res, t = run(
+            "source 1.00 pu, PVUR off, bisect",
+            serial=False,
+            workers=w,
+            placements=n,
+            commands=SOURCE_1PU,
+            checks=NO_PVUR,
+            search="bisect",
+        )
         describe(res, t, f"Dask, {w} workers")
         scan = next((r for r in results if r.label == "source 1.00 pu, PVUR off"), None)
         if scan is not None:

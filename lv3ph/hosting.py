@@ -106,7 +106,7 @@ Measured on the four-wire IEEE twin (1440 one-minute steps, 55 devices, monitors
 opendssdirect 0.9.4, best of 3): no PV 0.52 s, PVSystems 0.51 s, Generators 0.60 s (the
 per-step setter costs 0.05 ms per step for 55 devices). Both give the same powers (within
 1 W of ``pv(t) x size``) and the same hosting capacities. Hence PVSystems by default.
-The model's monitors and energy meters are disabled in the hosting engine: they only
+The model's monitors and energy meters are disabled (as in every lv3ph engine): they only
 record, and sampling the IEEE feeder's 1810 monitors at every step took 0.97 s per 1440
 steps against 0.57 s without.
 
@@ -151,7 +151,8 @@ from numpy.typing import ArrayLike, NDArray
 
 from lv3ph.dss import Engine
 from lv3ph.errors import ConvergenceError, Lv3phError, ProfileError, StudyError
-from lv3ph.model import FeederModel, branch_rows, loadshape_command, network_y, pv_commands
+from lv3ph.model import FeederModel, branch_rows, loadshape_command, network_y, pv_commands, pv_generator_commands
+from lv3ph.parallel import run_jobs
 from lv3ph.powerflow import RunSpec, open_feeder
 from lv3ph.unbalance import CHECKS, Limits, pvur_pct, vuf_pct
 
@@ -184,7 +185,6 @@ PRE_EXISTING_TOL: Final[dict[str, float]] = {
 _BUS_CHECKS: Final[tuple[str, ...]] = ("voltage_low", "voltage_high", "vuf", "pvur", "vne")
 _THERMAL_CHECKS: Final[tuple[str, ...]] = ("line_thermal", "transformer_thermal")
 _PV_SHAPE: Final[str] = "lv3ph_hosting_pv"
-_KVA_PER_KWP: Final[float] = 1.1
 _MAX_ROUNDS: Final[int] = 25
 #: Screening keeps every step whose predicted value, widened by ``alpha x |predicted change|``,
 #: comes within this floor of its threshold (unit of the check). ``alpha`` starts at
@@ -192,9 +192,6 @@ _MAX_ROUNDS: Final[int] = 25
 #: the placement (IEEE twin: 2-7 % of the change, largest for voltage_high).
 _NEAR_FLOOR: Final[dict[str, float]] = {"voltage_low": 0.1, "voltage_high": 0.1, "vne": 0.1, "vuf": 0.05, "pvur": 0.05}
 _ALPHA0: Final[float] = 0.1
-#: Monitors and energy meters only record; sampling them at every step costs more than the
-#: solve (the IEEE feeder has 1810 monitors: 1440 steps take 0.97 s with them, 0.57 s without).
-_QUIET: Final[tuple[str, ...]] = ("batchedit monitor..* enabled=no", "batchedit energymeter..* enabled=no")
 _RESULT_COLUMNS: Final[list[str]] = [
     "placement",
     "hosting_kw",
@@ -398,26 +395,6 @@ def _solve_steps(
     return np.stack(columns, axis=1)
 
 
-def _pv_sizer(engine: Engine, names: Sequence[str]) -> Callable[[NDArray[np.float64]], None]:
-    """Set PVSystems' ``Pmpp`` (kWp) and ``kVARated`` (1.1 x kWp) through the API.
-
-    TODO move to lv3ph.dss (as ``Engine.pv_setter(names)``, beside ``Engine.setter``).
-    """
-    pv = engine.dss.PVsystems
-    idx = []
-    for n in names:
-        pv.Name(n)
-        idx.append(int(pv.Idx()))
-
-    def set_kwp(kwp: NDArray[np.float64]) -> None:
-        for i, s in zip(idx, kwp, strict=True):
-            pv.Idx(i)
-            pv.Pmpp(float(s))
-            pv.kVARated(_KVA_PER_KWP * float(s))
-
-    return set_kwp
-
-
 # ----------------------------------------------------------------------------- one engine
 class _Context:
     """A compiled feeder with one PV device per candidate customer, the no-PV base case
@@ -426,7 +403,7 @@ class _Context:
     def __init__(self, job: _Job) -> None:
         self.job = job
         run = job.run
-        commands = (*job.commands, *_QUIET)
+        commands = tuple(job.commands)
         engine, model = open_feeder(job.model_path, vmaxpu=job.vmaxpu, commands=commands, pme_ohm=job.pme_ohm)
         single = [c for c in model.customers if len(c.phases) == 1]
         if job.customers is not None:
@@ -449,10 +426,10 @@ class _Context:
                     *pv_commands(model, dict.fromkeys(self.names, 1.0), _PV_SHAPE),
                 ]
             )
-            self._size_pv = _pv_sizer(engine, [f"pv_{n}" for n in self.names])
+            self._size_pv = engine.pv_setter([f"pv_{n}" for n in self.names])
             self._set_gen: Callable[[NDArray[np.float64]], None] | None = None
         else:
-            engine.apply([_generator_command(model, c) for c in single])
+            engine.apply(pv_generator_commands(model, [c.name for c in single]))
             self._set_gen = engine.setter("generator", [f"pv_{n}" for n in self.names])
         self.engine, self.model = engine, engine.model()
         if self.model.nodes != model.nodes:
@@ -681,15 +658,6 @@ class _Context:
                 rel = np.where(change > floor, (np.abs(values[c] - pred) - floor) / change, np.nan)
             if np.isfinite(rel).any():
                 self.alpha[c] = max(self.alpha[c], 1.5 * float(np.nanmax(rel)))
-
-
-def _generator_command(model: FeederModel, c: Any) -> str:
-    """A unity-power-factor constant-PQ Generator ``pv_<customer>`` (kW set per step).
-
-    TODO move to lv3ph.model (beside ``pv_commands``/``battery_commands``).
-    """
-    n = int(model.node_terminal[c.neutral_node]) if c.neutral_node >= 0 else 0
-    return f"New Generator.pv_{c.name} phases=1 bus1={c.bus}.{c.phases[0]}.{n} kv={c.kv:g} kw=0 pf=1 model=1 vminpu=0.5 vmaxpu=1.5"
 
 
 # ----------------------------------------------------------------------------- one placement
@@ -1194,37 +1162,13 @@ def _run_serial(ctx: _Context, placements: int, progress: bool) -> list[dict[str
 
 
 def _run_dask(job: _Job, placements: int, workers: int, scheduler: str | None, progress: bool) -> list[dict[str, Any]]:
-    import dask
-    from dask.distributed import Client, LocalCluster, as_completed
-    from tqdm.auto import tqdm
-
-    cluster = None
-    if not scheduler:
-        # Dask starts workers with MALLOC_TRIM_THRESHOLD_=65536, which also pins glibc's mmap
-        # threshold at 128 kB: every array above it then comes fresh from the kernel and is
-        # page-faulted in on first touch. The array work of a placement ran 1.7x slower in
-        # such a worker than in this process (5 placements: 7.1 s vs 4.3 s).
-        environ = dict(dask.config.get("distributed.nanny.pre-spawn-environ", {}))
-        environ.pop("MALLOC_TRIM_THRESHOLD_", None)
-        # numpy's huge-page requests off as in lv3ph/__init__ (workers import numpy before lv3ph)
-        env = {"NUMPY_MADVISE_HUGEPAGE": "0", "OMP_NUM_THREADS": "1"}
-        with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}):
-            cluster = LocalCluster(
-                n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None, env=env
-            )
-    try:
-        with Client(scheduler or cluster) as client:
-            futures = [
-                client.submit(_placement_task, job, p, pure=False, key=f"hosting-{job.token}-{p}")
-                for p in range(placements)
-            ]
-            out: list[dict[str, Any] | None] = [None] * placements
-            with tqdm(total=placements, desc="placements", disable=not progress) as bar:
-                for fut in as_completed(futures):
-                    res = fut.result()
-                    out[res["row"]["placement"]] = res
-                    bar.update()
-            return [r for r in out if r is not None]
-    finally:
-        if cluster is not None:
-            cluster.close()
+    results = run_jobs(
+        _placement_task,
+        [(job, p) for p in range(placements)],
+        workers=workers,
+        scheduler=scheduler,
+        desc="placements",
+        progress=progress,
+        keys=[f"hosting-{job.token}-{p}" for p in range(placements)],
+    )
+    return sorted(results, key=lambda r: r["row"]["placement"])

@@ -331,6 +331,10 @@ def loadshape_command(name: str, values: np.ndarray, stepsize_s: float) -> str:
     return f"New Loadshape.{name} npts={values.size} sinterval={stepsize_s:g} mult=[{mult}]"
 
 
+#: Inverter rating of a PV system per kWp of modules, kVA/kWp.
+KVA_PER_KWP = 1.1
+
+
 def pv_commands(model: FeederModel, kwp: dict[str, float], shape: str, kv: float = 0.23) -> list[str]:
     """PVSystems of ``kwp[customer]`` kWp beside each customer, following load shape ``shape``.
 
@@ -343,11 +347,22 @@ def pv_commands(model: FeederModel, kwp: dict[str, float], shape: str, kv: float
     for name, size in kwp.items():
         c = model.customers[index[name]]
         out.append(
-            f"New PVSystem.pv_{name} phases=1 bus1={_device_bus(model, c)} kv={kv:g} kva={1.1 * size:.6g} "
+            f"New PVSystem.pv_{name} phases=1 bus1={_device_bus(model, c)} kv={kv:g} kva={KVA_PER_KWP * size:.6g} "
             f"pmpp={size:.6g} irradiance=1 %cutin=0 %cutout=0 yearly={shape} daily={shape} "
             "vminpu=0.5 vmaxpu=1.5"
         )
     return out
+
+
+def pv_generator_commands(model: FeederModel, customers: list[str]) -> list[str]:
+    """One unity-power-factor constant-PQ Generator ``pv_<customer>`` per customer; its kW
+    (PV output) is set every step through the fast API."""
+    index = model.customer_index()
+    return [
+        f"New Generator.pv_{name} phases=1 bus1={_device_bus(model, model.customers[index[name]])} "
+        f"kv={model.customers[index[name]].kv:g} kw=0 pf=1 model=1 vminpu=0.5 vmaxpu=1.5"
+        for name in customers
+    ]
 
 
 def battery_commands(model: FeederModel, customers: list[str], kv: float = 0.23) -> list[str]:

@@ -55,6 +55,7 @@ from lv3ph.errors import Lv3phError, StudyError
 from lv3ph.market import Tariffs, bilateral, bills, community_auction, no_market
 from lv3ph.market.clearing import MarketResult, Preference
 from lv3ph.model import battery_commands, loadshape_command, pv_commands
+from lv3ph.parallel import run_jobs
 from lv3ph.phases import (
     Objective,
     arrangement_commands,
@@ -764,33 +765,16 @@ def run_scenarios(
     progress: bool = True,
 ) -> list[ScenarioResult]:
     """Run scenarios serially or on Dask, in grid order (results do not depend on which)."""
-    from tqdm.auto import tqdm
-
-    if serial or len(grid) == 1:
-        return [run_scenario(spec, sc, progress=progress) for sc in tqdm(grid, desc="scenarios", disable=not progress)]
-    from dask.distributed import Client, LocalCluster, as_completed
-
-    # one scenario per worker process, each single-threaded (numba, BLAS); numpy's huge-page
-    # requests are switched off as in lv3ph/__init__ (workers import numpy before lv3ph)
-    env = {"NUMBA_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "NUMPY_MADVISE_HUGEPAGE": "0"}
-    cluster = (
-        None
-        if scheduler
-        else LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None, env=env)
+    return run_jobs(
+        run_scenario,
+        [(spec, sc) for sc in grid],
+        serial=serial,
+        workers=workers,
+        scheduler=scheduler,
+        desc="scenarios",
+        progress=progress,
+        keys=[f"scenario-{spec.name}-{sc.name}" for sc in grid],
     )
-    try:
-        with Client(scheduler or cluster) as client:
-            futures = [client.submit(run_scenario, spec, sc, pure=False, key=f"scenario-{sc.name}") for sc in grid]
-            position = {f.key: i for i, f in enumerate(futures)}
-            out: list[ScenarioResult | None] = [None] * len(grid)
-            with tqdm(total=len(grid), desc="scenarios", disable=not progress) as bar:
-                for fut in as_completed(futures):
-                    out[position[fut.key]] = fut.result()
-                    bar.update()
-            return [r for r in out if r is not None]
-    finally:
-        if cluster is not None:
-            cluster.close()
 
 
 def write_outputs(spec: StudySpec, results: list[ScenarioResult]) -> Path:

@@ -26,7 +26,8 @@ def one_line(r_phase_km: float = 0.5, r_neutral_km: float = 0.5, customers: tupl
     """Stiff 416 V source, one 4-wire 0.3 km purely resistive line (no mutual terms), the
     neutral earthed at the source only, single-phase customers at the far bus without load."""
     loads = "\n".join(
-        f"new load.{c.split('.')[0]} phases=1 bus1=c.{c.split('.')[1]}.4 kv=0.23 kw=0 pf=1 vminpu=0.5 vmaxpu=1.5" for c in customers
+        f"new load.{c.split('.')[0]} phases=1 bus1=c.{c.split('.')[1]}.4 kv=0.23 kw=0 pf=1 vminpu=0.5 vmaxpu=1.5"
+        for c in customers
     )
     return f"""
 clear
@@ -49,7 +50,9 @@ def small_feeder(folder: Path) -> Path:
     for i, (bus, ph) in enumerate(placement, start=1):
         mult = " ".join(f"{x:.3f}" for x in rng.uniform(0.1, 1.0, 96) * rng.choice([1.0, 3.0], 96, p=[0.85, 0.15]))
         shapes.append(f"new loadshape.s{i} npts=96 minterval=15 mult=[{mult}]")
-        loads.append(f"new load.c{i} phases=1 bus1={bus}.{ph}.4 kv=0.23 kw=0.7 pf=0.95 daily=s{i} vminpu=0.8 vmaxpu=1.2")
+        loads.append(
+            f"new load.c{i} phases=1 bus1={bus}.{ph}.4 kv=0.23 kw=0.7 pf=0.95 daily=s{i} vminpu=0.8 vmaxpu=1.2"
+        )
     text = "\n".join(
         [
             "clear",
@@ -206,7 +209,16 @@ def test_checks_equal_lv3ph_violations(tmp_path: Path) -> None:
     """The fast per-step checks find exactly what powerflow.capture + unbalance.violations find."""
     path = small_feeder(tmp_path)
     for where in ("customers", "all"):
-        limits = Limits(v_nominal_v=240.0, v_band_pct=0.5, vuf_pct=0.1, pvur_pct=1.0, vne_v=2.0, line_loading_pct=10.0, transformer_loading_pct=8.0, where=where)
+        limits = Limits(
+            v_nominal_v=240.0,
+            v_band_pct=0.5,
+            vuf_pct=0.1,
+            pvur_pct=1.0,
+            vne_v=2.0,
+            line_loading_pct=10.0,
+            transformer_loading_pct=8.0,
+            where=where,
+        )
         job = _job(path, limits=limits, pre_existing="count")
         ctx = _Context(job)
         order, sizes = _draw(job, len(ctx.names), 0)
@@ -336,7 +348,16 @@ def test_plot_writes_png_atomically(tmp_path: Path) -> None:
         ({"checks": ["voltage_high", "flicker"]}, "unknown limit"),
         ({"limits": {"v_band_pct": 10, "flicker_pct": 1}}, "unknown limits key"),
         ({"limits": Limits(pvur_pct=None), "checks": ["pvur"]}, "disabled"),
-        ({"limits": Limits(**dict.fromkeys(("v_band_pct", "vuf_pct", "pvur_pct", "vne_v", "line_loading_pct", "transformer_loading_pct")))}, "every limit is disabled"),
+        (
+            {
+                "limits": Limits(
+                    **dict.fromkeys(
+                        ("v_band_pct", "vuf_pct", "pvur_pct", "vne_v", "line_loading_pct", "transformer_loading_pct")
+                    )
+                )
+            },
+            "every limit is disabled",
+        ),
         ({"kwp_range": (8.0, 3.0)}, "kwp_range"),
         ({"kwp_range": (0.0, 3.0)}, "kwp_range"),
         ({"step_kw": 0.0}, "step_kw"),
