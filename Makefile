@@ -20,8 +20,8 @@ demo: $(STAMP)
 	$(BIN)/lv3ph demo
 
 lint: $(STAMP)
-	$(BIN)/ruff check lv3ph tests benchmarks
-	$(BIN)/ruff format --check lv3ph tests benchmarks
+	$(BIN)/ruff check lv3ph tests benchmarks studies
+	$(BIN)/ruff format --check lv3ph tests benchmarks studies
 	$(BIN)/mypy lv3ph
 
 test: lint
