@@ -235,6 +235,47 @@ def cmd_allocate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_hosting(args: argparse.Namespace) -> int:
+    """Monte Carlo PV hosting capacity per phase arrangement."""
+    from lv3ph.hosting import arrangement_commands_for, hosting_capacity, plot_hosting
+    from lv3ph.unbalance import Limits
+
+    run = RunSpec.parse(args.mode, args.stepsize, args.start, args.steps)
+    limits = Limits() if args.no_pvur is False else Limits(pvur_pct=None)
+    base = [f"Edit Vsource.source pu={args.source_pu}"] if args.source_pu else []
+    results = {}
+    for arrangement in args.arrangement.split(","):
+        commands = base + arrangement_commands_for(args.model, arrangement, run=run, vmaxpu=args.vmaxpu, commands=base)
+        results[arrangement] = hosting_capacity(
+            args.model,
+            run=run,
+            limits=limits,
+            placements=args.placements,
+            seed=args.seed,
+            kwp_range=(args.kwp_min, args.kwp_max),
+            vmaxpu=args.vmaxpu,
+            pme_ohm=args.pme,
+            commands=commands,
+            serial=args.serial,
+            workers=args.workers,
+            progress=not args.no_progress,
+            label=arrangement,
+        )
+    out = Path(args.out)
+    for arrangement, res in results.items():
+        write_csv(res.placements, out / f"hosting_{arrangement}.csv")
+        write_csv(res.steps, out / f"kept_steps_{arrangement}.csv")
+        s = res.summary
+        binding = ", ".join(f"{k} {v}" for k, v in res.binding_counts().items())
+        print(
+            f"{arrangement:<18} kWp min {s['min_kw']:.1f}  p5 {s['p5_kw']:.1f}  median {s['median_kw']:.1f}  "
+            f"p95 {s['p95_kw']:.1f}  max {s['max_kw']:.1f}   bound by: {binding}"
+        )
+    plot = plot_hosting(results, out / "hosting.png")
+    print(f"wrote      {out}/hosting_*.csv, {plot}")
+    return 0
+
+
 def cmd_study(args: argparse.Namespace) -> int:
     """Run a study file and write its report."""
     from lv3ph.study import run_study
@@ -328,6 +369,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nc", type=Path, default=None, help="netCDF with the per-branch, per-conductor detail")
     p.add_argument("--top", type=int, default=10, help="how many of the largest differences to print")
     p.set_defaults(func=cmd_allocate)
+    p = sub.add_parser(
+        "hosting",
+        help="stochastic PV hosting capacity",
+        description="Monte Carlo PV placements, penetration raised until the first violation of any enabled limit "
+        "(voltage band, thermal, VUF, PVUR, neutral-to-earth); time-step screening with a final full-window check.",
+    )
+    _model_args(p)
+    _run_args(p)
+    p.add_argument("--placements", type=int, default=100, help="random placements (default 100)")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--kwp-min", type=float, default=3.0, help="smallest PV per customer, kWp")
+    p.add_argument("--kwp-max", type=float, default=8.0, help="largest PV per customer, kWp")
+    p.add_argument("--arrangement", default="as-built", help="comma list: as-built, static-rebalanced")
+    p.add_argument("--source-pu", type=float, default=None, help="set the source voltage (pu) before the study")
+    p.add_argument("--no-pvur", action="store_true", help="do not check PVUR")
+    p.add_argument("--serial", action="store_true", help="no Dask")
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--out", type=Path, default=Path("out/hosting"), help="output folder (CSV, PNG)")
+    p.set_defaults(func=cmd_hosting)
     for name, helptext in (("study", "run a study file (TOML)"), ("demo", "run the main study on the bundled feeder")):
         p = sub.add_parser(name, help=helptext, description=helptext)
         if name == "study":

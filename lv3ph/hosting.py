@@ -1172,3 +1172,36 @@ def _run_dask(job: _Job, placements: int, workers: int, scheduler: str | None, p
         keys=[f"hosting-{job.token}-{p}" for p in range(placements)],
     )
     return sorted(results, key=lambda r: r["row"]["placement"])
+
+
+# ----------------------------------------------------------------------------- arrangements and studies
+ARRANGEMENTS: Final[tuple[str, ...]] = ("as-built", "static-rebalanced")
+
+
+def arrangement_commands_for(
+    model_path: str | Path,
+    arrangement: str,
+    *,
+    run: RunSpec,
+    vmaxpu: float | None = None,
+    commands: Sequence[str] = (),
+    objective: str = "pvur",
+) -> list[str]:
+    """OpenDSS edits that put the feeder's customers on ``arrangement``'s phases.
+
+    ``as-built``: none. ``static-rebalanced``: one re-phasing for the window from the
+    customers' load profiles (:func:`lv3ph.phases.rebalance`; PV placements are random, so
+    the arrangement cannot depend on them). Dynamic switching is not offered here: its
+    schedule depends on each candidate's PV and would have to be recomputed per level.
+    """
+    if arrangement not in ARRANGEMENTS:
+        raise StudyError(f"unknown arrangement {arrangement!r} for hosting capacity (known: {', '.join(ARRANGEMENTS)})")
+    if arrangement == "as-built":
+        return []
+    from lv3ph.phases import arrangement_commands, rebalance
+
+    engine, model = open_feeder(model_path, vmaxpu=vmaxpu, commands=tuple(commands))
+    names, load_kw, _ = engine.load_setpoints(run.mode, run.stepsize_s, run.start, run.steps)
+    order = [names.index(c.name) for c in model.customers]
+    edits, _ = arrangement_commands(model, rebalance(model, load_kw[:, order], objective=objective))  # type: ignore[arg-type]
+    return edits
