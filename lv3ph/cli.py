@@ -278,8 +278,16 @@ def cmd_hosting(args: argparse.Namespace) -> int:
 
 def cmd_study(args: argparse.Namespace) -> int:
     """Run a study file and write its report."""
-    from lv3ph.study import run_study
+    from lv3ph.study import load_study, run_hosting_study, run_study
 
+    spec = load_study(args.study)
+    if spec.hosting is not None:
+        table, report = run_hosting_study(
+            spec, serial=args.serial, scheduler=args.scheduler, workers=args.workers, progress=not args.no_progress
+        )
+        print(table.round(2).to_string(index=False))
+        print(f"report     {report}")
+        return 0
     _spec, results, report = run_study(
         args.study, serial=args.serial, scheduler=args.scheduler, workers=args.workers, progress=not args.no_progress
     )

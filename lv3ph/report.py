@@ -33,7 +33,7 @@ import functools
 import html
 import io
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -865,3 +865,30 @@ def write_report(spec: StudySpec, results: list[ScenarioResult], summary: pd.Dat
 
 def _write_bytes(tmp: Path, data: bytes) -> None:
     tmp.write_bytes(data)
+
+
+def write_hosting_report(spec: StudySpec, results: Mapping[str, Any], summary: pd.DataFrame, out: Path) -> Path:
+    """``hosting.png`` (distribution per arrangement) and a short ``report.html``."""
+    from lv3ph.hosting import plot_hosting
+
+    plot = plot_hosting(results, out / "hosting.png")
+    data = base64.b64encode(plot.read_bytes()).decode("ascii")
+    h = spec.hosting
+    e = html.escape
+    checks = "voltage band, line and transformer thermal, VUF, neutral-to-earth voltage" + (
+        ", PVUR" if h and h.pvur else ""
+    )
+    cols = [(c, c, -1 if c in ("arrangement", "binding") else 1) for c in summary.columns]
+    low, high = h.kwp if h else (0.0, 0.0)
+    page = f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>{e(spec.name)}: hosting capacity</title><style>{CSS}</style></head>
+<body><h1>{e(spec.name)}: PV hosting capacity</h1>
+<p class="meta">Model <code>{e(str(spec.model))}</code> &middot; {h.placements if h else 0} random placements per arrangement
+&middot; {spec.run.steps} steps of {_fmt(spec.run.stepsize_s, 0)} s</p>
+<p>For each placement customers get PV one by one in a random order and size ({_fmt(low, 1)}-{_fmt(high, 1)} kWp),
+until the first violation of: {e(checks)}. The hosting capacity is the installed kWp just below it.</p>
+{_table(summary, cols)}
+<figure><img src="data:image/png;base64,{data}" alt="hosting.png"><figcaption>Distribution of the hosting capacity per arrangement.</figcaption></figure>
+</body></html>
+"""
+    return write_atomic(out / "report.html", functools.partial(_write_bytes, data=page.encode("utf-8")))

@@ -36,7 +36,7 @@ from __future__ import annotations
 import itertools
 import tomllib
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, cast
 
@@ -100,6 +100,7 @@ _KEYS: dict[str, set[str]] = {
     "allocation": {"methods"},
     "scenarios": {"pv_share", "market", "battery", "pme_ohm", "arrangement"},
     "phases": {"objective", "switch_share", "interval", "max_ops_per_day", "seed"},
+    "hosting": {"placements", "seed", "kwp", "source_pu", "pvur", "step_kw"},
     "limits": set(),  # checked by Limits.from_dict
 }
 
@@ -131,6 +132,18 @@ class PhaseSpec:
 
 
 @dataclass(frozen=True)
+class HostingSpec:
+    """A hosting-capacity study (``[hosting]`` table): placements, kWp range, source pu."""
+
+    placements: int = 100
+    seed: int = 1
+    kwp: tuple[float, float] = (3.0, 8.0)
+    source_pu: float | None = None
+    pvur: bool = True
+    step_kw: float = 0.5
+
+
+@dataclass(frozen=True)
 class StudySpec:
     """A validated study file."""
 
@@ -150,6 +163,7 @@ class StudySpec:
     pme_ohm: tuple[float, ...] = (0.0,)
     arrangement: tuple[str, ...] = ("as-built",)
     phases: PhaseSpec = PhaseSpec()
+    hosting: HostingSpec | None = None
     vmaxpu: float | None = None
     seed: int = 1
 
@@ -330,6 +344,28 @@ def load_study(path: str | Path) -> StudySpec:
         )
     except (Lv3phError, ValueError, TypeError) as exc:
         errors.append(f"[phases]: {exc}")
+    hosting = None
+    if "hosting" in raw:
+        h = sec["hosting"]
+        rng = _as_list(h.get("kwp", [3.0, 8.0]))
+        hosting = HostingSpec(
+            placements=int(_number(errors, "[hosting].placements", h.get("placements", 100), lo=1)),
+            seed=int(h.get("seed", 1)),
+            kwp=(
+                _number(errors, "[hosting].kwp", rng[0], lo=0),
+                _number(errors, "[hosting].kwp", rng[-1], lo=0),
+            ),
+            source_pu=_number(errors, "[hosting].source_pu", h["source_pu"], lo=0.5, hi=1.2)
+            if "source_pu" in h
+            else None,
+            pvur=bool(h.get("pvur", True)),
+            step_kw=_number(errors, "[hosting].step_kw", h.get("step_kw", 0.5), lo=0.01),
+        )
+        errors += [
+            f"[scenarios].arrangement: {a!r} is not available for hosting capacity (use as-built, static-rebalanced)"
+            for a in arrangements
+            if a == "dynamic"
+        ]
     if phases.objective not in ("neutral", "pvur"):
         errors.append(f"[phases].objective must be neutral or pvur, got {phases.objective!r}")
     if errors:
@@ -351,6 +387,7 @@ def load_study(path: str | Path) -> StudySpec:
         pme_ohm=pme,
         arrangement=arrangements,
         phases=phases,
+        hosting=hosting,
         vmaxpu=study.get("vmaxpu"),
         seed=int(study.get("seed", 1)),
     )
@@ -803,6 +840,53 @@ def summary_table(results: list[ScenarioResult]) -> pd.DataFrame:
     return pd.DataFrame([r.summary for r in results])
 
 
+def run_hosting_study(
+    spec: StudySpec, *, serial: bool = False, scheduler: str | None = None, workers: int = 2, progress: bool = True
+) -> tuple[pd.DataFrame, Path]:
+    """Hosting capacity per phase arrangement; writes CSVs, ``hosting.png``, ``report.html``."""
+    from lv3ph.hosting import arrangement_commands_for, hosting_capacity
+    from lv3ph.io import write_csv
+    from lv3ph.report import write_hosting_report
+
+    h = spec.hosting
+    assert h is not None
+    limits = spec.limits if h.pvur else replace(spec.limits, pvur_pct=None)
+    base = [f"Edit Vsource.source pu={h.source_pu}"] if h.source_pu else []
+    results = {}
+    for arrangement in spec.arrangement:
+        commands = base + arrangement_commands_for(
+            spec.model, arrangement, run=spec.run, vmaxpu=spec.vmaxpu, commands=base
+        )
+        results[arrangement] = hosting_capacity(
+            spec.model,
+            run=spec.run,
+            limits=limits,
+            placements=h.placements,
+            seed=h.seed,
+            kwp_range=h.kwp,
+            step_kw=h.step_kw,
+            vmaxpu=spec.vmaxpu,
+            pme_ohm=spec.pme_ohm[0] or None,
+            commands=commands,
+            serial=serial,
+            workers=workers,
+            scheduler=scheduler,
+            progress=progress,
+            label=arrangement,
+        )
+    rows = []
+    for arrangement, res in results.items():
+        write_csv(res.placements, spec.out / f"hosting_{arrangement}.csv")
+        write_csv(res.steps, spec.out / f"kept_steps_{arrangement}.csv")
+        counts = res.binding_counts()
+        rows.append(
+            {"arrangement": arrangement, **res.summary, "binding": ", ".join(f"{k} {v}" for k, v in counts.items())}
+        )
+    summary = pd.DataFrame(rows)
+    write_csv(summary, spec.out / "summary.csv")
+    return summary, write_hosting_report(spec, results, summary, spec.out)
+
+
 def run_study(
     path: str | Path,
     *,
@@ -813,6 +897,8 @@ def run_study(
 ) -> tuple[StudySpec, list[ScenarioResult], Path]:
     """Load, run and report a study; returns the spec, the results and ``report.html``."""
     spec = load_study(path)
+    if spec.hosting is not None:
+        raise StudyError(f"{path} is a hosting-capacity study: run it with run_hosting_study (lv3ph study does)")
     results = run_scenarios(
         spec, scenarios(spec), serial=serial, scheduler=scheduler, workers=workers, progress=progress
     )

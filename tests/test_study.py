@@ -129,3 +129,22 @@ def test_serial_and_dask_give_identical_numbers_and_complete_outputs(tmp_path: P
     summary = pd.read_csv(out / "summary.csv")
     assert list(summary.scenario) == [s.name for s in grid]
     assert not list(out.rglob("*.tmp"))
+
+
+def test_hosting_study_file(tmp_path: Path) -> None:
+    body = f"""
+[study]
+name = "h"
+model = "{IEEE_4W}"
+[hosting]
+placements = 3
+kwp = [2.0, 4.0]
+source_pu = 1.0
+[scenarios]
+arrangement = ["as-built", "dynamic"]
+"""
+    with pytest.raises(StudyError, match="'dynamic' is not available for hosting capacity"):
+        load_study(study_file(tmp_path, body))
+    spec = load_study(study_file(tmp_path, body.replace(', "dynamic"', ', "static-rebalanced"')))
+    assert spec.hosting is not None and spec.hosting.kwp == (2.0, 4.0) and spec.hosting.source_pu == 1.0
+    assert spec.arrangement == ("as-built", "static-rebalanced")
