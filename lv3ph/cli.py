@@ -172,22 +172,26 @@ def allocation_frame(al: xr.Dataset) -> pd.DataFrame:
 def cmd_allocate(args: argparse.Namespace) -> int:
     """Allocate every step's losses to P2P contracts and compare methods."""
     from lv3ph.allocation.audit import METHODS, allocate_method, compare
-    from lv3ph.allocation.contracts import assert_valid_contracts, contract_shares, read_contracts
-    from lv3ph.allocation.exact import branch_detail, loss_network, party_rows_for
-    from lv3ph.powerflow import capture, customer_ports, solve_raw
+    from lv3ph.allocation.exact import branch_detail, loss_network, party_rows_for, prepare
 
     methods = [args.method] + [m for m in (args.compare.split(",") if args.compare else []) if m and m != args.method]
     for m in methods:
         if m not in METHODS:
             raise Lv3phError(f"unknown method {m!r}: use one of {', '.join(METHODS)}")
-    table = read_contracts(args.contracts)
-    spec = RunSpec.parse(args.mode, args.stepsize, args.start, args.steps)
-    engine, model = _open(args)
-    names = customer_ports(model).names
-    assert_valid_contracts(table, names, range(spec.start, spec.start + spec.steps))
-    vt, measured = solve_raw(engine, model, spec, progress=not args.no_progress)
-    pf = capture(model, spec, vt, measured)
-    shares = contract_shares(table, pf.customer_p_kw.values, names, pf.time.values, oversold=args.oversold)
+    p = prepare(
+        args.model,
+        args.contracts,
+        mode=args.mode,
+        stepsize=args.stepsize,
+        start=args.start,
+        steps=args.steps,
+        vmaxpu=args.vmaxpu,
+        pme_ohm=args.pme,
+        pme_customers=args.pme_customers.split(",") if args.pme_customers else None,
+        oversold=args.oversold,
+        progress=not args.no_progress,
+    )
+    engine, model, spec, pf, vt, table, shares = p.engine, p.model, p.run, p.pf, p.vt, p.contracts, p.shares
     net = loss_network(model)
     results = {
         m: allocate_method(

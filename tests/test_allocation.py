@@ -16,24 +16,7 @@ from lv3ph.allocation.exact import exact_allocation, loss_network, party_rows_fo
 from lv3ph.errors import ContractError
 from lv3ph.model import loadshape_command, pv_commands
 from lv3ph.powerflow import RunSpec, capture, customer_ports, open_feeder
-from tests.conftest import IEEE, IEEE_4W, write_feeder
-
-#: Stiff 416 V source with its neutral earthed at the source only; two 4-wire line sections
-#: (phase r = 0.2 ohm, neutral r = 0.5 ohm, no mutuals); a seller at bus b2 and a buyer at
-#: bus b3, both on phase a, unity power factor.
-HAND = """
-clear
-set defaultbasefrequency=50
-new circuit.hand basekv=0.416 pu=1.0 isc3=1e8 isc1=1e8 bus1=s.1.2.3
-new reactor.earth phases=1 bus1=s.4 bus2=s.0 R=0 X=1e-9
-new linecode.lc nphases=4 units=km rmatrix=[0.2 | 0 0.2 | 0 0 0.2 | 0 0 0 0.5] xmatrix=[0.05 | 0 0.05 | 0 0 0.05 | 0 0 0 0.05]
-new line.l1 bus1=s.1.2.3.4 bus2=b2.1.2.3.4 phases=4 linecode=lc length=1 units=km
-new line.l2 bus1=b2.1.2.3.4 bus2=b3.1.2.3.4 phases=4 linecode=lc length=1 units=km
-new load.seller phases=1 bus1=b2.1.4 kv=0.24 kw=-4 pf=1 vminpu=0.5 vmaxpu=1.5
-new load.buyer phases=1 bus1=b3.1.4 kv=0.24 kw=6 pf=1 vminpu=0.5 vmaxpu=1.5
-set voltagebases=[0.416]
-calcvoltagebases
-"""
+from tests.conftest import HAND, IEEE, IEEE_4W, write_feeder
 
 
 def contracts(rows: list[tuple[str, int, str, str, float]]) -> pd.DataFrame:

@@ -23,7 +23,7 @@ from lv3ph.allocation.contracts import contract_shares
 from lv3ph.allocation.exact import loss_network
 from lv3ph.kron import MANIFEST, kron_matrix, kron_reduce, read_report
 from lv3ph.powerflow import RunSpec, capture, customer_ports, open_feeder
-from tests.conftest import IEEE, write_feeder
+from tests.conftest import HAND, IEEE, write_feeder
 
 #: A small branched four-wire feeder with coupled cables (mutual R and X), PME at two
 #: customers and four yearly steps. Sellers: c2 (load + PV on phase a at bus 4) and c4
@@ -54,21 +54,6 @@ new load.c5 phases=1 bus1=4.2.4 kv=0.23 kw=3 pf=0.95 yearly=day vminpu=0.5 vmaxp
 new reactor.pme_c2 phases=1 bus1=4.4 bus2=4.0 R=20 X=0
 new reactor.pme_c3 phases=1 bus1=5.4 bus2=5.0 R=20 X=0
 set voltagebases=[11 0.416]
-calcvoltagebases
-"""
-
-#: Stiff source, one seller and one buyer on phase a (tests/test_allocation.py HAND).
-HAND = """
-clear
-set defaultbasefrequency=50
-new circuit.hand basekv=0.416 pu=1.0 isc3=1e8 isc1=1e8 bus1=s.1.2.3
-new reactor.earth phases=1 bus1=s.4 bus2=s.0 R=0 X=1e-9
-new linecode.lc nphases=4 units=km rmatrix=[0.2 | 0 0.2 | 0 0 0.2 | 0 0 0 0.5] xmatrix=[0.05 | 0 0.05 | 0 0 0.05 | 0 0 0 0.05]
-new line.l1 bus1=s.1.2.3.4 bus2=b2.1.2.3.4 phases=4 linecode=lc length=1 units=km
-new line.l2 bus1=b2.1.2.3.4 bus2=b3.1.2.3.4 phases=4 linecode=lc length=1 units=km
-new load.seller phases=1 bus1=b2.1.4 kv=0.24 kw=-4 pf=1 vminpu=0.5 vmaxpu=1.5
-new load.buyer phases=1 bus1=b3.1.4 kv=0.24 kw=6 pf=1 vminpu=0.5 vmaxpu=1.5
-set voltagebases=[0.416]
 calcvoltagebases
 """
 

@@ -103,10 +103,10 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from lv3ph.allocation.contracts import Shares, assert_valid_contracts, contract_shares, read_contracts
-from lv3ph.allocation.exact import NO_LOAD, PARTS, LossNetwork, exact_allocation, loss_network, network_losses
+from lv3ph.allocation.contracts import Shares, contract_shares
+from lv3ph.allocation.exact import NO_LOAD, PARTS, LossNetwork, exact_allocation, loss_network, network_losses, prepare
 from lv3ph.dss import Engine
-from lv3ph.errors import ConvergenceError, ModelError
+from lv3ph.errors import ConvergenceError, ModelError, StudyError
 from lv3ph.kron import DESCRIPTION as KRON_DESCRIPTION
 from lv3ph.kron import TRANSFORMATION as KRON_TRANSFORMATION
 from lv3ph.kron import kron_reduce, line_impedance
@@ -712,10 +712,10 @@ def allocate_method(
         A Dataset with the exact method's rows and layout (module docstring).
 
     Raises:
-        ValueError: unknown method (the message lists the known ones).
+        StudyError: unknown method (the message lists the known ones).
     """
     if method not in METHODS:
-        raise ValueError(f"unknown allocation method {method!r}: use one of {', '.join(METHODS)}")
+        raise StudyError(f"unknown allocation method {method!r}: use one of {', '.join(METHODS)}")
     names = [str(c) for c in pf.customer.values]
     rows = allocation_rows(contracts, shares, names, pf.time.values)
     inp = _Inputs(
@@ -761,16 +761,21 @@ def audit(
     """
     bad = [m for m in methods if m not in METHODS]
     if bad:
-        raise ValueError(f"unknown allocation method {bad[0]!r}: use one of {', '.join(METHODS)}")
-    table = contracts if isinstance(contracts, pd.DataFrame) else read_contracts(contracts)
-    run = RunSpec.parse(mode, stepsize, start, steps)
-    engine, model = open_feeder(model_path, vmaxpu=vmaxpu, pme_ohm=pme_ohm, pme_customers=pme_customers)
-    names = customer_ports(model).names
-    times = list(range(run.start, run.start + run.steps))
-    assert_valid_contracts(table, names, times)
-    vt, measured = solve_raw(engine, model, run, progress=progress)
-    pf = capture(model, run, vt, measured)
-    shares = contract_shares(table, pf.customer_p_kw.values, names, pf.time.values, oversold=oversold)
+        raise StudyError(f"unknown allocation method {bad[0]!r}: use one of {', '.join(METHODS)}")
+    p = prepare(
+        model_path,
+        contracts,
+        mode=mode,
+        stepsize=stepsize,
+        start=start,
+        steps=steps,
+        vmaxpu=vmaxpu,
+        pme_ohm=pme_ohm,
+        pme_customers=pme_customers,
+        oversold=oversold,
+        progress=progress,
+    )
+    engine, model, run, pf, vt, table, shares = p.engine, p.model, p.run, p.pf, p.vt, p.contracts, p.shares
     net = loss_network(model)
 
     def one(m: str, exact: xr.Dataset | None) -> xr.Dataset:

@@ -34,6 +34,7 @@ row convention by reactive cross terms that cancel in the element total.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -41,10 +42,17 @@ import scipy.sparse as sp
 import scipy.sparse.linalg as spla
 import xarray as xr
 
-from lv3ph.allocation.contracts import Shares, contract_positions
+from lv3ph.allocation.contracts import (
+    Shares,
+    assert_valid_contracts,
+    contract_positions,
+    contract_shares,
+    read_contracts,
+)
 from lv3ph.allocation.kernels import branch_losses, row_losses
+from lv3ph.dss import Engine
 from lv3ph.model import ComplexArray, FeederModel, IntArray, is_series, network_y
-from lv3ph.powerflow import customer_ports, neutral_conductors, port_voltages
+from lv3ph.powerflow import RunSpec, capture, customer_ports, neutral_conductors, open_feeder, port_voltages, solve_raw
 
 PARTS = ("phase", "neutral", "earth", "transformer")
 NO_LOAD = "grid:no-load"
@@ -386,3 +394,46 @@ def party_voltages(net: LossNetwork, rows: PartyRows, which: IntArray) -> Comple
         sl = slice(rows.ptr[r], rows.ptr[r + 1])
         out[i] = net.z_ext[:, rows.pos[sl]] @ rows.val[sl]
     return out
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A solved feeder with validated contracts and their shares, ready for any method."""
+
+    engine: Engine
+    model: FeederModel
+    run: RunSpec
+    pf: xr.Dataset
+    vt: ComplexArray
+    contracts: pd.DataFrame
+    shares: Shares
+
+
+def prepare(
+    model_path: str | Path,
+    contracts: pd.DataFrame | str | Path,
+    *,
+    mode: str = "yearly",
+    stepsize: str | float = "1m",
+    start: int = 1,
+    steps: int = 1440,
+    vmaxpu: float | None = None,
+    pme_ohm: float | None = None,
+    pme_customers: list[str] | None = None,
+    oversold: str = "error",
+    progress: bool = True,
+) -> Prepared:
+    """Read and validate contracts, solve the feeder, and compute the contracts' shares.
+
+    Validation comes before calculation: every structural problem of the contracts is
+    reported (one :class:`~lv3ph.errors.ContractError`) before OpenDSS runs.
+    """
+    table = contracts if isinstance(contracts, pd.DataFrame) else read_contracts(contracts)
+    run = RunSpec.parse(mode, stepsize, start, steps)
+    engine, model = open_feeder(model_path, vmaxpu=vmaxpu, pme_ohm=pme_ohm, pme_customers=pme_customers)
+    names = customer_ports(model).names
+    assert_valid_contracts(table, names, range(run.start, run.start + run.steps))
+    vt, measured = solve_raw(engine, model, run, progress=progress)
+    pf = capture(model, run, vt, measured)
+    shares = contract_shares(table, pf.customer_p_kw.values, names, pf.time.values, oversold=oversold)
+    return Prepared(engine=engine, model=model, run=run, pf=pf, vt=vt, contracts=table, shares=shares)
