@@ -241,7 +241,7 @@ def cmd_allocate(args: argparse.Namespace) -> int:
 
 def cmd_hosting(args: argparse.Namespace) -> int:
     """Monte Carlo PV hosting capacity per phase arrangement."""
-    from lv3ph.hosting import arrangement_commands_for, hosting_capacity, plot_hosting
+    from lv3ph.hosting import arrangement_setup, hosting_capacity, plot_hosting
     from lv3ph.unbalance import Limits
 
     run = RunSpec.parse(args.mode, args.stepsize, args.start, args.steps)
@@ -249,7 +249,7 @@ def cmd_hosting(args: argparse.Namespace) -> int:
     base = [f"Edit Vsource.source pu={args.source_pu}"] if args.source_pu else []
     results = {}
     for arrangement in args.arrangement.split(","):
-        commands = base + arrangement_commands_for(args.model, arrangement, run=run, vmaxpu=args.vmaxpu, commands=base)
+        edits, switching = arrangement_setup(args.model, arrangement, run=run, vmaxpu=args.vmaxpu, commands=base)
         results[arrangement] = hosting_capacity(
             args.model,
             run=run,
@@ -259,7 +259,8 @@ def cmd_hosting(args: argparse.Namespace) -> int:
             kwp_range=(args.kwp_min, args.kwp_max),
             vmaxpu=args.vmaxpu,
             pme_ohm=args.pme,
-            commands=commands,
+            commands=base + edits,
+            switching=switching,
             serial=args.serial,
             workers=args.workers,
             progress=not args.no_progress,
@@ -393,7 +394,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--kwp-min", type=float, default=3.0, help="smallest PV per customer, kWp")
     p.add_argument("--kwp-max", type=float, default=8.0, help="largest PV per customer, kWp")
-    p.add_argument("--arrangement", default="as-built", help="comma list: as-built, static-rebalanced")
+    p.add_argument("--arrangement", default="as-built", help="comma list: as-built, static-rebalanced, dynamic")
     p.add_argument("--source-pu", type=float, default=None, help="set the source voltage (pu) before the study")
     p.add_argument("--no-pvur", action="store_true", help="do not check PVUR")
     p.add_argument("--serial", action="store_true", help="no Dask")

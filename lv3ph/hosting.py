@@ -234,6 +234,7 @@ class _Job:
     seed: int
     customers: tuple[str, ...] | None
     token: str
+    switching: dict[str, Any] | None = None
 
 
 # ----------------------------------------------------------------------------- checks
@@ -434,6 +435,9 @@ class _Context:
         self.engine, self.model = engine, engine.model()
         if self.model.nodes != model.nodes:
             raise Lv3phError("adding the PV devices changed the node order")  # cannot happen: no new buses
+        self._switching: tuple[np.ndarray, np.ndarray, np.ndarray, list[int]] | None = None
+        if job.switching is not None:
+            self._switching = self._make_switchable(job.switching)
         self.sizes = np.zeros(len(self.names))
         self._apply_sizes(self.sizes)
         self.checker = _Checker(self.model, job.limits, job.checks)
@@ -461,16 +465,54 @@ class _Context:
         self.reset_prediction()
 
     # ---------------------------------------------------------------- devices and solves
+    def _make_switchable(self, settings: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[int]]:
+        """Dynamic phase switching (lv3ph.phases): switches scheduled from the load forecast
+        (the scheduler does not know where PV will be placed); a switchable customer's PV is
+        carried by its phase Loads. Returns (schedule, load kW, load kvar, PV customer positions)."""
+        from lv3ph.phases import choose_switches, make_switchable, switching_schedule
+
+        run, m0 = self.job.run, self.model
+        names, kw, kvar = self.engine.load_setpoints(run.mode, run.stepsize_s, run.start, run.steps)
+        order = [names.index(c.name) for c in m0.customers]
+        load_kw, load_kvar = kw[:, order], kvar[:, order]
+        switches = choose_switches(m0, share=float(settings.get("share", 1.0)), seed=int(settings.get("seed", 0)))
+        schedule = switching_schedule(
+            m0,
+            load_kw,
+            None,
+            switches,
+            stepsize_s=run.stepsize_s,
+            interval_s=float(settings.get("interval_s", 900.0)),
+            start=run.start,
+            max_ops_per_day=int(settings.get("max_ops_per_day", 4)),
+            objective=settings.get("objective", "neutral"),
+        )
+        self.model = make_switchable(self.engine, m0, switches)
+        index = self.model.customer_index()
+        return schedule, load_kw, load_kvar, [index[n] for n in self.names]
+
     def _apply_sizes(self, sizes: NDArray[np.float64]) -> None:
         self.sizes = sizes
         if self._set_gen is None:
             self._size_pv(sizes)
 
     def _before_step(self) -> Callable[[int], None] | None:
-        if self._set_gen is None:
-            return None
-        setter, prof, start, sizes = self._set_gen, self.job.profile, self.job.run.start, self.sizes
-        return lambda k: setter(prof[k - start] * sizes)
+        base: Callable[[int], None] | None = None
+        if self._set_gen is not None:
+            setter, prof, start, sizes = self._set_gen, self.job.profile, self.job.run.start, self.sizes
+            base = lambda k: setter(prof[k - start] * sizes)  # noqa: E731
+        if self._switching is None:
+            return base
+        from lv3ph.phases import switching_setter
+
+        schedule, load_kw, load_kvar, pos = self._switching
+        pv = np.zeros_like(load_kw)
+        pv[:, pos] = np.outer(self.job.profile, self.sizes)
+        step, reset = switching_setter(
+            self.engine, self.model, self.job.run, load_kw, pv, schedule, load_kvar=load_kvar, before_step=base
+        )
+        reset()
+        return step
 
     def _solve_window(self) -> NDArray[np.complex128]:
         run = self.job.run
@@ -1046,6 +1088,7 @@ def hosting_capacity(
     scheduler: str | None = None,
     progress: bool = True,
     label: str | None = None,
+    switching: Mapping[str, Any] | None = None,
 ) -> HostingResult:
     """Monte Carlo PV hosting capacity of a feeder (see the module docstring for the method).
 
@@ -1106,6 +1149,7 @@ def hosting_capacity(
         seed=int(seed),
         customers=None if customers is None else tuple(c.lower() for c in customers),
         token=uuid.uuid4().hex,
+        switching=None if switching is None else dict(switching),
     )
     t0 = time.perf_counter()
     ctx = _context(job)  # validates the model and the customers here, before any worker starts
@@ -1175,10 +1219,10 @@ def _run_dask(job: _Job, placements: int, workers: int, scheduler: str | None, p
 
 
 # ----------------------------------------------------------------------------- arrangements and studies
-ARRANGEMENTS: Final[tuple[str, ...]] = ("as-built", "static-rebalanced")
+ARRANGEMENTS: Final[tuple[str, ...]] = ("as-built", "static-rebalanced", "dynamic")
 
 
-def arrangement_commands_for(
+def arrangement_setup(
     model_path: str | Path,
     arrangement: str,
     *,
@@ -1186,22 +1230,28 @@ def arrangement_commands_for(
     vmaxpu: float | None = None,
     commands: Sequence[str] = (),
     objective: str = "pvur",
-) -> list[str]:
-    """OpenDSS edits that put the feeder's customers on ``arrangement``'s phases.
+    switching: Mapping[str, Any] | None = None,
+) -> tuple[list[str], dict[str, Any] | None]:
+    """``(commands, switching)`` for :func:`hosting_capacity` under ``arrangement``.
 
-    ``as-built``: none. ``static-rebalanced``: one re-phasing for the window from the
+    ``as-built``: nothing. ``static-rebalanced``: OpenDSS edits for one re-phasing from the
     customers' load profiles (:func:`lv3ph.phases.rebalance`; PV placements are random, so
-    the arrangement cannot depend on them). Dynamic switching is not offered here: its
-    schedule depends on each candidate's PV and would have to be recomputed per level.
+    the arrangement cannot depend on them). ``dynamic``: phase selector switches on the
+    movable customers (``switching``: share, interval_s, max_ops_per_day, objective, seed),
+    scheduled from the load forecast for the same reason.
     """
     if arrangement not in ARRANGEMENTS:
         raise StudyError(f"unknown arrangement {arrangement!r} for hosting capacity (known: {', '.join(ARRANGEMENTS)})")
     if arrangement == "as-built":
-        return []
+        return [], None
+    if arrangement == "dynamic":
+        return [], {"share": 1.0, "interval_s": 900.0, "max_ops_per_day": 4, "objective": "neutral", "seed": 0} | dict(
+            switching or {}
+        )
     from lv3ph.phases import arrangement_commands, rebalance
 
     engine, model = open_feeder(model_path, vmaxpu=vmaxpu, commands=tuple(commands))
     names, load_kw, _ = engine.load_setpoints(run.mode, run.stepsize_s, run.start, run.steps)
     order = [names.index(c.name) for c in model.customers]
     edits, _ = arrangement_commands(model, rebalance(model, load_kw[:, order], objective=objective))  # type: ignore[arg-type]
-    return edits
+    return edits, None

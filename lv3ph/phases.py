@@ -1215,6 +1215,31 @@ def run_switching(
     The phase Loads are put back to their initial values (as-built copy / 0 kW) at the end,
     so a later matrix rebuild reproduces the as-built system matrix.
     """
+    step, reset = switching_setter(
+        engine, model, run, load_kw, pv_kw, schedule, load_kvar=load_kvar, before_step=before_step
+    )
+    reset()
+    try:
+        return solve_raw(engine, model, run, progress=progress, before_step=step)
+    finally:
+        reset()
+
+
+def switching_setter(
+    engine: Engine,
+    model: FeederModel,
+    run: RunSpec,
+    load_kw: np.ndarray,
+    pv_kw: np.ndarray | None,
+    schedule: np.ndarray,
+    *,
+    load_kvar: np.ndarray | None = None,
+    before_step: Callable[[int], None] | None = None,
+) -> tuple[Callable[[int], None], Callable[[], None]]:
+    """The per-step callback of :func:`run_switching` and a ``reset`` that puts the phase
+    Loads back to their initial values (arguments as :func:`run_switching`; step ``k`` of
+    ``run`` uses row ``k - run.start``). Call ``reset()`` before the first step.
+    """
     n = len(model.customers)
     steps = run.steps
     sched = np.asarray(schedule)
@@ -1280,11 +1305,7 @@ def run_switching(
                 live[j] = ph
             set_pq(3 * j + ph, p_i[j], q_i[j])
 
-    reset()
-    try:
-        return solve_raw(engine, model, run, progress=progress, before_step=step if sw or before_step else None)
-    finally:
-        reset()
+    return step, reset
 
 
 # ============================================================================ physics

@@ -361,11 +361,6 @@ def load_study(path: str | Path) -> StudySpec:
             pvur=bool(h.get("pvur", True)),
             step_kw=_number(errors, "[hosting].step_kw", h.get("step_kw", 0.5), lo=0.01),
         )
-        errors += [
-            f"[scenarios].arrangement: {a!r} is not available for hosting capacity (use as-built, static-rebalanced)"
-            for a in arrangements
-            if a == "dynamic"
-        ]
     if phases.objective not in ("neutral", "pvur"):
         errors.append(f"[phases].objective must be neutral or pvur, got {phases.objective!r}")
     if errors:
@@ -844,7 +839,7 @@ def run_hosting_study(
     spec: StudySpec, *, serial: bool = False, scheduler: str | None = None, workers: int = 2, progress: bool = True
 ) -> tuple[pd.DataFrame, Path]:
     """Hosting capacity per phase arrangement; writes CSVs, ``hosting.png``, ``report.html``."""
-    from lv3ph.hosting import arrangement_commands_for, hosting_capacity
+    from lv3ph.hosting import arrangement_setup, hosting_capacity
     from lv3ph.io import write_csv
     from lv3ph.report import write_hosting_report
 
@@ -854,8 +849,19 @@ def run_hosting_study(
     base = [f"Edit Vsource.source pu={h.source_pu}"] if h.source_pu else []
     results = {}
     for arrangement in spec.arrangement:
-        commands = base + arrangement_commands_for(
-            spec.model, arrangement, run=spec.run, vmaxpu=spec.vmaxpu, commands=base
+        edits, switching = arrangement_setup(
+            spec.model,
+            arrangement,
+            run=spec.run,
+            vmaxpu=spec.vmaxpu,
+            commands=base,
+            switching={
+                "share": spec.phases.switch_share,
+                "interval_s": spec.phases.interval_s,
+                "max_ops_per_day": spec.phases.max_ops_per_day,
+                "objective": spec.phases.objective,
+                "seed": spec.phases.seed,
+            },
         )
         results[arrangement] = hosting_capacity(
             spec.model,
@@ -867,7 +873,8 @@ def run_hosting_study(
             step_kw=h.step_kw,
             vmaxpu=spec.vmaxpu,
             pme_ohm=spec.pme_ohm[0] or None,
-            commands=commands,
+            commands=base + edits,
+            switching=switching,
             serial=serial,
             workers=workers,
             scheduler=scheduler,

@@ -432,3 +432,31 @@ def test_a_step_missed_by_screening_is_found_and_kept(tmp_path: Path, monkeypatc
     assert abs(row.hosting_kw - p_exact_kw) < 0.04 and row.step == 12 and row.binding_limit == "voltage_high"
     assert row.full_checks == 2  # 30 kWp passed at step 7, failed on the whole window; then confirmed
     assert res.steps.set_index("step").reasons.to_dict() == {7: "first", 12: "missed"}
+
+
+def test_dynamic_switching_without_operations_reproduces_as_built() -> None:
+    """Switches that never operate (cap 0 per day) leave the hosting capacity as built: the
+    three-phase-load formulation carries the customers' load and PV exactly like the
+    original Loads and PVSystems (to OpenDSS's convergence tolerance, within the search step)."""
+    from tests.conftest import IEEE_4W
+
+    run = RunSpec("yearly", 60.0, 690, 90)
+    profile = np.clip(np.sin(np.linspace(0.2, 2.9, 90)), 0, None)
+    kw = {
+        "run": run,
+        "limits": Limits(pvur_pct=None),
+        "placements": 2,
+        "seed": 3,
+        "vmaxpu": 1.5,
+        "pv_profile": profile,
+        "serial": True,
+        "progress": False,
+        "step_kw": 0.5,
+    }
+    kw["commands"] = ["Edit Vsource.source pu=1.0"]
+    as_built = hosting_capacity(IEEE_4W, **kw)
+    frozen = hosting_capacity(IEEE_4W, switching={"max_ops_per_day": 0}, **kw)
+    assert np.allclose(frozen.placements.hosting_kw, as_built.placements.hosting_kw, atol=0.5)
+    assert list(frozen.placements.binding_limit) == list(as_built.placements.binding_limit)
+    moving = hosting_capacity(IEEE_4W, switching={"max_ops_per_day": 8, "interval_s": 900}, **kw)
+    assert (moving.placements.hosting_kw > 0).all()
