@@ -143,8 +143,8 @@ source_pu = 1.0
 [scenarios]
 arrangement = ["as-built", "dynamic"]
 """
-    with pytest.raises(StudyError, match="'dynamic' is not available for hosting capacity"):
-        load_study(study_file(tmp_path, body))
-    spec = load_study(study_file(tmp_path, body.replace(', "dynamic"', ', "static-rebalanced"')))
+    with pytest.raises(StudyError, match="unknown arrangement 'rotated'"):
+        load_study(study_file(tmp_path, body.replace(', "dynamic"', ', "rotated"')))
+    spec = load_study(study_file(tmp_path, body))
     assert spec.hosting is not None and spec.hosting.kwp == (2.0, 4.0) and spec.hosting.source_pu == 1.0
-    assert spec.arrangement == ("as-built", "static-rebalanced")
+    assert spec.arrangement == ("as-built", "dynamic")
