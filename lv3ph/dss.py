@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -482,16 +482,6 @@ class Engine:
         return folder
 
     # ------------------------------------------------------------------ fast device edits
-    def set_load_kw(self, names: Iterable[str], kw: Iterable[float], kvar: Iterable[float] | None = None) -> None:
-        """Set loads' kW (and kvar) through the fast API (no system-matrix rebuild)."""
-        loads = self.dss.Loads
-        kvars = [None] * len(list(names)) if kvar is None else list(kvar)
-        for name, p, q in zip(names, kw, kvars, strict=True):
-            loads.Name(name)
-            loads.kW(float(p))
-            if q is not None:
-                loads.kvar(float(q))
-
     def setter(self, cls: str, names: Sequence[str]) -> Callable[[np.ndarray], None]:
         """A fast per-step setter of ``kW`` for Loads or Generators ``names`` (no text edits).
 

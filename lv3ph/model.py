@@ -149,11 +149,6 @@ class FeederModel:
         return np.array([e.kind for e in self.elements])
 
 
-def is_neutral_node(model: FeederModel, node: int) -> bool:
-    """True when node index ``node`` is a neutral conductor (terminal >= 4)."""
-    return node >= 0 and int(model.node_terminal[node]) >= 4
-
-
 @dataclass(frozen=True)
 class BranchRows:
     """Sparse maps from node voltages to every element row's current and loss.
