@@ -98,13 +98,23 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Unpack
 
 import numpy as np
 import pandas as pd
 import xarray as xr
 
 from lv3ph.allocation.contracts import Shares, contract_shares
-from lv3ph.allocation.exact import NO_LOAD, PARTS, LossNetwork, exact_allocation, loss_network, network_losses, prepare
+from lv3ph.allocation.exact import (
+    NO_LOAD,
+    PARTS,
+    LossNetwork,
+    RunOptions,
+    exact_allocation,
+    loss_network,
+    network_losses,
+    prepare,
+)
 from lv3ph.dss import Engine
 from lv3ph.errors import ConvergenceError, ModelError, StudyError
 from lv3ph.kron import DESCRIPTION as KRON_DESCRIPTION
@@ -742,39 +752,20 @@ def audit(
     contracts: pd.DataFrame | str | Path,
     methods: tuple[str, ...] | list[str] = METHODS,
     *,
-    mode: str = "yearly",
-    stepsize: str | float = "1m",
-    start: int = 1,
-    steps: int = 1440,
-    vmaxpu: float | None = None,
-    pme_ohm: float | None = None,
-    pme_customers: list[str] | None = None,
-    oversold: str = "error",
     kron_dir: str | Path | None = None,
     lsf_delta_kw: float = LSF_DELTA_KW,
-    progress: bool = True,
+    **options: Unpack[RunOptions],
 ) -> tuple[dict[str, xr.Dataset], xr.Dataset]:
     """Solve a feeder once and allocate its losses with every method in ``methods``.
 
-    Arguments as :func:`lv3ph.allocation.allocate`. Returns ``(results, powerflow)`` with
+    ``options`` as :func:`lv3ph.allocation.allocate`. Returns ``(results, powerflow)`` with
     ``results[method]`` as :func:`allocate_method`; feed ``results`` to :func:`compare`.
     """
     bad = [m for m in methods if m not in METHODS]
     if bad:
         raise StudyError(f"unknown allocation method {bad[0]!r}: use one of {', '.join(METHODS)}")
-    p = prepare(
-        model_path,
-        contracts,
-        mode=mode,
-        stepsize=stepsize,
-        start=start,
-        steps=steps,
-        vmaxpu=vmaxpu,
-        pme_ohm=pme_ohm,
-        pme_customers=pme_customers,
-        oversold=oversold,
-        progress=progress,
-    )
+    p = prepare(model_path, contracts, **options)
+    oversold, progress = options.get("oversold", "error"), options.get("progress", True)
     engine, model, run, pf, vt, table, shares = p.engine, p.model, p.run, p.pf, p.vt, p.contracts, p.shares
     net = loss_network(model)
 

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypedDict, Unpack
 
 import numpy as np
 import pandas as pd
@@ -409,31 +410,41 @@ class Prepared:
     shares: Shares
 
 
-def prepare(
-    model_path: str | Path,
-    contracts: pd.DataFrame | str | Path,
-    *,
-    mode: str = "yearly",
-    stepsize: str | float = "1m",
-    start: int = 1,
-    steps: int = 1440,
-    vmaxpu: float | None = None,
-    pme_ohm: float | None = None,
-    pme_customers: list[str] | None = None,
-    oversold: str = "error",
-    progress: bool = True,
-) -> Prepared:
+class RunOptions(TypedDict, total=False):
+    """How to solve the feeder for an allocation (keyword arguments of :func:`prepare`).
+
+    ``mode``/``stepsize``/``start``/``steps`` as :class:`lv3ph.powerflow.RunSpec` (defaults
+    yearly, 1m, 1, 1440); ``vmaxpu``, ``pme_ohm``, ``pme_customers`` as
+    :func:`lv3ph.powerflow.open_feeder`; ``oversold`` as
+    :func:`lv3ph.allocation.contracts.contract_shares`; ``progress``: a progress bar.
+    """
+
+    mode: str
+    stepsize: str | float
+    start: int
+    steps: int
+    vmaxpu: float | None
+    pme_ohm: float | None
+    pme_customers: list[str] | None
+    oversold: str
+    progress: bool
+
+
+def prepare(model_path: str | Path, contracts: pd.DataFrame | str | Path, **options: Unpack[RunOptions]) -> Prepared:
     """Read and validate contracts, solve the feeder, and compute the contracts' shares.
 
     Validation comes before calculation: every structural problem of the contracts is
     reported (one :class:`~lv3ph.errors.ContractError`) before OpenDSS runs.
     """
+    o = options
     table = contracts if isinstance(contracts, pd.DataFrame) else read_contracts(contracts)
-    run = RunSpec.parse(mode, stepsize, start, steps)
-    engine, model = open_feeder(model_path, vmaxpu=vmaxpu, pme_ohm=pme_ohm, pme_customers=pme_customers)
+    run = RunSpec.parse(o.get("mode", "yearly"), o.get("stepsize", "1m"), o.get("start", 1), o.get("steps", 1440))
+    engine, model = open_feeder(
+        model_path, vmaxpu=o.get("vmaxpu"), pme_ohm=o.get("pme_ohm"), pme_customers=o.get("pme_customers")
+    )
     names = customer_ports(model).names
     assert_valid_contracts(table, names, range(run.start, run.start + run.steps))
-    vt, measured = solve_raw(engine, model, run, progress=progress)
+    vt, measured = solve_raw(engine, model, run, progress=o.get("progress", True))
     pf = capture(model, run, vt, measured)
-    shares = contract_shares(table, pf.customer_p_kw.values, names, pf.time.values, oversold=oversold)
+    shares = contract_shares(table, pf.customer_p_kw.values, names, pf.time.values, oversold=o.get("oversold", "error"))
     return Prepared(engine=engine, model=model, run=run, pf=pf, vt=vt, contracts=table, shares=shares)
