@@ -77,7 +77,7 @@ from lv3ph.prosumers import (
     place_pv,
     pv_profile_kw_per_kwp,
 )
-from lv3ph.unbalance import Limits, unbalance, violations
+from lv3ph.unbalance import Limits, unbalance, violation_summary, violations
 
 MARKETS = (
     "none",
@@ -594,7 +594,6 @@ def _run_scenario(spec: StudySpec, sc: Scenario, *, progress: bool) -> ScenarioR
         notes.append(f"{len(switches)} customers with phase selector switches made {ops} switching operations")
     if shares.scaled:
         notes.append(f"{shares.scaled} contract rows scaled down to the measured export/import")
-    from lv3ph.unbalance import violation_summary
 
     return ScenarioResult(
         scenario=sc,
