@@ -14,7 +14,9 @@ from pathlib import Path
 import pandas as pd
 import xarray as xr
 
+from lv3ph.flex.devices import FlexSpec
 from lv3ph.market import Tariffs
+from lv3ph.market.designs import MarketSpec
 from lv3ph.powerflow import RunSpec
 from lv3ph.prosumers import DEFAULT_LATITUDE, DEFAULT_LONGITUDE, DEFAULT_TZ, Battery
 from lv3ph.unbalance import Limits
@@ -81,6 +83,9 @@ class StudySpec:
     hosting: HostingSpec | None = None
     vmaxpu: float | None = None
     seed: int = 1
+    flex_modes: tuple[str, ...] = ("none",)
+    market_spec: MarketSpec = field(default_factory=MarketSpec)
+    flex: FlexSpec = field(default_factory=FlexSpec)
 
 
 @dataclass(frozen=True)
@@ -94,6 +99,7 @@ class Scenario:
     seed: int
     pme_ohm: float = 0.0
     arrangement: str = "as-built"
+    flex: str = "none"
 
 
 @dataclass

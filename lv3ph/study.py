@@ -25,8 +25,10 @@ from lv3ph.allocation.audit import allocate_method
 from lv3ph.allocation.contracts import assert_valid_contracts, contract_shares, read_contracts
 from lv3ph.allocation.exact import loss_network
 from lv3ph.errors import StudyError
+from lv3ph.flex import Fleet, ev_fleet
 from lv3ph.market import bilateral, bills, community_auction, no_market
 from lv3ph.market.clearing import MarketResult, Preference
+from lv3ph.market.outcome import DesignInputs, design_summary, promise_gap, run_design
 from lv3ph.model import battery_commands, loadshape_command, pv_commands
 from lv3ph.parallel import run_jobs
 from lv3ph.phases import (
@@ -42,7 +44,7 @@ from lv3ph.phases import (
 from lv3ph.powerflow import capture, customer_ports, open_feeder, solve_raw
 from lv3ph.prosumers import dispatch_p2p, dispatch_self_consumption, place_pv, pv_profile_kw_per_kwp
 from lv3ph.results import Scenario, ScenarioResult, StudySpec
-from lv3ph.studyfile import load_study, scenarios
+from lv3ph.studyfile import DESIGN_MARKETS, load_study, scenarios
 from lv3ph.unbalance import unbalance, violation_summary, violations
 
 
@@ -58,7 +60,7 @@ def _market(
 ) -> MarketResult:
     if sc.market == "none":
         return no_market(net_kw, names, times, spec.tariffs)
-    if sc.market == "community-auction":
+    if sc.market in ("community-auction", "unconstrained"):
         return community_auction(net_kw, names, times, spec.tariffs)
     if sc.market.startswith("bilateral:"):
         return bilateral(
@@ -121,7 +123,8 @@ def _run_scenario(spec: StudySpec, sc: Scenario, *, progress: bool) -> ScenarioR
         for n, kwp in placement.items():
             pv_kw[:, idx[n]] = kwp * profile[run.start - 1 :]
     net_kw = load_kw - pv_kw
-    bat_names = list(placement) if sc.battery != "off" else []
+    design = uses_design(spec, sc)
+    bat_names = list(placement) if sc.battery not in ("off", "price") else []
     bat_kw = np.zeros_like(net_kw)
     soc = np.zeros((run.steps + 1, 0))
     if bat_names:
@@ -139,7 +142,10 @@ def _run_scenario(spec: StudySpec, sc: Scenario, *, progress: bool) -> ScenarioR
                 dt_h,
             )
         bat_kw[:, cols] = b
-        commands += battery_commands(model, bat_names)
+        if not design:
+            commands += battery_commands(model, bat_names)
+    if design:  # one controllable generator per customer: batteries, EVs, shifted demand, curtailment
+        commands += battery_commands(model, single)
     net_kw = net_kw + bat_kw
     if commands:
         engine.apply(commands)
@@ -171,7 +177,15 @@ def _run_scenario(spec: StudySpec, sc: Scenario, *, progress: bool) -> ScenarioR
     ports = customer_ports(model)
     net = loss_network(model)
     distance = _electrical_distance(model, net)
-    market = _market(spec, sc, net_kw, names, times, phases, distance)
+    outcome = None
+    if design:
+        inputs = _design_inputs(spec, sc, engine, model, net, distance, load_kw, pv_kw, bat_kw, placement)
+        outcome = run_design(inputs)
+        market = outcome.market
+        bat_names, bat_kw = single, outcome.device_kw
+        net_kw = load_kw - pv_kw + bat_kw
+    else:
+        market = _market(spec, sc, net_kw, names, times, phases, distance)
     contracts = market.contracts.copy()
     contracts["contract"] = contracts.seller + ">" + contracts.buyer  # a standing pair agreement
     assert_valid_contracts(contracts, ports.names, times)
@@ -216,6 +230,17 @@ def _run_scenario(spec: StudySpec, sc: Scenario, *, progress: bool) -> ScenarioR
         {"units": "1", "long_name": "mean state of charge of the batteries at the end of each step"},
     )
     summary = summarise(sc, pf, unb, viol, market, net_kw, pv_kw, bill, allocation, spec.methods, dt_h)
+    if outcome is not None:
+        summary["flex"] = sc.flex
+        summary.update(design_summary(outcome, sc.market, viol, bill, allocation, spec.market_spec, dt_h))
+        summary.update(promise_gap(inputs, outcome, vt, pf))
+        for key, arr in (("curtailed_kw", outcome.curtail_kw), ("ev_kw", outcome.ev_kw)):
+            series[key] = ("time", arr.sum(axis=1), {"units": "kW"})
+        series["shifted_kw"] = (
+            "time",
+            (outcome.shift_kw - outcome.shift_base_kw).sum(axis=1),
+            {"units": "kW", "long_name": "shifted minus base shiftable demand"},
+        )
     notes = []
     if schedule is not None:
         ops = int(switching_operations(schedule, stepsize_s=run.stepsize_s, start=run.start).sum())
@@ -232,6 +257,75 @@ def _run_scenario(spec: StudySpec, sc: Scenario, *, progress: bool) -> ScenarioR
         bills=bill,
         violations=violation_summary(viol),
         notes=notes,
+    )
+
+
+def uses_design(spec: StudySpec, sc: Scenario) -> bool:
+    """True when the scenario runs through :func:`lv3ph.market.outcome.run_design`: a
+    network-aware design, price-responsive batteries, scheduled flex or EVs on the feeder
+    (``unconstrained`` without any of these is exactly the ``community-auction`` path)."""
+    if sc.market not in DESIGN_MARKETS:
+        return False
+    return (
+        sc.market not in ("none", "unconstrained")
+        or sc.battery == "price"
+        or sc.flex != "none"
+        or (spec.flex.ev_share > 0)
+    )
+
+
+def _design_inputs(
+    spec: StudySpec,
+    sc: Scenario,
+    engine: Any,
+    model: Any,
+    net: Any,
+    distance: np.ndarray,
+    load_kw: np.ndarray,
+    pv_kw: np.ndarray,
+    fixed_kw: np.ndarray,
+    placement: dict[str, float],
+) -> DesignInputs:
+    """What the scenario's market design needs; its ``solve`` runs OpenDSS on this engine."""
+    run = spec.run
+    names = [c.name for c in model.customers]
+    single = [c.name for c in model.customers if len(c.phases) == 1]
+    cols = [names.index(n) for n in single]
+
+    def solve(device_kw: np.ndarray) -> tuple[np.ndarray, xr.Dataset]:
+        before = _battery_setter(engine, single, device_kw[:, cols], run.start)
+        vt, measured = solve_raw(engine, model, run, progress=False, before_step=before)
+        return vt, capture(model, run, vt, measured)
+
+    batteries = {names.index(n): spec.battery for n in placement} if sc.battery == "price" else {}
+    ev = ev_fleet(len(names), spec.flex, eligible=np.array(cols)) if spec.flex.ev_share > 0 else None
+    fleet = Fleet(
+        spec=spec.flex,
+        batteries=batteries,
+        ev=ev,
+        smart_ev="ev" in sc.flex.split("+"),
+        shift="shift" in sc.flex.split("+"),
+        load_kw=load_kw,
+        stepsize_s=run.stepsize_s,
+        start=run.start,
+    )
+    return DesignInputs(
+        design=sc.market,
+        tariffs=spec.tariffs,
+        spec=spec.market_spec,
+        limits=spec.limits,
+        names=names,
+        times=np.arange(run.start, run.start + run.steps),
+        dt_h=run.stepsize_s / 3600.0,
+        base_kw=load_kw - pv_kw + fixed_kw,
+        pv_kw=pv_kw,
+        fixed_kw=fixed_kw,
+        fleet=fleet,
+        model=model,
+        net=net,
+        distance=distance,
+        solve=solve,
+        seed=sc.seed,
     )
 
 

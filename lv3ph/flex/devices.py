@@ -97,7 +97,7 @@ class EvFleet:
         """Energy each EV must get over the run, kWh: the daily need x parked steps of the run
         / parked steps of a day (whole days get the full need), capped by what it can charge."""
         parked = self.parked(stepsize_s, start, steps)
-        per_day = int(round(86400.0 / stepsize_s))
+        per_day = round(86400.0 / stepsize_s)
         day = self.parked(stepsize_s, 1, per_day).sum(axis=0)
         frac = parked.sum(axis=0) / np.maximum(day, 1)
         cap = parked.sum(axis=0) * self.kw * stepsize_s / 3600.0
@@ -114,11 +114,16 @@ def _truncnorm(rng: np.random.Generator, mean: float, sd: float, lo: float, hi: 
     return np.clip(out, lo, hi)
 
 
-def ev_fleet(n_customers: int, spec: FlexSpec) -> EvFleet:
-    """Seeded EV owners and trips (see the module docstring); same spec, same fleet."""
+def ev_fleet(n_customers: int, spec: FlexSpec, *, eligible: NDArray[np.int64] | None = None) -> EvFleet:
+    """Seeded EV owners and trips (see the module docstring); same spec, same fleet.
+
+    ``round(ev_share x n_customers)`` owners are drawn among ``eligible`` positions
+    (default all; the study passes the single-phase customers).
+    """
     rng = np.random.default_rng(spec.seed)
-    count = math.floor(spec.ev_share * n_customers + 0.5 + 1e-9)
-    owners = np.sort(rng.choice(n_customers, size=count, replace=False)).astype(np.int64)
+    pool = np.arange(n_customers) if eligible is None else np.asarray(eligible, dtype=np.int64)
+    count = min(math.floor(spec.ev_share * n_customers + 0.5 + 1e-9), pool.size)
+    owners = np.sort(rng.choice(pool, size=count, replace=False)).astype(np.int64)
     depart = _truncnorm(rng, 7.75, 1.0, 5.0, 11.0, count)
     arrive = _truncnorm(rng, 17.75, 1.5, 14.0, 23.5, count)
     km = np.minimum(rng.lognormal(math.log(25.0), 0.6, count), 150.0)

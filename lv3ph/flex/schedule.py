@@ -88,7 +88,7 @@ class FlexResult:
 
 def interval_index(steps: int, stepsize_s: float, interval_s: float) -> NDArray[np.int64]:
     """Scheduling interval of each step: ``round(interval / stepsize)`` steps per interval."""
-    per = max(1, int(round(interval_s / stepsize_s)))
+    per = max(1, round(interval_s / stepsize_s))
     return (np.arange(steps) // per).astype(np.int64)
 
 

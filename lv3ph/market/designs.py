@@ -32,6 +32,7 @@ import numpy as np
 import pandas as pd
 from numpy.typing import NDArray
 
+from lv3ph.allocation.contracts import contract_positions
 from lv3ph.errors import StudyError
 from lv3ph.market.clearing import MarketResult, Tariffs, bilateral, community_auction
 
@@ -130,6 +131,7 @@ def marginal_prices(
     p = np.asarray(price_eur_kwh, dtype=float)[:, None]
     buy = np.where(short, imp, np.minimum(p + buy_charge, imp))
     sell = np.where(short, np.maximum(p - sell_charge, exp), exp)
+    sell = np.minimum(sell, buy)  # a credit (negative charge) never makes exporting pay more than drawing costs
     return np.broadcast_to(buy, (steps, n)).copy(), np.broadcast_to(sell, (steps, n)).copy()
 
 
@@ -179,8 +181,8 @@ def fee_clearing(
     c = res.contracts
     if c.empty:
         return res
-    idx = {n: i for i, n in enumerate(customers)}
-    f = fees[c.seller.map(idx).to_numpy(), c.buyer.map(idx).to_numpy()]
+    _, si, bi = contract_positions(c, customers, times)
+    f = fees[si, bi]
     p = res.price_eur_kwh.reindex(c.time).to_numpy()
     room = 2 * np.minimum(tariffs.grid_import_eur_kwh - p, p - tariffs.grid_export_eur_kwh)
     kept = c[f <= room + 1e-12].reset_index(drop=True)
@@ -192,8 +194,8 @@ def collected_fees(contracts: pd.DataFrame, customers: list[str], fees: NDArray[
     """Network charges collected over the run, EUR: sum of kW x fee x dt over contracts."""
     if contracts.empty:
         return 0.0
-    idx = {n: i for i, n in enumerate(customers)}
-    f = fees[contracts.seller.map(idx).to_numpy(), contracts.buyer.map(idx).to_numpy()]
+    _, si, bi = contract_positions(contracts, customers, contracts.time.unique())
+    f = fees[si, bi]
     return float((contracts.kw.to_numpy() * f).sum() * dt_h)
 
 
@@ -206,10 +208,7 @@ def pair_charges(
     sell = np.zeros((steps, len(customers)))
     if contracts.empty:
         return buy, sell
-    idx = {n: i for i, n in enumerate(customers)}
-    s = contracts.seller.map(idx).to_numpy()
-    b = contracts.buyer.map(idx).to_numpy()
-    t = pd.Index(times).get_indexer(contracts.time.to_numpy())
+    t, s, b = contract_positions(contracts, customers, times)
     kw = contracts.kw.to_numpy()
     half = per_pair[s, b] / 2
     for who, out in ((b, buy), (s, sell)):
@@ -240,12 +239,10 @@ class LossIteration:
 
 
 def _contract_matrix(c: pd.DataFrame, customers: list[str], times: NDArray[np.int64]) -> NDArray[np.float64]:
-    idx = {n: i for i, n in enumerate(customers)}
     out = np.zeros((times.size, len(customers), len(customers)))
     if c.empty:
         return out
-    t = pd.Index(times).get_indexer(c.time.to_numpy())
-    np.add.at(out, (t, c.seller.map(idx).to_numpy(), c.buyer.map(idx).to_numpy()), c.kw.to_numpy())
+    np.add.at(out, contract_positions(c, customers, times), c.kw.to_numpy())
     return out
 
 

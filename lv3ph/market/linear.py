@@ -56,7 +56,7 @@ def monitored(model: FeederModel, pn: PortNetwork) -> Monitored:
     rows = np.flatnonzero(np.isfinite(pn.rating_a) & (pn.rating_a > 0))
     names = tuple(model.elements[int(e)].name for e in pn.line_element[rows])
     return Monitored(
-        buses=tuple(b for b, k in zip(buses, keep, strict=True) if k),
+        buses=tuple(str(b) for b in np.asarray(buses, dtype=object)[keep]),
         phase_nodes=ph[keep],
         neutral_nodes=ne[keep],
         line_rows=rows.astype(np.int64),
@@ -115,10 +115,7 @@ def step_rows(
         add("voltage_low", bus3, limits.v_low_v - m0.ravel(), -dm.reshape(nb * 3, -1))
     if limits.pvur_pct is not None:
         lim = limits.pvur_pct / 100.0
-        dev0 = np.zeros((nb, 3))
-        ddev = np.zeros_like(dm)
-        for b in range(nb):
-            dev0[b], ddev[b] = pvur_rows(m0[b], dm[b])
+        dev0, ddev = pvur_rows(m0, dm)
         mean0 = m0.mean(axis=1, keepdims=True)
         dmean = dm.mean(axis=1, keepdims=True)
         for sign in (1.0, -1.0):
@@ -129,12 +126,8 @@ def step_rows(
                 (sign * ddev - lim * dmean).reshape(nb * 3, -1),
             )
     if limits.vuf_pct is not None:
-        g = np.zeros(nb)
-        rows = np.zeros((nb, dm.shape[2]))
-        for b in range(nb):
-            vuf, grad = vuf_sensitivity(vp0[b], dvp[b])
-            g[b], rows[b] = vuf - limits.vuf_pct, grad
-        add("vuf", buses, g, rows)
+        vuf, grad = vuf_sensitivity(vp0, dvp)
+        add("vuf", buses, vuf - limits.vuf_pct, grad)
     if limits.vne_v is not None:
         has = mon.neutral_nodes >= 0
         add(

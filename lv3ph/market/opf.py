@@ -44,14 +44,15 @@ ROW_MARGIN = {"voltage_high": 15.0, "voltage_low": 15.0, "pvur": 6.0, "vuf": 1.0
 @dataclass(frozen=True)
 class OpfResult:
     """Interval decisions: device powers (intervals, customers) kW drawn, curtailment (kW),
-    the LP's slack per (interval, check) summed (units of the check), and welfare (EUR)."""
+    the LP's slack per check summed (units of the check), the (interval, row) pairs it
+    could not keep within limits (``broken``), the number of LP rows and welfare (EUR)."""
 
     battery_kw: NDArray[np.float64]
     ev_kw: NDArray[np.float64]
     shift_kw: NDArray[np.float64]
     curtail_kw: NDArray[np.float64]
     slack: dict[str, float]
-    slack_by_interval: NDArray[np.float64]
+    broken: list[tuple[int, int]]
     welfare_eur: float
     rows: int
 
@@ -97,7 +98,7 @@ def opf_clear(
         c.append(cols)
         v.append(np.ones(n))
     lp.rows("eq", np.concatenate(r), np.concatenate(c), np.concatenate(v), base_kw.sum(axis=1))
-    slack_cols: list[tuple[int, str, int]] = []
+    slack_cols: list[tuple[int, int, int]] = []
     total = 0
     for i, rw in enumerate(rows):
         margin = np.array([ROW_MARGIN[ch] for ch in rw.check])
@@ -122,7 +123,7 @@ def opf_clear(
             vv.append(a_k[:, k])
         rhs = -rw.g0[keep] - rw.a[keep] @ reference_kw[i]
         lp.rows("le", np.concatenate(rr), np.concatenate(cc), np.concatenate(vv), rhs)
-        slack_cols += [(int(col), str(rw.check[row]), i) for col, row in zip(s_cols, keep, strict=True)]
+        slack_cols += [(int(col), int(row), i) for col, row in zip(s_cols, keep, strict=True)]
         total += keep.size
     x = lp.solve("opf-cleared market")
     out = {"battery_kw": np.zeros((n, nc)), "ev_kw": np.zeros((n, nc)), "shift_kw": np.zeros((n, nc))}
@@ -133,10 +134,11 @@ def opf_clear(
     for k, cols in curt.items():
         cut[:, k] = x[cols]
     slack: dict[str, float] = {}
-    by_interval = np.zeros(n)
-    for col, check, i in slack_cols:
-        if x[col] > 1e-9:
+    broken: list[tuple[int, int]] = []
+    for col, row, i in slack_cols:
+        if x[col] > 1e-6:
+            check = str(rows[i].check[row])
             slack[check] = slack.get(check, 0.0) + float(x[col])
-            by_interval[i] += float(x[col])
+            broken.append((i, row))
     welfare = -float(x[g_in].sum() * import_eur_kwh * dt_h - x[g_out].sum() * export_eur_kwh * dt_h)
-    return OpfResult(curtail_kw=cut, slack=slack, slack_by_interval=by_interval, welfare_eur=welfare, rows=total, **out)
+    return OpfResult(curtail_kw=cut, slack=slack, broken=broken, welfare_eur=welfare, rows=total, **out)

@@ -26,10 +26,10 @@ import pandas as pd
 import xarray as xr
 from numpy.typing import NDArray
 
-from lv3ph.allocation.contracts import contract_shares
+from lv3ph.allocation.contracts import contract_positions, contract_shares
 from lv3ph.allocation.exact import LossNetwork, exact_allocation
 from lv3ph.flex.schedule import Fleet, FlexResult, device_sets, expand, interval_index, schedule, uncontrolled
-from lv3ph.market.clearing import MarketResult, Tariffs, community_auction, local_price
+from lv3ph.market.clearing import MarketResult, Tariffs, bilateral, community_auction, local_price, no_market
 from lv3ph.market.designs import (
     MarketSpec,
     collected_fees,
@@ -48,7 +48,10 @@ from lv3ph.model import ComplexArray, FeederModel
 from lv3ph.powerflow import customer_ports
 from lv3ph.unbalance import Limits, unbalance, violations
 
-__all__ = ["DesignInputs", "DesignOutcome", "run_design"]
+__all__ = ["CHECKS", "DesignInputs", "DesignOutcome", "design_summary", "promise_gap", "run_design"]
+
+#: Checks reported per design (minutes with a violation).
+CHECKS = ("voltage_high", "voltage_low", "pvur", "vuf", "vne", "line_thermal", "transformer_thermal")
 
 Solver = Callable[[NDArray[np.float64]], tuple[ComplexArray, xr.Dataset]]
 
@@ -80,8 +83,9 @@ class DesignOutcome:
     """A design's result: contracts and prices, device powers (kW drawn), numbers.
 
     ``device_kw`` = fixed + battery + EV + (shifted - base shiftable) + curtailment: the
-    change of each customer's drawn power from ``load - PV``. ``promised`` (steps,): steps
-    where a linearised design promised that every limit holds (None for other designs).
+    change of each customer's drawn power from ``load - PV``. ``promised`` (steps, rows):
+    the linear rows (:func:`lv3ph.market.linear.step_rows` layout) a linearised design
+    promised to keep within their limits (None for the other designs).
     ``summary``: design numbers (EUR, kWh, iterations, seconds).
     """
 
@@ -135,21 +139,24 @@ def run_design(inp: DesignInputs) -> DesignOutcome:
         buy_c, sell_c = pair_charges(iteration.result.contracts, inp.names, len(inp.times), inp.times, fees)
         summary["loss_iterations"] = iteration.iterations
         summary["loss_converged"] = int(iteration.converged)
-    buy, sell = marginal_prices(inflexible, price, inp.tariffs, buy_charge=buy_c, sell_charge=sell_c)
+        summary["loss_last_change_kw"] = iteration.changes[-1] if iteration.changes else 0.0
+    buy, sell = marginal_prices(
+        inflexible, price, inp.tariffs, market=design != "none", buy_charge=buy_c, sell_charge=sell_c
+    )
     flex = schedule(inp.fleet, inp.base_kw - shift_base, buy, sell)
     curtail = np.zeros_like(inp.base_kw)
     net = inp.base_kw + flex.total_kw - shift_base
     promised = None
     t_clear = time.perf_counter() - t0
-    if design in ("unconstrained", "sensitivity-screened", "opf-cleared"):
+    if design == "none":
+        market = no_market(net, inp.names, inp.times, inp.tariffs)
+    elif design in ("unconstrained", "sensitivity-screened", "opf-cleared"):
         market = community_auction(net, inp.names, inp.times, inp.tariffs)
     elif design == "network-charges":
         market = fee_clearing(net, inp.names, inp.times, inp.tariffs, fees, seed=inp.seed)
         summary["network_charges_eur"] = collected_fees(market.contracts, inp.names, fees, inp.dt_h)
     else:  # loss-charges: one re-clear of the final injections with the converged rates
         assert iteration is not None
-        from lv3ph.market.clearing import bilateral
-
         order = iteration.rates - min(float(iteration.rates.min()), 0.0)
         market = bilateral(
             net, inp.names, inp.times, inp.tariffs, preference="electrical-distance", seed=inp.seed, distance=order
@@ -250,20 +257,16 @@ def _screen(
     sold = np.zeros_like(net)
     c = market.contracts
     if not c.empty:
-        idx = {n: i for i, n in enumerate(inp.names)}
-        t = pd.Index(inp.times).get_indexer(c.time.to_numpy())
-        np.add.at(sold, (t, c.seller.map(idx).to_numpy()), c.kw.to_numpy())
+        t, si, _ = contract_positions(c, inp.names, inp.times)
+        np.add.at(sold, (t, si), c.kw.to_numpy())
     sellable = np.minimum(sold, inp.pv_kw)
     curtail = np.zeros_like(net)
-    promised = np.ones(net.shape[0], dtype=bool)
+    n_rows = _steps_rows(inp, vt, pf, np.zeros(1, np.int64), values_only=True)[0].g0.size
+    promised = np.ones((net.shape[0], n_rows), dtype=bool)  # steps without violations: as they were
     for i, rows in zip(steps, _steps_rows(inp, vt, pf, steps), strict=True):
-        cut = screen_step(rows, sellable[i])
-        curtail[i] = cut
-        promised[i] = bool(((rows.g0 - rows.a @ cut) <= 1e-6).all())
+        curtail[i], promised[i] = screen_step(rows, sellable[i])
     if not c.empty and curtail.any():
-        idx = {n: i for i, n in enumerate(inp.names)}
-        t = pd.Index(inp.times).get_indexer(c.time.to_numpy())
-        si = c.seller.map(idx).to_numpy()
+        t, si, _ = contract_positions(c, inp.names, inp.times)
         with np.errstate(divide="ignore", invalid="ignore"):
             keep = np.where(sold[t, si] > 0, 1.0 - curtail[t, si] / sold[t, si], 1.0)
         c = c.assign(kw=c.kw.to_numpy() * np.clip(keep, 0.0, 1.0))
@@ -280,9 +283,9 @@ def _opf(
     fleet = inp.fleet
     steps = inp.base_kw.shape[0]
     idx = interval_index(steps, fleet.stepsize_s, fleet.spec.interval_s)
-    n = int(idx.max()) + 1
     starts = np.flatnonzero(np.diff(idx, prepend=-1))
     counts = np.bincount(idx)
+    n_int = counts.size
     mids = starts + counts // 2
     rows_mid = _steps_rows(inp, vt, pf, mids)
     # worst minute of each interval (rows have the same layout at every step)
@@ -328,10 +331,79 @@ def _opf(
         if dev.shift_base_kw is not None:
             out["shift_kw"][:, k] = p["shift_kw"]
     curtail = np.minimum(res.curtail_kw[idx], inp.pv_kw)
-    promised = (res.slack_by_interval <= 1e-9)[idx]
+    promised_i = np.ones((n_int, rows[0].g0.size), dtype=bool)
+    for i, r in res.broken:
+        promised_i[i, r] = False
+    promised = promised_i[idx]
     summary: dict[str, float | int] = {
         "opf_rows": res.rows,
         "opf_welfare_eur": res.welfare_eur,
         **{f"opf_slack_{k}": v for k, v in res.slack.items()},
     }
     return FlexResult(**out), curtail, promised, summary
+
+
+def design_summary(
+    out: DesignOutcome,
+    design: str,
+    viol: pd.DataFrame,
+    bill: pd.DataFrame,
+    allocation: pd.DataFrame,
+    spec: MarketSpec,
+    dt_h: float,
+) -> dict[str, float | int]:
+    """A design's headline numbers, judged on the OpenDSS solution (``viol``) of its outcome.
+
+    Energies in kWh (``shifted_kwh`` = half the absolute change of the shiftable demand),
+    money in EUR: ``bills_eur`` (sum of customers' bills with the market),
+    ``network_charges_eur``, ``loss_charges_eur`` (loss-charges: the loss price x every
+    contract's exact allocated loss), ``welfare_eur = -(bills + charges)`` (the
+    community's side; charges go to the network operator). ``minutes_<check>``: minutes
+    with at least one violation (see :func:`promise_gap` for the linearised designs).
+    """
+    res: dict[str, float | int] = dict(out.summary)
+    res["curtailed_kwh"] = float(out.curtail_kw.sum() * dt_h)
+    res["shifted_kwh"] = float(np.abs(out.shift_kw - out.shift_base_kw).sum() * dt_h / 2)
+    res["ev_kwh"] = float(out.ev_kw.sum() * dt_h)
+    res["battery_throughput_kwh"] = float(np.abs(out.battery_kw).sum() * dt_h)
+    res.setdefault("network_charges_eur", 0.0)
+    loss_charges = 0.0
+    if design == "loss-charges":
+        contracts = allocation[~allocation.contract.str.startswith("grid:")]
+        loss_charges = (
+            spec.loss_price_eur_kwh * float(contracts["exact_kwh"].sum()) if "exact_kwh" in contracts else 0.0
+        )
+    res["loss_charges_eur"] = loss_charges
+    res["bills_eur"] = float(bill["bill_market_eur"].sum())
+    res["welfare_eur"] = -(res["bills_eur"] + float(res["network_charges_eur"]) + loss_charges)
+    minutes = 60.0 * dt_h
+    for check in CHECKS:
+        sel = viol[viol.check == check] if len(viol) else viol
+        res[f"minutes_{check}"] = float(sel.time.nunique() * minutes) if len(sel) else 0.0
+    return res
+
+
+def promise_gap(
+    inp: DesignInputs, out: DesignOutcome, vt: ComplexArray, pf: xr.Dataset, *, tolerance: float = 1e-6
+) -> dict[str, float]:
+    """Where a linearised design promised a limit and OpenDSS disagrees, by how much.
+
+    ``vt``/``pf`` is the OpenDSS solution of the design's outcome. For every promised row
+    (``out.promised``) its exact value ``g`` is recomputed from that solution:
+    ``promise_broken_minutes`` counts the minutes with a promised row beyond its limit;
+    ``promise_excess_<check>`` is the largest excess (V for voltage rows and ``vne``;
+    percentage points for ``pvur``, ``100 g / v_nominal``, and ``vuf``; A for ``line_thermal``).
+    """
+    if out.promised is None:
+        return {}
+    steps = np.arange(vt.shape[1])
+    rows = _steps_rows(inp, vt, pf, steps, values_only=True)
+    g = np.stack([r.g0 for r in rows])
+    check = rows[0].check
+    bad = out.promised & (g > tolerance)
+    res = {"promise_broken_minutes": float(bad.any(axis=1).sum() * inp.dt_h * 60.0)}
+    for name in ("voltage_high", "voltage_low", "pvur", "vuf", "vne", "line_thermal"):
+        sel = bad[:, check == name]
+        worst = float(np.where(sel, g[:, check == name], 0.0).max(initial=0.0))
+        res[f"promise_excess_{name}"] = 100.0 * worst / inp.limits.v_nominal_v if name == "pvur" else worst
+    return res

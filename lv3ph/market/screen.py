@@ -5,10 +5,11 @@ Rule (*largest sensitivity first*), per step, on the linear rows of
 :func:`lv3ph.market.linear.step_rows` around the OpenDSS solution of the unscreened
 outcome: while some row is violated (``g > 0``), take the most violated one and curtail the
 sellers whose injection raises it most (largest ``a_rk`` per kW first), each by at most what
-it still sells in that step, until the row is met or no such seller is left; every row is
-updated with ``g -= a x`` after each curtailment. A row that trades cannot fix (a PVUR at
-night caused by loads, an under-voltage) is left as a residual violation. At most
-``max_passes`` passes over the rows.
+it still sells in that step, until the row is met; every row is updated with ``g -= a x``
+after each curtailment. A row that curtailing every remaining trade could not bring within
+its limit is not the trades' doing (a PVUR at night caused by loads, an under-voltage, a
+voltage rise from exports the market does not trade) and is left alone as a residual
+violation. At most ``max_passes`` passes over the rows.
 
 Curtailing ``x`` kW of a trade means the seller exports ``x`` kW less (its PV inverter is
 curtailed) and the buyer buys ``x`` kW less locally (it takes it from the grid instead):
@@ -30,8 +31,11 @@ from lv3ph.market.linear import Rows
 __all__ = ["screen_step"]
 
 
-def screen_step(rows: Rows, sellable_kw: NDArray[np.float64], *, max_passes: int = 20) -> NDArray[np.float64]:
-    """Curtailment (kW >= 0, per customer) of one step by the module's rule.
+def screen_step(
+    rows: Rows, sellable_kw: NDArray[np.float64], *, max_passes: int = 20
+) -> tuple[NDArray[np.float64], NDArray[np.bool_]]:
+    """Curtailment (kW >= 0, per customer) of one step by the module's rule, and which rows
+    the linearisation then promises to be within their limits.
 
     ``sellable_kw`` (customers,): how much each customer sells in the step (the most it
     can be curtailed).
@@ -45,7 +49,7 @@ def screen_step(rows: Rows, sellable_kw: NDArray[np.float64], *, max_passes: int
             break
         progress = False
         for r in bad[np.argsort(-g[bad], kind="stable")]:
-            if g[r] <= 1e-9:
+            if g[r] <= 1e-9 or float(np.clip(rows.a[r], 0, None) @ left) < g[r]:
                 continue
             order = np.argsort(-rows.a[r], kind="stable")
             for k in order:
@@ -60,4 +64,4 @@ def screen_step(rows: Rows, sellable_kw: NDArray[np.float64], *, max_passes: int
                 progress = True
         if not progress:
             break
-    return cut
+    return cut, g <= 1e-6

@@ -208,27 +208,27 @@ def bus_phase_nodes(model: FeederModel, buses: list[str]) -> tuple[IntArray, Int
 
 
 def pvur_rows(m0: NDArray[np.float64], dm: NDArray[np.float64]) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
-    """Linear rows of the PVUR constraint at one bus.
+    """Linear rows of the PVUR constraint at buses.
 
     ``PVUR <= L`` is exactly ``|m_i - mean| <= L mean`` for the three phase-to-neutral
-    magnitudes ``m``; in terms of ``m`` each is linear. Returns ``(dev0, ddev)``: the
-    deviations ``m_i - mean`` (3,) at the operating point and their sensitivities (3, cols),
-    and the mean's sensitivity is ``dm.mean(axis=0)``.
+    magnitudes ``m``; in terms of ``m`` each is linear. For ``m0`` (buses, 3) and ``dm``
+    (buses, 3, cols) returns ``(dev0, ddev)``: the deviations ``m_i - mean`` and their
+    sensitivities (the mean's sensitivity is ``dm.mean(axis=1)``).
     """
-    mean0 = m0.mean()
-    return m0 - mean0, dm - dm.mean(axis=0, keepdims=True)
+    return m0 - m0.mean(axis=1, keepdims=True), dm - dm.mean(axis=1, keepdims=True)
 
 
 _A = np.exp(2j * np.pi / 3)
 
 
-def vuf_sensitivity(v0: ComplexArray, dv: ComplexArray) -> tuple[float, NDArray[np.float64]]:
-    """VUF (%) of three phase-to-neutral voltages ``v0`` (3,) and its gradient for ``dv`` (3, cols)."""
+def vuf_sensitivity(v0: ComplexArray, dv: ComplexArray) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """VUF (%) of phase-to-neutral voltages ``v0`` (buses, 3) and its gradient for ``dv``
+    (buses, 3, cols): ``VUF = |V2| / |V1|`` with ``dVUF = d|V2| / |V1| - |V2| d|V1| / |V1|^2``."""
     t1 = np.array([1, _A, _A**2]) / 3
     t2 = np.array([1, _A**2, _A]) / 3
-    v1, v2 = t1 @ v0, t2 @ v0
-    d1, d2 = t1 @ dv, t2 @ dv
-    m1, m2 = abs(v1), abs(v2)
-    dm1 = (np.conj(v1) * d1).real / m1
-    dm2 = (np.conj(v2) * d2).real / max(m2, 1e-12)
-    return 100.0 * m2 / m1, 100.0 * (dm2 / m1 - m2 * dm1 / m1**2)
+    v1, v2 = v0 @ t1, v0 @ t2
+    d1, d2 = np.einsum("p,bpc->bc", t1, dv), np.einsum("p,bpc->bc", t2, dv)
+    m1, m2 = np.abs(v1), np.abs(v2)
+    dm1 = (np.conj(v1)[:, None] * d1).real / m1[:, None]
+    dm2 = (np.conj(v2)[:, None] * d2).real / np.maximum(m2, 1e-12)[:, None]
+    return 100.0 * m2 / m1, 100.0 * (dm2 / m1[:, None] - (m2 / m1**2)[:, None] * dm1)
