@@ -117,6 +117,10 @@ class ScenarioResult:
             <method>_kwh``).
         bills: per customer energy and bills (see :func:`lv3ph.market.bills`).
         violations: violation summary per (check, item).
+        notes: remarks for the report.
+        timings_s: wall-clock seconds of parts of the run (``powerflow``: the final
+            OpenDSS run; a market design's ``clearing`` and ``reference_solve``); not part
+            of the reproducible numbers.
     """
 
     scenario: Scenario
@@ -126,3 +130,4 @@ class ScenarioResult:
     bills: pd.DataFrame
     violations: pd.DataFrame
     notes: list[str] = field(default_factory=list)
+    timings_s: dict[str, float] = field(default_factory=dict)

@@ -9,6 +9,7 @@ per worker process); a serial run gives identical numbers.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -192,12 +193,14 @@ def _run_scenario(spec: StudySpec, sc: Scenario, *, progress: bool) -> ScenarioR
     bat_cols = [names.index(n) for n in bat_names]
     before_step = _battery_setter(engine, bat_names, bat_kw[:, bat_cols], run.start) if bat_names else None
 
+    t_pf = time.perf_counter()
     if schedule is None:
         vt, measured = solve_raw(engine, model, run, progress=progress, before_step=before_step)
     else:  # switchable customers: their load, PV and battery are carried by the phase loads
         vt, measured = run_switching(
             engine, model, run, load_kw, pv_kw - bat_kw, schedule, progress=progress, before_step=before_step
         )
+    t_pf = time.perf_counter() - t_pf
     pf = capture(model, run, vt, measured)
     unb = unbalance(pf)
     viol = violations(pf, unb, spec.limits)
@@ -257,6 +260,7 @@ def _run_scenario(spec: StudySpec, sc: Scenario, *, progress: bool) -> ScenarioR
         bills=bill,
         violations=violation_summary(viol),
         notes=notes,
+        timings_s={"powerflow": t_pf, **(outcome.timings_s if outcome is not None else {})},
     )
 
 

@@ -126,8 +126,8 @@ class DeviceVars:
         return [(c, s) for c, s in ((self.ch, 1.0), (self.dis, -1.0), (self.ev, 1.0), (self.shift, 1.0)) if c.size]
 
 
-def add_devices(lp: Lp, dev: DeviceSet, n: int, dt_h: float, wear_eur_kwh: float) -> DeviceVars:
-    """Add one customer's device variables and constraints over ``n`` intervals."""
+def add_devices(lp: Lp, dev: DeviceSet, n: int, dt_h: NDArray[np.float64], wear_eur_kwh: float) -> DeviceVars:
+    """Add one customer's device variables and constraints over ``n`` intervals of ``dt_h`` hours."""
     out = DeviceVars()
     t = np.arange(n)
     if dev.battery is not None:
@@ -139,19 +139,19 @@ def add_devices(lp: Lp, dev: DeviceSet, n: int, dt_h: float, wear_eur_kwh: float
         # e_t - e_{t-1} - eta ch dt + dis dt / eta = 0 (e_{-1} = soc0 kwh)
         rows = np.concatenate([t, t[1:], t, t])
         cols = np.concatenate([out.energy, out.energy[:-1], out.ch, out.dis])
-        vals = np.concatenate([np.ones(n), -np.ones(n - 1), np.full(n, -eta * dt_h), np.full(n, dt_h / eta)])
+        vals = np.concatenate([np.ones(n), -np.ones(n - 1), -eta * dt_h, dt_h / eta])
         rhs = np.zeros(n)
         rhs[0] = b.soc0 * b.kwh
         lp.rows("eq", rows, cols, vals, rhs)
         lp.rows("le", np.zeros(1), out.energy[-1:], -np.ones(1), np.array([-b.soc0 * b.kwh]))
     if dev.ev_cap_kw is not None:
         out.ev = lp.var(n, 0.0, dev.ev_cap_kw, 0.0)
-        lp.rows("eq", np.zeros(n), out.ev, np.full(n, dt_h), np.array([dev.ev_need_kwh]))
+        lp.rows("eq", np.zeros(n), out.ev, dt_h, np.array([dev.ev_need_kwh]))
     if dev.shift_base_kw is not None and dev.shift_window is not None:
         base = dev.shift_base_kw
         out.shift = lp.var(n, 0.0, base + dev.shift_kw, 0.0)
         _, win = np.unique(dev.shift_window, return_inverse=True)
-        lp.rows("eq", win, out.shift, np.ones(n), np.bincount(win, weights=base))
+        lp.rows("eq", win, out.shift, dt_h, np.bincount(win, weights=base * dt_h))
         up = lp.var(n, 0.0, np.inf, SHIFT_TIE_EUR_KWH * dt_h)
         dn = lp.var(n, 0.0, np.inf, SHIFT_TIE_EUR_KWH * dt_h)
         lp.rows(

@@ -27,7 +27,16 @@ from lv3ph.flex.devices import EvFleet, FlexSpec, dumb_ev_charging, shift_window
 from lv3ph.flex.lp import DeviceSet, Lp, add_devices, device_power
 from lv3ph.prosumers import Battery
 
-__all__ = ["Fleet", "FlexResult", "device_sets", "interval_index", "schedule", "uncontrolled"]
+__all__ = [
+    "Fleet",
+    "FlexResult",
+    "device_sets",
+    "expand",
+    "interval_hours",
+    "interval_index",
+    "schedule",
+    "uncontrolled",
+]
 
 
 @dataclass(frozen=True)
@@ -86,10 +95,18 @@ class FlexResult:
         return self.battery_kw + self.ev_kw + self.shift_kw
 
 
-def interval_index(steps: int, stepsize_s: float, interval_s: float) -> NDArray[np.int64]:
-    """Scheduling interval of each step: ``round(interval / stepsize)`` steps per interval."""
+def interval_index(steps: int, stepsize_s: float, interval_s: float, start: int = 1) -> NDArray[np.int64]:
+    """Scheduling interval (0, 1, ...) of each step of a run starting at step ``start``:
+    intervals of ``round(interval / stepsize)`` steps aligned to midnight (the first and
+    last may be partial)."""
     per = max(1, round(interval_s / stepsize_s))
-    return (np.arange(steps) // per).astype(np.int64)
+    k = np.arange(start - 1, start - 1 + steps) // per
+    return (k - k[0]).astype(np.int64)
+
+
+def interval_hours(idx: NDArray[np.int64], stepsize_s: float) -> NDArray[np.float64]:
+    """Length of each interval of ``idx`` in hours."""
+    return np.asarray(np.bincount(idx) * stepsize_s / 3600.0, dtype=np.float64)
 
 
 def _mean(x: NDArray[np.float64], idx: NDArray[np.int64]) -> NDArray[np.float64]:
@@ -103,7 +120,8 @@ def device_sets(fleet: Fleet, idx: NDArray[np.int64]) -> dict[int, DeviceSet]:
     need = fleet.ev.need_in_run(fleet.stepsize_s, fleet.start, fleet.steps) if fleet.ev is not None else None
     win = shift_windows(fleet.stepsize_s, fleet.start, fleet.steps, fleet.spec.shift_window_h)
     win_i = np.maximum.reduceat(win, np.flatnonzero(np.diff(idx, prepend=-1)))
-    if not np.array_equal(np.minimum.reduceat(win, np.flatnonzero(np.diff(idx, prepend=-1))), win_i):
+    aligned = np.array_equal(np.minimum.reduceat(win, np.flatnonzero(np.diff(idx, prepend=-1))), win_i)
+    if fleet.shift and fleet.spec.shift_share > 0 and not aligned:
         raise StudyError("[flex].shift_window_h must be a whole number of scheduling intervals")
     out = {}
     for k in fleet.flexible():
@@ -159,9 +177,9 @@ def schedule(
     steps, n = base_kw.shape
     if (buy_eur_kwh < sell_eur_kwh - 1e-12).any():
         raise StudyError("flex schedule: buy price below sell price (the LP would be unbounded)")
-    idx = interval_index(steps, fleet.stepsize_s, fleet.spec.interval_s)
+    idx = interval_index(steps, fleet.stepsize_s, fleet.spec.interval_s, fleet.start)
     ni = int(idx.max()) + 1
-    dt_h = fleet.stepsize_s * np.bincount(idx)[0] / 3600.0
+    dt_h = interval_hours(idx, fleet.stepsize_s)
     base = uncontrolled(fleet)
     out = {
         "battery_kw": np.zeros((steps, n)),

@@ -5,12 +5,12 @@ every flexible device (price-responsive batteries, EVs, shiftable demand; the mo
 :mod:`lv3ph.flex.lp`) and every PV curtailment ``c_k`` (kW, at most the customer's PV):
 
     max  welfare = - sum_t dt (import_price * G+_t - export_price * G-_t) - wear - penalty
-    s.t. G+_t - G-_t = sum_k (base_kt + devices_kt - c_kt)            (community balance)
+    s.t. G+_t - G-_t = sum_k (base_kt + devices_kt + c_kt)            (community balance)
          g0_rt + a_rt . dinj_t <= s_rt,  s_rt >= 0                     (network rows)
 
 Local trades are transfers inside the community, so its welfare is minus its grid bill;
 the local market then matches the resulting surpluses and demands pro rata (community
-auction). ``dinj_kt = -(devices_kt - reference_kt) + c_kt`` is the change of customer k's
+auction). ``dinj_kt = -(devices_kt - reference_kt) - c_kt`` is the change of customer k's
 injection from the reference operating point (an OpenDSS solution), and the rows are those
 of :func:`lv3ph.market.linear.step_rows`: for each interval the worst minute's ``g0`` with
 the sensitivities of the interval's middle step (conservative within the interval as long
@@ -64,7 +64,7 @@ def opf_clear(
     pv_kw: NDArray[np.float64],
     rows: list[Rows],
     *,
-    dt_h: float,
+    dt_h: NDArray[np.float64],
     import_eur_kwh: float,
     export_eur_kwh: float,
     wear_eur_kwh: float,
@@ -78,6 +78,7 @@ def opf_clear(
         reference_kw: (n, customers) the device power of the reference point, kW drawn.
         pv_kw: (n, customers) PV output (most curtailment), kW.
         rows: one :class:`Rows` per interval (worst-minute ``g0``, middle-step ``a``).
+        dt_h: (n,) interval lengths, h.
     """
     n, nc = base_kw.shape
     lp = Lp()
@@ -93,10 +94,10 @@ def opf_clear(
             r.append(t)
             c.append(cols)
             v.append(np.full(n, -s))
-    for cols in curt.values():
+    for cols in curt.values():  # curtailed PV is drawn from the grid instead
         r.append(t)
         c.append(cols)
-        v.append(np.ones(n))
+        v.append(-np.ones(n))
     lp.rows("eq", np.concatenate(r), np.concatenate(c), np.concatenate(v), base_kw.sum(axis=1))
     slack_cols: list[tuple[int, int, int]] = []
     total = 0
@@ -105,11 +106,11 @@ def opf_clear(
         keep = np.flatnonzero(rw.g0 > -margin)
         if not keep.size:
             continue
-        # g0 + a . (-(dev - ref) + c) <= s  ->  -a dev + a c - s <= -g0 - a ref
+        # g0 + a . (-(dev - ref) - c) <= s  ->  -a dev - a c - s <= -g0 - a ref
         a_k = rw.a[keep]
         j = np.arange(keep.size)
         rr, cc, vv = [j], [], []
-        s_cols = lp.var(keep.size, 0.0, np.inf, penalty_eur * dt_h)
+        s_cols = lp.var(keep.size, 0.0, np.inf, penalty_eur * float(dt_h[i]))
         cc.append(s_cols)
         vv.append(-np.ones(keep.size))
         for k, dv in dvars.items():
@@ -120,7 +121,7 @@ def opf_clear(
         for k, cols in curt.items():
             rr.append(j)
             cc.append(np.full(keep.size, cols[i]))
-            vv.append(a_k[:, k])
+            vv.append(-a_k[:, k])
         rhs = -rw.g0[keep] - rw.a[keep] @ reference_kw[i]
         lp.rows("le", np.concatenate(rr), np.concatenate(cc), np.concatenate(vv), rhs)
         slack_cols += [(int(col), int(row), i) for col, row in zip(s_cols, keep, strict=True)]
@@ -140,5 +141,5 @@ def opf_clear(
             check = str(rows[i].check[row])
             slack[check] = slack.get(check, 0.0) + float(x[col])
             broken.append((i, row))
-    welfare = -float(x[g_in].sum() * import_eur_kwh * dt_h - x[g_out].sum() * export_eur_kwh * dt_h)
+    welfare = -float((x[g_in] * dt_h).sum() * import_eur_kwh - (x[g_out] * dt_h).sum() * export_eur_kwh)
     return OpfResult(curtail_kw=cut, slack=slack, broken=broken, welfare_eur=welfare, rows=total, **out)
