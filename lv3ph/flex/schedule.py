@@ -201,14 +201,29 @@ def schedule(
             vals.append(np.full(ni, -s))
         lp.rows("eq", np.concatenate(rows), np.concatenate(cols), np.concatenate(vals), _mean(base_kw[:, k], idx))
         x = lp.solve(f"flex schedule of customer {k}")
-        parked = None
-        if dev.ev_cap_kw is not None and fleet.ev is not None and parked_all is not None:
-            parked = parked_all[:, int(np.flatnonzero(fleet.ev.owners == k)[0])]
-        steps_p = expand(device_power(x, dv, ni), idx, parked)
-        if dev.battery is not None:
-            out["battery_kw"][:, k] = steps_p["battery_kw"]
-        if dev.ev_cap_kw is not None:
-            out["ev_kw"][:, k] = steps_p["ev_kw"]
-        if dev.shift_base_kw is not None:
-            out["shift_kw"][:, k] = steps_p["shift_kw"]
+        write_steps(out, fleet, k, dev, device_power(x, dv, ni), idx, parked_all)
     return FlexResult(**out)
+
+
+def write_steps(
+    out: dict[str, NDArray[np.float64]],
+    fleet: Fleet,
+    k: int,
+    dev: DeviceSet,
+    power: dict[str, NDArray[np.float64]],
+    idx: NDArray[np.int64],
+    parked_all: NDArray[np.bool_] | None,
+) -> None:
+    """Write customer ``k``'s interval device powers into the step arrays ``out`` (kW,
+    (steps, customers)), only for the devices it has."""
+    parked = None
+    if dev.ev_cap_kw is not None and fleet.ev is not None and parked_all is not None:
+        parked = parked_all[:, int(np.flatnonzero(fleet.ev.owners == k)[0])]
+    steps_p = expand(power, idx, parked)
+    for name, present in (
+        ("battery_kw", dev.battery is not None),
+        ("ev_kw", dev.ev_cap_kw is not None),
+        ("shift_kw", dev.shift_base_kw is not None),
+    ):
+        if present:
+            out[name][:, k] = steps_p[name]

@@ -37,8 +37,10 @@ from lv3ph.market.linear import Rows
 __all__ = ["OpfResult", "opf_clear"]
 
 #: Rows further than this inside their limit at the worst minute of an interval are left
-#: out of the LP (V for voltage-type rows, % for VUF, A for thermal): they cannot bind.
-ROW_MARGIN = {"voltage_high": 15.0, "voltage_low": 15.0, "pvur": 6.0, "vuf": 1.0, "vne": 5.0, "line_thermal": 60.0}
+#: out of the LP (V for voltage-type rows, % for VUF, A for thermal): they are assumed not
+#: to bind (if a large move of flexibility makes one bind anyway, OpenDSS reports it as a
+#: broken promise, :func:`lv3ph.market.outcome.promise_gap`).
+ROW_MARGIN = {"voltage_high": 4.0, "voltage_low": 4.0, "pvur": 2.0, "vuf": 0.3, "vne": 2.0, "line_thermal": 20.0}
 
 
 @dataclass(frozen=True)

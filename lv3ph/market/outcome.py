@@ -32,11 +32,11 @@ from lv3ph.flex.schedule import (
     Fleet,
     FlexResult,
     device_sets,
-    expand,
     interval_hours,
     interval_index,
     schedule,
     uncontrolled,
+    write_steps,
 )
 from lv3ph.market.clearing import MarketResult, Tariffs, bilateral, community_auction, local_price, no_market
 from lv3ph.market.designs import (
@@ -332,18 +332,8 @@ def _opf(
     parked = fleet.ev.parked(fleet.stepsize_s, fleet.start, steps) if fleet.ev is not None else None
     out = {"battery_kw": np.zeros_like(inp.base_kw), "ev_kw": fixed_ev.copy(), "shift_kw": shift_base.copy()}
     for k, dev in devices.items():
-        park = None
-        if dev.ev_cap_kw is not None and fleet.ev is not None and parked is not None:
-            park = parked[:, int(np.flatnonzero(fleet.ev.owners == k)[0])]
-        p = expand(
-            {"battery_kw": res.battery_kw[:, k], "ev_kw": res.ev_kw[:, k], "shift_kw": res.shift_kw[:, k]}, idx, park
-        )
-        if dev.battery is not None:
-            out["battery_kw"][:, k] = p["battery_kw"]
-        if dev.ev_cap_kw is not None:
-            out["ev_kw"][:, k] = p["ev_kw"]
-        if dev.shift_base_kw is not None:
-            out["shift_kw"][:, k] = p["shift_kw"]
+        power = {"battery_kw": res.battery_kw[:, k], "ev_kw": res.ev_kw[:, k], "shift_kw": res.shift_kw[:, k]}
+        write_steps(out, fleet, k, dev, power, idx, parked)
     curtail = np.minimum(res.curtail_kw[idx], inp.pv_kw)
     promised_i = np.ones((n_int, rows[0].g0.size), dtype=bool)
     for i, r in res.broken:
