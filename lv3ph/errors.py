@@ -35,3 +35,7 @@ class StudyError(Lv3phError):
 
 class UnknownItemError(Lv3phError):
     """A bus, element or customer name does not exist in the model."""
+
+
+class SchedulerError(Lv3phError):
+    """A Dask scheduler given by address cannot be reached."""
