@@ -272,3 +272,18 @@ def test_redirect_cycle_exits_2_with_one_line_instead_of_crashing(tmp_path: Path
     assert len(lines) == 1
     assert lines[0].startswith("lv3ph: error: ") and "b.dss line 1: redirect cycle" in lines[0], lines
     assert "a.dss -> " in lines[0] and proc.stdout == ""
+
+
+def test_an_unreadable_script_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    master = _tree(tmp_path, {"m.dss": HEAD + "redirect a.dss\n", "a.dss": ""})
+    read = Path.read_bytes
+
+    def deny(self: Path) -> bytes:
+        if self.name == "a.dss":
+            raise PermissionError(13, "Permission denied")
+        return read(self)
+
+    monkeypatch.setattr(Path, "read_bytes", deny)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ModelError, match=r"^a.dss: cannot be read \(Permission denied\)$"):
+        model_files(master)
