@@ -39,3 +39,7 @@ class UnknownItemError(Lv3phError):
 
 class SchedulerError(Lv3phError):
     """A Dask scheduler given by address cannot be reached."""
+
+
+class OutputError(Lv3phError):
+    """An output file or folder cannot be written (a folder in the way, no permission ...)."""
