@@ -149,7 +149,7 @@ class _Walker:
 
     def _script(self, path: Path, stack: list[Path]) -> None:
         try:
-            text = path.read_bytes().decode("utf-8", "surrogateescape")
+            text = path.read_bytes().decode("utf-8", "surrogateescape").removeprefix("\ufeff")  # OpenDSS skips a BOM
         except OSError as exc:
             self.problems.append(f"{self._show(path)}: cannot be read ({exc.strerror or exc})")
             return
