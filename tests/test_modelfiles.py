@@ -198,6 +198,24 @@ def test_a_byte_order_mark_is_skipped_as_opendss_does(tmp_path: Path) -> None:
     assert _rel(master) == ["m.dss", "inner.dss", "sub.dss"]
 
 
+def test_script_variables_are_substituted_as_opendss_does(tmp_path: Path) -> None:
+    master = _tree(
+        tmp_path,
+        {
+            "m.dss": HEAD
+            + "var @script=sub.dss @dir=d @shape=one.csv\n"
+            + 'redirect "@SCRIPT"\n'  # whole values only, names case-insensitive
+            + "cd @dir\n"
+            + "new loadshape.q npts=1 interval=1 mult=(file=@shape)\n",
+            "sub.dss": "new loadshape.s npts=1 interval=1 mult=[7]\n",
+            "d/one.csv": "3\n",
+        },
+    )
+    shapes = _shapes(_opendss(master))
+    assert shapes["s"] == [7.0] and shapes["q"] == [3.0]
+    assert _rel(master) == ["m.dss", "sub.dss", "d/one.csv"]
+
+
 def test_command_abbreviations_match_opendss_command_order() -> None:
     """OpenDSS takes the first command of its list that starts with the typed text."""
     ctx = dss.NewContext()
