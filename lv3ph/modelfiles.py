@@ -74,6 +74,7 @@ _ONE_FILE = ("buscoords", "latlongcoords", "giscoords", "uuids")
 _MOVES = (*_SCRIPTS, *_ONE_FILE, "cd", "var")  # commands that name a file or a directory
 _PROPERTIES = ("new", "edit", "more", "m", "~", "batchedit", "set")
 _FILE_PROPERTIES = ("csvfile", "pqcsvfile", "sngfile", "dblfile")
+_USER_DATA = ("dynadata", "userdata")  # handed to a user-written DLL as is: not OpenDSS's to read
 _ARRAY_FILE_KEYS = ("file", "sngfile", "dblfile")
 _CLOSE = {'"': '"', "'": "'", "(": ")", "[": "]", "{": "}"}
 
@@ -198,7 +199,7 @@ class _Walker:
                 self.cwd = self._path(value)
             elif prop in _FILE_PROPERTIES and value:
                 self._data(value, "data", source, n)
-            else:
+            elif prop not in _USER_DATA:
                 name = _array_file(value)
                 if name:
                     self._data(self.vars.get(name.lower(), name), "data", source, n)

@@ -176,7 +176,8 @@ def test_comments_quotes_and_continuations(tmp_path: Path) -> None:
             + "Loadshape.q.qmult={dblfile=q.dbl}\n"
             + "new xycurve.c npts=1 xarray='file=x.csv' yarray=[1]\n"
             + "BusCoords file=xy.csv\n"
-            + "Export voltages out.csv\n",  # output: not read
+            + "Export voltages out.csv\n"  # output: not read
+            + "~ DynaData=(file=for_the_user_dll.txt)\n",  # a user-written model's business
             "real.dss": "",
             "with space.dss": "",
             "q.csv": "1\n",
