@@ -41,6 +41,7 @@ from dataclasses import dataclass
 from typing import Final
 
 import numpy as np
+import pandas as pd
 
 from lv3ph.errors import ModelError
 from lv3ph.model import Element, FeederModel, IntArray
@@ -324,3 +325,40 @@ def service_connections(model: FeederModel) -> dict[str, Connection | str]:
             seen.add(bus)
         out[c.name] = found
     return out
+
+
+# ----------------------------------------------------------------------------- tables
+
+
+def customers_table(model: FeederModel, kw: dict[str, float] | None = None) -> pd.DataFrame:
+    """One row per customer: ``customer, bus, phases`` (traced, letters ``a`` ... ``abc``),
+    ``phase_nodes`` (node names, space separated), ``neutral_node`` (``""`` = earth),
+    ``earthed`` (an earth electrode on its neutral node) and ``kw`` (base kW, NaN if not
+    given)."""
+    earthed = model.earthed_nodes()
+    kw = kw or {}
+    return pd.DataFrame(
+        {
+            "customer": [c.name for c in model.customers],
+            "bus": [c.bus for c in model.customers],
+            "phases": [c.phase_letters for c in model.customers],
+            "phase_nodes": [" ".join(model.nodes[int(x)] for x in c.phase_nodes) for c in model.customers],
+            "neutral_node": [model.nodes[c.neutral_node] if c.neutral_node >= 0 else "" for c in model.customers],
+            "earthed": [c.neutral_node in earthed for c in model.customers],
+            "kw": [float(kw.get(c.name, np.nan)) for c in model.customers],
+        }
+    )
+
+
+def earthing_table(model: FeederModel) -> pd.DataFrame:
+    """One row per (earth electrode, neutral node): ``element, bus, node, r_ohm`` (the
+    electrode's resistance to earth, ``Re(1 / Y_nn)`` of its primitive admittance, ohm)."""
+    rows = []
+    for e in model.elements:
+        if e.kind != "earthing":
+            continue
+        for j, x in enumerate(e.nodes):
+            if x >= 0:
+                y = e.yprim[j, j]
+                rows.append((e.name, str(model.node_bus[x]), model.nodes[x], float((1.0 / y).real) if y else np.inf))
+    return pd.DataFrame(rows, columns=["element", "bus", "node", "r_ohm"])
