@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -14,15 +16,18 @@ import numpy as np
 import opendssdirect as odd
 import pandas as pd
 import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
 
 from lv3ph.allocation.contracts import contract_shares
 from lv3ph.allocation.exact import exact_allocation, loss_network
-from lv3ph.errors import IsolatedCustomerWarning, ModelError
+from lv3ph.errors import ConvergenceError, IsolatedCustomerWarning, ModelError
 from lv3ph.model import FeederModel
 from lv3ph.phases import arrangement_commands
 from lv3ph.powerflow import RunSpec, capture, customer_ports, open_feeder, solve_raw
 from lv3ph.topology import ISOLATED, customers_table, earthing_table
 from tests.conftest import ROOT, SHARED
+from tests.test_allocation_random import feeders
 
 CORPUS = ROOT / "tests" / "feeders"
 FEEDERS = sorted(p.stem for p in CORPUS.glob("*.dss"))
@@ -213,3 +218,64 @@ def test_enwl_network1_phases_follow_the_source_angles(feeder: str, tmp_path: Pa
         assert got == pytest.approx(vpn, rel=1e-9)
     electrodes = [e.name for e in model.elements if e.kind == "earthing"]
     assert electrodes == ["reactor.grounding"]
+
+
+# ----------------------------------------------------------------------------- random remapped service cables
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+@given(feeders(), st.data())
+def test_random_terminal_numbering_changes_nothing(case: tuple[str, pd.DataFrame], data: st.DataObject) -> None:
+    """A random radial four-wire feeder whose customers hang on two-wire service cables:
+    house terminals numbered at random give the same voltages, loss split and allocation
+    as the canonical numbering (phase on its feeder number, neutral on 4)."""
+    text, table = case
+    canonical, remapped = [], []
+    for line in text.splitlines():
+        m = re.match(r"new load\.(\S+) phases=1 bus1=(b\d+)\.(\d)\.4 (.*)", line)
+        if not m:
+            canonical.append(line)
+            remapped.append(line)
+            continue
+        name, bus, ph, rest = m.groups()
+        t_ph, t_n = data.draw(st.lists(st.integers(1, 6), min_size=2, max_size=2, unique=True))
+        pme = data.draw(st.sampled_from([None, 10.0, 40.0]))
+        for out, (a, b) in ((canonical, (int(ph), 4)), (remapped, (t_ph, t_n))):
+            out.append(
+                f"new line.s_{name} bus1={bus}.{ph}.4 bus2=h_{name}.{a}.{b} phases=2 length=20 units=m "
+                "rmatrix=[1.2 | 0.1 1.2] xmatrix=[0.09 | 0.03 0.09]"
+            )
+            if pme is not None:
+                out.append(f"new reactor.pme_{name} phases=1 bus1=h_{name}.{b} bus2=h_{name}.0 R={pme} X=0")
+            out.append(f"new load.{name} phases=1 bus1=h_{name}.{a}.{b} {rest}")
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for k, lines in enumerate((canonical, remapped)):
+            path = Path(tmp) / f"m{k}" / "Master.dss"
+            path.parent.mkdir()
+            path.write_text("\n".join(lines))
+            try:
+                engine, model = open_feeder(path)
+            except ConvergenceError:
+                assume(False)
+            spec = RunSpec("snap", 1.0, 1, 1)
+            vt, measured = solve_raw(engine, model, spec, progress=False)
+            pf = capture(model, spec, vt, measured)
+            drawn = pd.Series(pf.customer_p_kw.values[0], index=list(pf.customer.values))
+            tab = table
+            if len(tab):
+                tab = tab.assign(
+                    kw=[
+                        f * min(-drawn[s], drawn[b]) / len(tab)
+                        for f, s, b in zip(tab.kw, tab.seller, tab.buyer, strict=True)
+                    ]
+                )
+            shares = contract_shares(tab, pf.customer_p_kw.values, customer_ports(model).names, pf.time.values)
+            al = exact_allocation(model, pf, vt, tab, shares, net=loss_network(model))
+            results.append((model, pf, al))
+    (m0, pf0, al0), (m1, pf1, al1) = results
+    assert [c.phases for c in m0.customers] == [c.phases for c in m1.customers]
+    assert np.allclose(pf1.customer_voltage.values[:, :, 0], pf0.customer_voltage.values[:, :, 0], rtol=1e-8)
+    for part in ("phase", "neutral", "earth", "total"):
+        v0, v1 = (float(p[f"loss_{part}_kw"].sum()) for p in (pf0, pf1))
+        assert v1 == pytest.approx(v0, rel=1e-7, abs=1e-12), part
+    for var in ("loss_total_kw", "loss_phase_kw", "loss_neutral_kw", "loss_earth_kw"):
+        assert np.allclose(al1[var].values, al0[var].values, rtol=1e-6, atol=1e-12), var
