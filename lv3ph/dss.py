@@ -25,6 +25,7 @@ from opendssdirect.OpenDSSDirect import OpenDSSDirect
 
 from lv3ph.errors import ConvergenceError, IsolatedCustomerWarning, ModelError, ProfileError, UnknownItemError
 from lv3ph.model import KVA_PER_KWP, ComplexArray, Customer, Element, FeederModel
+from lv3ph.modelfiles import model_files
 from lv3ph.topology import ISOLATED, NEUTRAL, is_earthing, trace_roles
 
 MODES = ("snap", "daily", "yearly")
@@ -109,6 +110,7 @@ class Engine:
         self.drop_isolated = drop_isolated
         if not p.is_file():
             raise ModelError(f"model file not found: {p}")
+        model_files(p)  # a Redirect cycle crashes OpenDSS; a missing file is named with its line
         self.command("clear")
         cwd = os.getcwd()  # OpenDSS moves the process into the model's folder on compile
         try:
