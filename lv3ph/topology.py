@@ -362,3 +362,10 @@ def earthing_table(model: FeederModel) -> pd.DataFrame:
                 y = e.yprim[j, j]
                 rows.append((e.name, str(model.node_bus[x]), model.nodes[x], float((1.0 / y).real) if y else np.inf))
     return pd.DataFrame(rows, columns=["element", "bus", "node", "r_ohm"])
+
+
+def phase_labels(model: FeederModel) -> list[str]:
+    """Per customer, the network it is on and its traced phases (``transformer.tx:a``): two
+    customers are on the same phase exactly when their labels are equal (same-phase-first
+    matching)."""
+    return [f"{model.groups[int(model.node_group[c.phase_nodes[0]])]}:{c.phase_letters}" for c in model.customers]
