@@ -18,7 +18,7 @@ import xarray as xr
 from lv3ph.errors import IsolatedCustomerWarning, Lv3phError
 from lv3ph.io import write_csv, write_dataset
 from lv3ph.powerflow import RunSpec, open_feeder, solve
-from lv3ph.topology import ISOLATED, customers_table, earthing_table
+from lv3ph.topology import ISOLATED, customers_table, earthing_table, role_label
 from lv3ph.unbalance import Limits, unbalance, violations
 
 
@@ -157,13 +157,15 @@ def cmd_powerflow(args: argparse.Namespace) -> int:
 
 
 def write_tables(pf: xr.Dataset, unb: xr.Dataset, viol: pd.DataFrame, folder: Path) -> list[str]:
-    """voltages.csv, unbalance.csv, losses.csv and violations.csv into ``folder``."""
+    """voltages.csv (with each node's traced ``role``: a, b, c, neutral), unbalance.csv,
+    losses.csv and violations.csv into ``folder``."""
     v = pf.voltage.stack(row=("time", "bus", "terminal")).dropna("row")
     volt = pd.DataFrame(
         {
             "time": v.time.values,
             "bus": v.bus.values,
             "terminal": v.terminal.values,
+            "role": [role_label(int(r)) for r in v.terminal_role.values],
             "vmag_v": np.abs(v.values),
             "vang_deg": np.degrees(np.angle(v.values)),
         }
