@@ -203,13 +203,16 @@ def allocation_frame(al: xr.Dataset) -> pd.DataFrame:
 
 def cmd_allocate(args: argparse.Namespace) -> int:
     """Allocate every step's losses to P2P contracts and compare methods."""
-    from lv3ph.allocation.audit import METHODS, allocate_method, compare
+    from lv3ph.allocation.audit import METHODS, allocate_method, compare, largest_differences
     from lv3ph.allocation.exact import branch_detail, loss_network, party_rows_for, prepare
 
-    methods = [args.method] + [m for m in (args.compare.split(",") if args.compare else []) if m and m != args.method]
+    others = [] if args.compare.strip().lower() in ("", "none") else [m.strip() for m in args.compare.split(",")]
+    methods = list(dict.fromkeys([args.method.strip(), *(m for m in others if m)]))
     for m in methods:
         if m not in METHODS:
             raise Lv3phError(f"unknown method {m!r}: use one of {', '.join(METHODS)}")
+    if len(methods) > 1 and "exact" not in methods:
+        methods.append("exact")  # the reference of the comparison
     p = prepare(
         args.model,
         args.contracts,
@@ -225,14 +228,23 @@ def cmd_allocate(args: argparse.Namespace) -> int:
     )
     engine, model, spec, pf, vt, table, shares = p.engine, p.model, p.run, p.pf, p.vt, p.contracts, p.shares
     net = loss_network(model)
-    results = {
-        m: allocate_method(
-            m, engine=engine, model=model, pf=pf, vt=vt, contracts=table, shares=shares, net=net, run=spec
+    results: dict[str, xr.Dataset] = {}
+    for m in sorted(methods, key=lambda m: m != "exact"):  # exact first: phase-only reuses it
+        results[m] = allocate_method(
+            m,
+            engine=engine,
+            model=model,
+            pf=pf,
+            vt=vt,
+            contracts=table,
+            shares=shares,
+            net=net,
+            run=spec,
+            exact=results.get("exact"),
         )
-        for m in methods
-    }
-    main = results[args.method]
-    write_csv(allocation_frame(main), args.out)
+    results = {m: results[m] for m in methods}
+    diff = compare(results) if len(results) > 1 else None
+    write_csv(allocation_frame(results[methods[0]]), args.out)
     written = [str(args.out)]
     if args.nc:
         rows = party_rows_for(net, model, pf, vt, table, shares)
@@ -263,10 +275,9 @@ def cmd_allocate(args: argparse.Namespace) -> int:
         print(
             f"{m:<11}{float(ds.loss_total_kw.sum()) * hours:.6f} kWh allocated; contracts {float(ds.loss_total_kw.values[is_c].sum()) * hours:.6f} kWh"
         )
-    if len(results) > 1:
-        diff = compare(results)
-        print("largest differences from exact (per contract id, kWh):")
-        print(diff.head(args.top).to_string(index=False))
+    if diff is not None:
+        print("largest differences from exact (contract rows, kW):")
+        print(largest_differences(diff, args.top).to_string(index=False))
     print("wrote      " + ", ".join(written))
     return 0
 
@@ -407,7 +418,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--compare",
         default="phase-only,pro-rata",
-        help="methods to compare with (comma list; default phase-only,pro-rata)",
+        help="methods to compare with exact (comma list, or none; exact is added as the reference; "
+        "default phase-only,pro-rata)",
     )
     p.add_argument(
         "--oversold",

@@ -82,8 +82,12 @@ class Engine:
         try:
             out = self.dss.Text.Command(text)
         except opendssdirect.DSSException as exc:
-            raise ModelError(f"OpenDSS rejected {text!r}: {_message(exc)}") from None
+            raise ModelError(f"OpenDSS rejected {text!r}{self._of()}: {_message(exc)}") from None
         return str(out or "")
+
+    def _of(self) -> str:
+        """`` of model PATH`` for messages, once a model is compiled."""
+        return f" of model {self.path}" if self.path is not None else ""
 
     def compile(
         self,
@@ -111,6 +115,7 @@ class Engine:
         if not p.is_file():
             raise ModelError(f"model file not found: {p}")
         model_files(p)  # a Redirect cycle crashes OpenDSS; a missing file is named with its line
+        self.path = None
         self.command("clear")
         cwd = os.getcwd()  # OpenDSS moves the process into the model's folder on compile
         try:
@@ -125,6 +130,7 @@ class Engine:
             has_circuit = False
         if not has_circuit:
             raise ModelError(f"{p} defines no circuit")
+        self.path = p
         # monitors and energy meters only record; lv3ph reads everything from node voltages,
         # and sampling them costs ~40 % of a step on the IEEE feeder (1810 monitors)
         self.command("batchedit monitor..* enabled=no")
@@ -133,7 +139,6 @@ class Engine:
             self.command(f"batchedit load..* vmaxpu={vmaxpu}")
         for c in commands:
             self.command(c)
-        self.path = p
         self.command("set mode=snap")
         self._solve_checked("the initial snapshot")
 
@@ -148,10 +153,10 @@ class Engine:
         try:
             self.dss.Solution.Solve()
         except opendssdirect.DSSException as exc:
-            raise ConvergenceError(f"OpenDSS failed at {what}: {_message(exc)}") from None
+            raise ConvergenceError(f"OpenDSS failed at {what}{self._of()}: {_message(exc)}") from None
         if not self.dss.Solution.Converged():
             raise ConvergenceError(
-                f"OpenDSS did not converge at {what} "
+                f"OpenDSS did not converge at {what}{self._of()} "
                 f"({self.dss.Solution.Iterations()} iterations, max {self.dss.Solution.MaxIterations()})"
             )
 
@@ -200,6 +205,8 @@ class Engine:
         d = self.dss
         if self.path is None:
             raise ModelError("no model compiled")
+        if d.PDElements.Count() == 0:
+            raise ModelError(f"{self.path} has no lines, cables or transformers: nothing to solve")
         nodes = tuple(n.lower() for n in d.Circuit.YNodeOrder())
         node_bus = np.array([n.rsplit(".", 1)[0] for n in nodes])
         node_terminal = np.array([int(n.rsplit(".", 1)[1]) for n in nodes], dtype=np.int64)
@@ -411,9 +418,9 @@ class Engine:
             try:
                 solve()
             except opendssdirect.DSSException as exc:
-                raise ConvergenceError(f"OpenDSS failed at step {k}: {_message(exc)}") from None
+                raise ConvergenceError(f"OpenDSS failed at step {k}{self._of()}: {_message(exc)}") from None
             if not converged():
-                raise ConvergenceError(f"OpenDSS did not converge at step {k} (time {k * stepsize_s:g} s)")
+                raise ConvergenceError(f"OpenDSS did not converge at step {k} (time {k * stepsize_s:g} s){self._of()}")
             volts[:, i] = read_v()
             for name, arr in measured.items():
                 d.Circuit.SetActiveElement(name)

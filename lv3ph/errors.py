@@ -39,3 +39,7 @@ class UnknownItemError(Lv3phError):
 
 class IsolatedCustomerWarning(UserWarning):
     """Customers on isolated nodes were dropped from the model (``drop_isolated``)."""
+
+
+class SchedulerError(Lv3phError):
+    """A Dask scheduler given by address cannot be reached."""
