@@ -1,11 +1,13 @@
 """Command line: ``lv3ph info|powerflow ...``.
 
-Exit codes: 0 success, 2 bad input (one line naming the problem), 1 internal failure.
+Exit codes: 0 success, 2 bad input (one line naming the problem), 1 internal failure (one
+line; ``LV3PH_TRACEBACK=1`` shows the traceback instead).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import warnings
 from collections.abc import Callable, Sequence
@@ -16,7 +18,7 @@ import pandas as pd
 import xarray as xr
 
 from lv3ph.errors import IsolatedCustomerWarning, Lv3phError
-from lv3ph.io import write_csv, write_dataset
+from lv3ph.io import check_output, write_csv, write_dataset
 from lv3ph.powerflow import RunSpec, open_feeder, solve
 from lv3ph.topology import ISOLATED, customers_table, earthing_table, role_label
 from lv3ph.unbalance import Limits, unbalance, violations
@@ -140,6 +142,9 @@ def _summary(pf: xr.Dataset, unb: xr.Dataset, viol: pd.DataFrame, vne_threshold:
 def cmd_powerflow(args: argparse.Namespace) -> int:
     """Run a time-series power flow and write the Dataset (and CSV tables)."""
     spec = RunSpec.parse(args.mode, args.stepsize, args.start, args.steps)
+    check_output(args.out)
+    if args.csv:
+        check_output(args.csv, folder=True)
     engine, model = _open(args)
     pf = solve(engine, model, spec, progress=not args.no_progress)
     unb = unbalance(pf)
@@ -213,6 +218,9 @@ def cmd_allocate(args: argparse.Namespace) -> int:
             raise Lv3phError(f"unknown method {m!r}: use one of {', '.join(METHODS)}")
     if len(methods) > 1 and "exact" not in methods:
         methods.append("exact")  # the reference of the comparison
+    check_output(args.out)
+    if args.nc:
+        check_output(args.nc)
     p = prepare(
         args.model,
         args.contracts,
@@ -289,6 +297,7 @@ def cmd_hosting(args: argparse.Namespace) -> int:
     from lv3ph.unbalance import Limits
 
     run = RunSpec.parse(args.mode, args.stepsize, args.start, args.steps)
+    check_output(args.out, folder=True)
     limits = Limits() if args.no_pvur is False else Limits(pvur_pct=None)
     base = [f"Edit Vsource.source pu={args.source_pu}"] if args.source_pu else []
     results = {}
@@ -472,6 +481,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Lv3phError as exc:
         print(f"lv3ph: error: {exc}", file=sys.stderr)
         return 2
+    except Exception as exc:  # a bug, not bad input: one line too, the traceback on request
+        if os.environ.get("LV3PH_TRACEBACK"):
+            raise
+        text = " ".join(str(exc).split())
+        print(f"lv3ph: internal error: {type(exc).__name__}: {text} (LV3PH_TRACEBACK=1 shows where)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":
