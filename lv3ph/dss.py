@@ -23,6 +23,7 @@ from opendssdirect.OpenDSSDirect import OpenDSSDirect
 
 from lv3ph.errors import ConvergenceError, ModelError, ProfileError, UnknownItemError
 from lv3ph.model import KVA_PER_KWP, ComplexArray, Customer, Element, FeederModel
+from lv3ph.modelfiles import model_files
 
 MODES = ("snap", "daily", "yearly")
 _DEVICE_CLASSES = ("pvsystem", "storage", "generator")
@@ -93,6 +94,7 @@ class Engine:
         p = Path(path)
         if not p.is_file():
             raise ModelError(f"model file not found: {p}")
+        model_files(p)  # a Redirect cycle crashes OpenDSS; a missing file is named with its line
         self.command("clear")
         cwd = os.getcwd()  # OpenDSS moves the process into the model's folder on compile
         try:
