@@ -429,7 +429,9 @@ def _hosting_job(path: Path, job: FleetJob, model: FeederModel, engine: Any) -> 
 def _audit_job(path: Path, job: FleetJob, model: FeederModel, engine: Any) -> tuple[dict[str, Any], Outputs]:
     from lv3ph.market import Tariffs
     from lv3ph.prosumers import Battery
-    from lv3ph.study import PvSpec, StudySpec, run_scenario, scenarios
+    from lv3ph.results import PvSpec, StudySpec
+    from lv3ph.study import run_scenario
+    from lv3ph.studyfile import scenarios
 
     spec = StudySpec(
         name="audit",
