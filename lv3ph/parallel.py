@@ -31,6 +31,7 @@ def run_jobs(
     keys: Sequence[str] | None = None,
     retries: int = 0,
     on_error: Callable[[int, BaseException], T] | None = None,
+    single_in_process: bool = True,
 ) -> list[T]:
     """``[func(*job) for job in jobs]``, on a Dask ``LocalCluster`` (or ``scheduler``) unless
     ``serial``; a progress bar counts finished jobs.
@@ -39,8 +40,9 @@ def run_jobs(
     up to this many times. ``on_error(position, exception)``: the result of a job that still
     failed (default: the exception propagates). A job whose worker died repeatedly fails
     with Dask's ``KilledWorker`` (after ``distributed.scheduler.allowed-failures``).
+    ``single_in_process``: a single job runs in this process (default) instead of on Dask.
     """
-    if serial or len(jobs) <= 1:
+    if serial or not jobs or (len(jobs) == 1 and single_in_process):
         return [_call(func, job, i, on_error) for i, job in enumerate(tqdm(jobs, desc=desc, disable=not progress))]
     import dask
     from dask.distributed import Client, LocalCluster, as_completed

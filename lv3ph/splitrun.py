@@ -3,10 +3,11 @@
 Where the steps of a run are independent -- every set-point is known before the run (load
 shapes, PV shapes) and no OpenDSS element carries state from one step to the next -- the
 window ``start .. start + steps - 1`` is cut into ``workers`` contiguous blocks. Each block
-compiles the model in its own worker process (its own OpenDSS engine), sets OpenDSS's clock
-to its first step (step ``k`` is time ``k x stepsize``: :meth:`lv3ph.dss.Engine.run`), solves
-its steps, and sends back the node voltages; the blocks are joined in order and captured
-once (:func:`lv3ph.powerflow.capture`), exactly as a serial run.
+has its own OpenDSS engine in its own process (the first block this process's, the others
+Dask workers': local processes, or a cluster given ``scheduler``), sets OpenDSS's clock to its first step (step ``k`` is time
+``k x stepsize``: :meth:`lv3ph.dss.Engine.run`), solves its steps and hands back the node
+voltages; the blocks are joined in order and captured once
+(:func:`lv3ph.powerflow.capture`), exactly as a serial run.
 
 Why a block starts :data:`OVERLAP` steps early: OpenDSS solves each step iteratively from the
 previous step's solution, so a block that started cold at its first step would converge to
@@ -28,6 +29,7 @@ protection (fuses, relays, reclosers), generator dispatchers, UPFC controls.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +38,7 @@ from typing import Final
 import numpy as np
 import xarray as xr
 from threadpoolctl import threadpool_limits
+from tqdm.auto import tqdm
 
 from lv3ph.dss import Engine
 from lv3ph.errors import ModelError
@@ -94,7 +97,8 @@ class _Block:
 
 
 def _solve_block(b: _Block) -> tuple[ComplexArray, dict[str, ComplexArray]]:
-    """Worker: compile the model, solve the block (after its warm-up steps), keep the block."""
+    """Dask worker: compile the model (unpacked here if it travelled), solve the block's
+    warm-up steps and steps, keep the block's."""
     with threadpool_limits(limits=1), local_master(b.model) as path:
         engine, _ = open_feeder(
             path,
@@ -123,16 +127,20 @@ def solve_split(
 ) -> xr.Dataset:
     """Solve ``spec`` in ``workers`` contiguous blocks in parallel and capture it as one run.
 
-    ``engine``/``model``: the feeder compiled here with the same options (``vmaxpu``,
-    ``commands``, ``pme_ohm``, ``pme_customers`` as :func:`lv3ph.powerflow.open_feeder`);
-    every block compiles its own copy in a worker. With ``scheduler`` the model files travel
-    with the blocks (:mod:`lv3ph.modelpack`); on a local cluster workers read them in place.
-    The result equals :func:`lv3ph.powerflow.solve` on the same inputs to ~1e-12 of the largest
-    voltage (module docstring).
+    ``engine``/``model``: the feeder freshly compiled here with the same options (``vmaxpu``,
+    ``commands``, ``pme_ohm``, ``pme_customers`` as :func:`lv3ph.powerflow.open_feeder`).
+
+    ``engine`` solves the first block here while ``workers - 1`` Dask workers (local
+    processes, or the cluster at ``scheduler``) each compile their own copy and solve one of
+    the others; with ``scheduler`` the model files travel with the blocks
+    (:mod:`lv3ph.modelpack`).
+
+    The result equals :func:`lv3ph.powerflow.solve` on the same inputs to ~1e-12 of the
+    largest voltage (module docstring).
 
     Raises:
         ModelError: the model has stateful controls or devices (names them), or ``snap`` mode.
-        ProfileError: a load shape does not cover the window (checked before any worker starts).
+        ProfileError: a load shape does not cover the window (checked before any block runs).
     """
     found = stateful_elements(engine)
     if found:
@@ -150,25 +158,71 @@ def solve_split(
     for first, steps in blocks(spec.start, spec.steps, workers):
         warm = min(OVERLAP, first - spec.start)
         jobs.append(
-            (
-                _Block(
-                    model=source,
-                    vmaxpu=vmaxpu,
-                    commands=tuple(commands),
-                    pme_ohm=pme_ohm,
-                    pme_customers=tuple(pme_customers) if pme_customers is not None else None,
-                    mode=spec.mode,
-                    stepsize_s=spec.stepsize_s,
-                    first=first - warm,
-                    start=first,
-                    steps=steps,
-                    measure=measure,
-                ),
+            _Block(
+                model=source,
+                vmaxpu=vmaxpu,
+                commands=tuple(commands),
+                pme_ohm=pme_ohm,
+                pme_customers=tuple(pme_customers) if pme_customers is not None else None,
+                mode=spec.mode,
+                stepsize_s=spec.stepsize_s,
+                first=first - warm,
+                start=first,
+                steps=steps,
+                measure=measure,
             )
         )
-    parts = run_jobs(
-        _solve_block, jobs, workers=workers, scheduler=scheduler, desc="blocks", progress=progress, serial=len(jobs) < 2
-    )
+    parts = _solve_blocks(engine, jobs, workers=workers, scheduler=scheduler, progress=progress)
     vt = np.concatenate([p[0] for p in parts], axis=1)
     measured = {name: np.concatenate([p[1][name] for p in parts], axis=0) for name in measure}
     return capture(model, spec, vt, measured)
+
+
+def _solve_blocks(
+    engine: Engine, jobs: list[_Block], *, workers: int, scheduler: str | None, progress: bool
+) -> list[tuple[ComplexArray, dict[str, ComplexArray]]]:
+    """The first block on ``engine`` here (fresh, as a serial run), the others on Dask workers
+    (``workers - 1`` local processes, or the cluster at ``scheduler``) meanwhile.
+
+    One OpenDSS engine per process: two contexts of one process used from two threads at once
+    crashed OpenDSS (segmentation fault in ``Loads.First``), so blocks never share a process.
+    """
+    rest: list[tuple[ComplexArray, dict[str, ComplexArray]]] = []
+    failed: list[BaseException] = []
+
+    def others() -> None:
+        try:
+            rest.extend(
+                run_jobs(
+                    _solve_block,
+                    [(b,) for b in jobs[1:]],
+                    workers=max(1, workers - 1),
+                    scheduler=scheduler,
+                    desc="blocks",
+                    progress=False,
+                    single_in_process=False,
+                )
+            )
+        except BaseException as exc:  # re-raised in the caller's thread
+            failed.append(exc)
+
+    background = threading.Thread(target=others, name="lv3ph-blocks")
+    if len(jobs) > 1:
+        background.start()
+    first = jobs[0]
+    with tqdm(
+        total=first.steps, desc="power flow (block 1)", unit="step", delay=2.0, disable=not progress, leave=False
+    ) as bar:
+        head = engine.run(
+            first.mode,
+            first.stepsize_s,
+            first.start,
+            first.steps,
+            measure=first.measure,
+            on_step=lambda _k: bar.update(),
+        )
+    if len(jobs) > 1:
+        background.join()
+    if failed:
+        raise failed[0]
+    return [head, *rest]
