@@ -105,7 +105,6 @@ RANK_DEFAULT: Final[dict[str, str]] = {
 }
 _CIRCUIT = re.compile(r"^\s*new\s+(object\s*=\s*)?circuit\.", re.IGNORECASE)
 _SCAN_BYTES: Final[int] = 1 << 20
-_PHASE_LETTER: Final[dict[str, str]] = {"1": "a", "2": "b", "3": "c"}
 
 
 # ----------------------------------------------------------------------------- settings
@@ -298,15 +297,10 @@ def fleet_feeders(source: str | Path) -> list[Feeder]:
 
 
 # ----------------------------------------------------------------------------- KPIs
-def phase_letters(phases: Sequence[Any] | str) -> str:
-    """A customer's phases as letters (``a``, ``bc``): traced labels or terminal numbers 1-3."""
-    return "".join(_PHASE_LETTER.get(str(x).lower(), str(x).lower()) for x in phases)
-
-
 def info_kpis(model: FeederModel) -> dict[str, Any]:
     """What the feeder contains (``info`` columns)."""
     kinds = Counter(e.kind for e in model.elements)
-    phases = [phase_letters(c.phases) for c in model.customers]
+    phases = [c.phase_letters for c in model.customers]
     single = Counter(p for p in phases if len(p) == 1)
     return {
         "wiring": "four-wire" if model.explicit_neutral else "three-wire",
@@ -453,7 +447,7 @@ def _audit_job(path: Path, job: FleetJob, model: FeederModel, engine: Any) -> tu
     )
     res = run_scenario(spec, scenarios(spec)[0])
     s = res.summary
-    phase_of = {c.name: phase_letters(c.phases) for c in model.customers}
+    phase_of = {c.name: c.phase_letters for c in model.customers}
     contracts = res.allocation[~res.allocation.contract.str.startswith("grid:")]
     cross = contracts.seller.map(phase_of) != contracts.buyer.map(phase_of)
     loss = float(s["loss_kwh"])

@@ -14,9 +14,13 @@ from typing import Any, TypeVar
 
 from tqdm.auto import tqdm
 
+from lv3ph.errors import SchedulerError
+
 T = TypeVar("T")
 
 WORKER_ENV = {"NUMBA_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "NUMPY_MADVISE_HUGEPAGE": "0"}
+#: Seconds to wait for an existing scheduler to answer (Dask's default is 30 s).
+CONNECT_TIMEOUT_S = 5.0
 
 
 def run_jobs(
@@ -41,6 +45,9 @@ def run_jobs(
     failed (default: the exception propagates). A job whose worker died repeatedly fails
     with Dask's ``KilledWorker`` (after ``distributed.scheduler.allowed-failures``).
     ``single_in_process``: a single job runs in this process (default) instead of on Dask.
+
+    Raises:
+        SchedulerError: ``scheduler`` cannot be reached (see :func:`connect`).
     """
     if serial or not jobs or (len(jobs) == 1 and single_in_process):
         return [_call(func, job, i, on_error) for i, job in enumerate(tqdm(jobs, desc=desc, disable=not progress))]
@@ -56,7 +63,7 @@ def run_jobs(
                 n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None, env=WORKER_ENV
             )
     try:
-        with Client(scheduler or cluster) as client:
+        with connect(scheduler) if scheduler else Client(cluster) as client:
             names = list(keys) if keys is not None else [None] * len(jobs)
             futures = [
                 client.submit(func, *job, pure=False, key=k, retries=retries)
@@ -89,3 +96,18 @@ def _call(
         if on_error is None:
             raise
         return on_error(i, exc)
+
+
+def connect(scheduler: str) -> Any:
+    """A ``dask.distributed.Client`` of the running scheduler at address ``scheduler``.
+
+    Raises:
+        SchedulerError: ``scheduler`` is not a Dask address or does not answer within
+            :data:`CONNECT_TIMEOUT_S` (one line: ``cannot reach Dask scheduler ADDRESS (...)``).
+    """
+    from dask.distributed import Client
+
+    try:
+        return Client(scheduler, timeout=CONNECT_TIMEOUT_S)
+    except (OSError, ValueError) as exc:
+        raise SchedulerError(f"cannot reach Dask scheduler {scheduler} ({' '.join(str(exc).split())})") from None

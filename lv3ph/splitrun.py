@@ -88,6 +88,7 @@ class _Block:
     commands: tuple[str, ...]
     pme_ohm: float | None
     pme_customers: tuple[str, ...] | None
+    drop_isolated: bool
     mode: str
     stepsize_s: float
     first: int  # first step solved (warm-up included)
@@ -106,6 +107,7 @@ def _solve_block(b: _Block) -> tuple[ComplexArray, dict[str, ComplexArray]]:
             commands=b.commands,
             pme_ohm=b.pme_ohm,
             pme_customers=list(b.pme_customers) if b.pme_customers is not None else None,
+            drop_isolated=b.drop_isolated,
         )
         skip = b.start - b.first
         vt, measured = engine.run(b.mode, b.stepsize_s, b.first, skip + b.steps, measure=b.measure)
@@ -122,13 +124,15 @@ def solve_split(
     commands: Sequence[str] = (),
     pme_ohm: float | None = None,
     pme_customers: Sequence[str] | None = None,
+    drop_isolated: bool = False,
     scheduler: str | None = None,
     progress: bool = True,
 ) -> xr.Dataset:
     """Solve ``spec`` in ``workers`` contiguous blocks in parallel and capture it as one run.
 
     ``engine``/``model``: the feeder freshly compiled here with the same options (``vmaxpu``,
-    ``commands``, ``pme_ohm``, ``pme_customers`` as :func:`lv3ph.powerflow.open_feeder`).
+    ``commands``, ``pme_ohm``, ``pme_customers``, ``drop_isolated`` as
+    :func:`lv3ph.powerflow.open_feeder`).
 
     ``engine`` solves the first block here while ``workers - 1`` Dask workers (local
     processes, or the cluster at ``scheduler``) each compile their own copy and solve one of
@@ -164,6 +168,7 @@ def solve_split(
                 commands=tuple(commands),
                 pme_ohm=pme_ohm,
                 pme_customers=tuple(pme_customers) if pme_customers is not None else None,
+                drop_isolated=drop_isolated,
                 mode=spec.mode,
                 stepsize_s=spec.stepsize_s,
                 first=first - warm,
