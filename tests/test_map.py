@@ -73,7 +73,10 @@ def feeder(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, xr.Dataset]:
 
 def test_bus_coordinates_are_read_from_the_model(feeder: tuple[Path, xr.Dataset]) -> None:
     _, series = feeder
-    got = {b: (float(x), float(y)) for b, x, y in zip(series.bus.values, series.bus_x.values, series.bus_y.values)}
+    got = {
+        b: (float(x), float(y))
+        for b, x, y in zip(series.bus.values, series.bus_x.values, series.bus_y.values, strict=True)
+    }
     for bus, xy in COORDS.items():
         assert got[bus] == xy
     assert np.isnan(got["sourcebus"][0])
@@ -122,7 +125,7 @@ def test_lines_customers_and_colours_are_where_and_what_the_values_say(feeder: t
 
     def pixel(x: float, y: float) -> np.ndarray:
         px, py = ax.transData.transform((x, y))
-        return img[int(round(height - py)), int(round(px))]
+        return img[round(float(height - py)), round(float(px))]
 
     for i, name in enumerate(data.lines):
         (x1, y1), (x2, y2) = (COORDS[b] for b in LINES[name])
