@@ -41,7 +41,7 @@ from lv3ph.phases import (
 )
 from lv3ph.powerflow import capture, customer_ports, neutral_conductors, open_feeder, solve_raw
 from lv3ph.prosumers import dispatch_p2p, dispatch_self_consumption, place_pv, pv_profile_kw_per_kwp
-from lv3ph.results import Scenario, ScenarioResult, StudySpec
+from lv3ph.results import Scenario, ScenarioResult, StudySpec, write_metadata
 from lv3ph.studyfile import load_study, scenarios
 from lv3ph.unbalance import line_loading_pct, unbalance, violation_summary, violations
 
@@ -520,6 +520,7 @@ def write_outputs(spec: StudySpec, results: list[ScenarioResult]) -> Path:
         write_csv(r.violations, folder / "violations.csv")
     summary = summary_table(results)
     write_csv(summary, out / "summary.csv")
+    write_metadata(spec, out, results=results)
     return write_report(spec, results, summary, out)
 
 
@@ -584,6 +585,7 @@ def run_hosting_study(
         )
     summary = pd.DataFrame(rows)
     write_csv(summary, spec.out / "summary.csv")
+    write_metadata(spec, spec.out, arrangements=tuple(results))
     return summary, write_hosting_report(spec, results, summary, spec.out)
 
 
@@ -594,9 +596,14 @@ def run_study(
     scheduler: str | None = None,
     workers: int = 2,
     progress: bool = True,
+    out: str | Path | None = None,
 ) -> tuple[StudySpec, list[ScenarioResult], Path]:
-    """Load, run and report a study; returns the spec, the results and ``report.html``."""
+    """Load, run and report a study; returns the spec, the results and ``report.html``.
+
+    ``out`` replaces the study file's output folder."""
     spec = load_study(path)
+    if out is not None:
+        spec = replace(spec, out=Path(out).resolve())
     if spec.hosting is not None:
         raise StudyError(f"{path} is a hosting-capacity study: run it with run_hosting_study (lv3ph study does)")
     results = run_scenarios(
