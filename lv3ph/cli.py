@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -15,9 +16,10 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from lv3ph.errors import Lv3phError
+from lv3ph.errors import IsolatedCustomerWarning, Lv3phError
 from lv3ph.io import write_csv, write_dataset
 from lv3ph.powerflow import RunSpec, open_feeder, solve
+from lv3ph.topology import ISOLATED, customers_table, earthing_table
 from lv3ph.unbalance import Limits, unbalance, violations
 
 
@@ -47,16 +49,35 @@ def _run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
+def _drop_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--drop-isolated",
+        action="store_true",
+        help="drop customers on isolated nodes (no series path from a source) with a warning, instead of an error",
+    )
+
+
 def _open(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     customers = args.pme_customers.split(",") if args.pme_customers else None
-    return open_feeder(args.model, vmaxpu=args.vmaxpu, pme_ohm=args.pme, pme_customers=customers)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", IsolatedCustomerWarning)
+        opened = open_feeder(
+            args.model,
+            vmaxpu=args.vmaxpu,
+            pme_ohm=args.pme,
+            pme_customers=customers,
+            drop_isolated=args.drop_isolated,
+        )
+    for w in caught:
+        print(f"lv3ph: warning: {w.message}", file=sys.stderr)
+    return opened
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    """Print what the model contains."""
-    _, model = _open(args)
+    """Print what the model contains (and with ``--csv DIR`` write customers.csv, earthing.csv)."""
+    engine, model = _open(args)
     kinds = pd.Series([e.kind for e in model.elements]).value_counts()
-    per_phase = pd.Series([",".join(map(str, c.phases)) for c in model.customers]).value_counts().sort_index()
+    per_phase = pd.Series([c.phase_letters for c in model.customers]).value_counts().sort_index()
     print(f"model      {model.path}")
     print(f"wiring     {model.wiring}")
     print(f"buses      {len(model.buses)}   nodes {model.n_nodes}")
@@ -72,6 +93,15 @@ def cmd_info(args: argparse.Namespace) -> int:
     for e in model.elements:
         if e.kind == "transformer":
             print(f"transformer {e.name} {e.kva:g} kVA, buses {' -> '.join(e.buses)}")
+    isolated = int(np.count_nonzero(model.node_role == ISOLATED))
+    print(f"nodes      traced from {', '.join(model.groups) or 'no source'}; {isolated} isolated")
+    if args.csv:
+        kw = {c.name: engine.load_base(c.devices[0].split(".", 1)[1])[0] for c in model.customers}
+        written = [
+            write_csv(customers_table(model, kw), args.csv / "customers.csv"),
+            write_csv(earthing_table(model), args.csv / "earthing.csv"),
+        ]
+        print("wrote      " + ", ".join(map(str, written)))
     return 0
 
 
@@ -172,13 +202,16 @@ def allocation_frame(al: xr.Dataset) -> pd.DataFrame:
 
 def cmd_allocate(args: argparse.Namespace) -> int:
     """Allocate every step's losses to P2P contracts and compare methods."""
-    from lv3ph.allocation.audit import METHODS, allocate_method, compare
+    from lv3ph.allocation.audit import METHODS, allocate_method, compare, largest_differences
     from lv3ph.allocation.exact import branch_detail, loss_network, party_rows_for, prepare
 
-    methods = [args.method] + [m for m in (args.compare.split(",") if args.compare else []) if m and m != args.method]
+    others = [] if args.compare.strip().lower() in ("", "none") else [m.strip() for m in args.compare.split(",")]
+    methods = list(dict.fromkeys([args.method.strip(), *(m for m in others if m)]))
     for m in methods:
         if m not in METHODS:
             raise Lv3phError(f"unknown method {m!r}: use one of {', '.join(METHODS)}")
+    if len(methods) > 1 and "exact" not in methods:
+        methods.append("exact")  # the reference of the comparison
     p = prepare(
         args.model,
         args.contracts,
@@ -194,14 +227,23 @@ def cmd_allocate(args: argparse.Namespace) -> int:
     )
     engine, model, spec, pf, vt, table, shares = p.engine, p.model, p.run, p.pf, p.vt, p.contracts, p.shares
     net = loss_network(model)
-    results = {
-        m: allocate_method(
-            m, engine=engine, model=model, pf=pf, vt=vt, contracts=table, shares=shares, net=net, run=spec
+    results: dict[str, xr.Dataset] = {}
+    for m in sorted(methods, key=lambda m: m != "exact"):  # exact first: phase-only reuses it
+        results[m] = allocate_method(
+            m,
+            engine=engine,
+            model=model,
+            pf=pf,
+            vt=vt,
+            contracts=table,
+            shares=shares,
+            net=net,
+            run=spec,
+            exact=results.get("exact"),
         )
-        for m in methods
-    }
-    main = results[args.method]
-    write_csv(allocation_frame(main), args.out)
+    results = {m: results[m] for m in methods}
+    diff = compare(results) if len(results) > 1 else None
+    write_csv(allocation_frame(results[methods[0]]), args.out)
     written = [str(args.out)]
     if args.nc:
         rows = party_rows_for(net, model, pf, vt, table, shares)
@@ -232,10 +274,9 @@ def cmd_allocate(args: argparse.Namespace) -> int:
         print(
             f"{m:<11}{float(ds.loss_total_kw.sum()) * hours:.6f} kWh allocated; contracts {float(ds.loss_total_kw.values[is_c].sum()) * hours:.6f} kWh"
         )
-    if len(results) > 1:
-        diff = compare(results)
-        print("largest differences from exact (per contract id, kWh):")
-        print(diff.head(args.top).to_string(index=False))
+    if diff is not None:
+        print("largest differences from exact (contract rows, kW):")
+        print(largest_differences(diff, args.top).to_string(index=False))
     print("wrote      " + ", ".join(written))
     return 0
 
@@ -359,6 +400,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Buses, lines, customers per phase, neutral, earthing, transformer.",
     )
     _model_args(p)
+    _drop_arg(p)
+    p.add_argument("--csv", type=Path, default=None, metavar="DIR", help="write customers.csv and earthing.csv")
     p.set_defaults(func=cmd_info)
     p = sub.add_parser(
         "powerflow",
@@ -366,6 +409,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Solve with OpenDSS's own time modes and capture voltages, currents, losses and unbalance.",
     )
     _model_args(p)
+    _drop_arg(p)
     _run_args(p)
     p.add_argument("--out", type=Path, default=Path("results.nc"), help="netCDF output (default results.nc)")
     p.add_argument(
@@ -399,7 +443,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--compare",
         default="phase-only,pro-rata",
-        help="methods to compare with (comma list; default phase-only,pro-rata)",
+        help="methods to compare with exact (comma list, or none; exact is added as the reference; "
+        "default phase-only,pro-rata)",
     )
     p.add_argument(
         "--oversold",

@@ -14,9 +14,13 @@ from typing import Any, TypeVar
 
 from tqdm.auto import tqdm
 
+from lv3ph.errors import SchedulerError
+
 T = TypeVar("T")
 
 WORKER_ENV = {"NUMBA_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "NUMPY_MADVISE_HUGEPAGE": "0"}
+#: Seconds to wait for an existing scheduler to answer (Dask's default is 30 s).
+CONNECT_TIMEOUT_S = 5.0
 
 
 def run_jobs(
@@ -31,7 +35,11 @@ def run_jobs(
     keys: Sequence[str] | None = None,
 ) -> list[T]:
     """``[func(*job) for job in jobs]``, on a Dask ``LocalCluster`` (or ``scheduler``) unless
-    ``serial``; a progress bar counts finished jobs."""
+    ``serial``; a progress bar counts finished jobs.
+
+    Raises:
+        SchedulerError: ``scheduler`` cannot be reached (see :func:`connect`).
+    """
     if serial or len(jobs) <= 1:
         return [func(*job) for job in tqdm(jobs, desc=desc, disable=not progress)]
     import dask
@@ -46,7 +54,7 @@ def run_jobs(
                 n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None, env=WORKER_ENV
             )
     try:
-        with Client(scheduler or cluster) as client:
+        with connect(scheduler) if scheduler else Client(cluster) as client:
             names = list(keys) if keys is not None else [None] * len(jobs)
             futures = [client.submit(func, *job, pure=False, key=k) for job, k in zip(jobs, names, strict=True)]
             position = {f.key: i for i, f in enumerate(futures)}
@@ -59,3 +67,18 @@ def run_jobs(
     finally:
         if cluster is not None:
             cluster.close()
+
+
+def connect(scheduler: str) -> Any:
+    """A ``dask.distributed.Client`` of the running scheduler at address ``scheduler``.
+
+    Raises:
+        SchedulerError: ``scheduler`` is not a Dask address or does not answer within
+            :data:`CONNECT_TIMEOUT_S` (one line: ``cannot reach Dask scheduler ADDRESS (...)``).
+    """
+    from dask.distributed import Client
+
+    try:
+        return Client(scheduler, timeout=CONNECT_TIMEOUT_S)
+    except (OSError, ValueError) as exc:
+        raise SchedulerError(f"cannot reach Dask scheduler {scheduler} ({' '.join(str(exc).split())})") from None
