@@ -13,8 +13,8 @@ abbreviated as OpenDSS allows, e.g. ``red`` for ``Redirect``, ``c`` for ``Compil
 
 - scripts: ``Redirect FILE``, ``Compile FILE`` (also ``file=FILE``); a name without an
   extension that does not exist is tried with ``.dss``, as OpenDSS does;
-- bus coordinates: ``BusCoords``, ``LatLongCoords``, ``GISCoords`` (``[file=]FILE``);
-  ``UUIDs FILE``;
+- bus coordinates: ``BusCoords``, ``LatLongCoords``, ``GISCoords`` (``[file=]FILE``; a
+  missing GISCoords file is not an error, OpenDSS ignores it); ``UUIDs FILE``;
 - data in object properties (``New``, ``Edit``, ``More`` / ``M`` / ``~``, ``BatchEdit``,
   ``Set`` and ``Class.name.property=value`` lines): the properties ``CSVFile``,
   ``PQCSVFile``, ``SngFile`` and ``DblFile`` (LoadShape, TShape, PriceShape, XYcurve,
@@ -166,7 +166,9 @@ class _Walker:
             elif command in _SCRIPTS and len(tokens) > 1:
                 self._enter(command, tokens[1][1], path, number, stack)
             elif command in _ONE_FILE and len(tokens) > 1:
-                self._data(tokens[1][1], "coordinates" if command != "uuids" else "data", path, number)
+                name = tokens[1][1]
+                if command != "giscoords" or self._path(name).is_file():  # DSS C-API ignores a missing one
+                    self._data(name, "coordinates" if command != "uuids" else "data", path, number)
             elif command == "cd" and len(tokens) > 1 and not tokens[1][1].startswith("@"):
                 self.cwd = self._path(tokens[1][1])
             elif command in _PROPERTIES or (command is None and tokens[0][0] is not None):

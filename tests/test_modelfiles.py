@@ -232,6 +232,14 @@ def test_command_abbreviations_match_opendss_command_order() -> None:
             assert opendss_command(command[: shortest - 1]) != command, command
 
 
+def test_a_missing_giscoords_file_is_ignored_as_opendss_does(tmp_path: Path) -> None:
+    master = _tree(tmp_path, {"m.dss": HEAD + "GISCoords nothere.csv\n"})
+    _opendss(master)  # no error
+    assert _rel(master) == ["m.dss"]
+    (tmp_path / "nothere.csv").write_text("")
+    assert _rel(master) == ["m.dss", "nothere.csv"]
+
+
 def test_a_script_read_twice_is_not_a_cycle(tmp_path: Path) -> None:
     master = _tree(
         tmp_path,
