@@ -520,6 +520,19 @@ class Engine:
 
         return set_pq
 
+    def enabled_counts(self, classes: Sequence[str]) -> dict[str, int]:
+        """How many enabled elements of each OpenDSS class (lower-case names) the circuit has."""
+        d = self.dss
+        out = {}
+        for cls in classes:
+            d.Circuit.SetActiveClass(cls)
+            n = 0
+            for name in d.ActiveClass.AllNames():
+                d.Circuit.SetActiveElement(f"{cls}.{name}")
+                n += int(bool(d.CktElement.Enabled()))
+            out[cls] = n
+        return out
+
     def frequency_hz(self) -> float:
         """The circuit's base frequency, Hz."""
         return float(self.dss.Solution.Frequency())
@@ -619,6 +632,17 @@ class Engine:
             out[f"line.{lines.Name().lower()}"] = float(lines.Length()) * per_km.get(int(lines.Units()), 1.0)
             if not lines.Next():
                 break
+        return out
+
+    def bus_coordinates(self) -> dict[str, tuple[float, float]]:
+        """Coordinates of every bus that has them (OpenDSS ``BusCoords``/``LatLongCoords``),
+        lower-case bus name -> (x, y) in the model's own units; buses without are left out."""
+        d = self.dss
+        out: dict[str, tuple[float, float]] = {}
+        for name in d.Circuit.AllBusNames():
+            d.Circuit.SetActiveBus(name)
+            if d.Bus.Coorddefined():
+                out[name.lower()] = (float(d.Bus.X()), float(d.Bus.Y()))
         return out
 
     # ------------------------------------------------------------------ OpenDSS's own numbers (references)
