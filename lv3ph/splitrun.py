@@ -38,14 +38,13 @@ from typing import Final
 
 import numpy as np
 import xarray as xr
-from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 
 from lv3ph.dss import Engine
 from lv3ph.errors import ModelError
 from lv3ph.model import ComplexArray, FeederModel
 from lv3ph.modelpack import ModelPack, local_master, pack_model
-from lv3ph.parallel import run_jobs
+from lv3ph.parallel import run_jobs, single_threaded
 from lv3ph.powerflow import RunSpec, capture, customer_ports, measured_devices, open_feeder
 
 #: Steps solved (and discarded) before each block but the first.
@@ -126,7 +125,7 @@ def _engine(b: _Block) -> Engine:
 def _solve_block(b: _Block) -> tuple[ComplexArray, dict[str, ComplexArray]]:
     """Dask worker: this worker's engine for the model (compiled from the files sent with the
     block on first use), the block's warm-up steps and steps; keep the block's."""
-    with threadpool_limits(limits=1):
+    with single_threaded():
         skip = b.start - b.first
         vt, measured = _engine(b).run(b.mode, b.stepsize_s, b.first, skip + b.steps, measure=b.measure)
     return vt[:, skip:], {k: v[skip:] for k, v in measured.items()}

@@ -268,6 +268,17 @@ def test_fleet_list_with_settings_and_missing_model(tmp_path: Path) -> None:
     by = res.table.set_index("feeder")
     assert by.loc["plain", "earth_electrodes"] == 1 and by.loc["pme", "earth_electrodes"] == 3  # + one per customer
     assert list(res.errors.feeder) == ["nope"] and "not found" in res.errors.error[0]
+    # any fsspec URL is a store: here fsspec's in-memory file system
+    import io
+
+    import fsspec
+
+    again = run_fleet(listing, FleetJob(job="snapshot"), "memory://fleet_test", serial=True, progress=False)
+    mem = fsspec.filesystem("memory")
+    stored = pd.read_csv(io.BytesIO(mem.cat("/fleet_test/fleet.csv")))
+    assert list(stored.feeder) == ["plain", "pme"] and mem.exists("/fleet_test/feeders/pme/done.json")
+    np.testing.assert_allclose(stored.loss_kw, res.table.loss_kw, rtol=1e-9)  # CSV keeps 10 digits
+    pd.testing.assert_frame_equal(again.table.drop(columns="seconds"), res.table.drop(columns="seconds"))
 
 
 def test_misallocation_hand_calculation() -> None:
