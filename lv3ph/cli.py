@@ -1,14 +1,17 @@
 """Command line: ``lv3ph info|powerflow ...``.
 
-Exit codes: 0 success, 2 bad input (one line naming the problem), 1 internal failure.
+Exit codes: 0 success, 2 bad input (one line naming the problem), 1 internal failure (one
+line; ``LV3PH_TRACEBACK=1`` shows the traceback instead).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import warnings
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -16,9 +19,9 @@ import pandas as pd
 import xarray as xr
 
 from lv3ph.errors import IsolatedCustomerWarning, Lv3phError
-from lv3ph.io import write_csv, write_dataset
+from lv3ph.io import check_output, write_csv, write_dataset
 from lv3ph.powerflow import RunSpec, open_feeder, solve
-from lv3ph.topology import ISOLATED, customers_table, earthing_table
+from lv3ph.topology import ISOLATED, customers_table, earthing_table, role_label
 from lv3ph.unbalance import Limits, unbalance, violations
 
 
@@ -140,6 +143,9 @@ def _summary(pf: xr.Dataset, unb: xr.Dataset, viol: pd.DataFrame, vne_threshold:
 def cmd_powerflow(args: argparse.Namespace) -> int:
     """Run a time-series power flow and write the Dataset (and CSV tables)."""
     spec = RunSpec.parse(args.mode, args.stepsize, args.start, args.steps)
+    check_output(args.out)
+    if args.csv:
+        check_output(args.csv, folder=True)
     engine, model = _open(args)
     if args.workers > 1:
         from lv3ph.splitrun import solve_split
@@ -173,13 +179,15 @@ def cmd_powerflow(args: argparse.Namespace) -> int:
 
 
 def write_tables(pf: xr.Dataset, unb: xr.Dataset, viol: pd.DataFrame, folder: Path) -> list[str]:
-    """voltages.csv, unbalance.csv, losses.csv and violations.csv into ``folder``."""
+    """voltages.csv (with each node's traced ``role``: a, b, c, neutral), unbalance.csv,
+    losses.csv and violations.csv into ``folder``."""
     v = pf.voltage.stack(row=("time", "bus", "terminal")).dropna("row")
     volt = pd.DataFrame(
         {
             "time": v.time.values,
             "bus": v.bus.values,
             "terminal": v.terminal.values,
+            "role": [role_label(int(r)) for r in v.terminal_role.values],
             "vmag_v": np.abs(v.values),
             "vang_deg": np.degrees(np.angle(v.values)),
         }
@@ -227,6 +235,9 @@ def cmd_allocate(args: argparse.Namespace) -> int:
             raise Lv3phError(f"unknown method {m!r}: use one of {', '.join(METHODS)}")
     if len(methods) > 1 and "exact" not in methods:
         methods.append("exact")  # the reference of the comparison
+    check_output(args.out)
+    if args.nc:
+        check_output(args.nc)
     p = prepare(
         args.model,
         args.contracts,
@@ -303,6 +314,7 @@ def cmd_hosting(args: argparse.Namespace) -> int:
     from lv3ph.unbalance import Limits
 
     run = RunSpec.parse(args.mode, args.stepsize, args.start, args.steps)
+    check_output(args.out, folder=True)
     limits = Limits() if args.no_pvur is False else Limits(pvur_pct=None)
     base = [f"Edit Vsource.source pu={args.source_pu}"] if args.source_pu else []
     results = {}
@@ -386,6 +398,8 @@ def cmd_study(args: argparse.Namespace) -> int:
     from lv3ph.studyfile import load_study
 
     spec = load_study(args.study)
+    if args.out is not None:
+        spec = replace(spec, out=args.out.resolve())
     if spec.hosting is not None:
         table, report = run_hosting_study(
             spec, serial=args.serial, scheduler=args.scheduler, workers=args.workers, progress=not args.no_progress
@@ -394,7 +408,12 @@ def cmd_study(args: argparse.Namespace) -> int:
         print(f"report     {report}")
         return 0
     _spec, results, report = run_study(
-        args.study, serial=args.serial, scheduler=args.scheduler, workers=args.workers, progress=not args.no_progress
+        args.study,
+        serial=args.serial,
+        scheduler=args.scheduler,
+        workers=args.workers,
+        progress=not args.no_progress,
+        out=args.out,
     )
     summary = pd.DataFrame([r.summary for r in results])
     cols = [
@@ -409,6 +428,25 @@ def cmd_study(args: argparse.Namespace) -> int:
     ]
     with pd.option_context("display.width", 200, "display.max_columns", 20):
         print(summary[cols].round(3).to_string(index=False))
+    print(f"report     {report}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """Draw a study's report again from its result folder (nothing is solved)."""
+    from lv3ph.hosting import HostingResult
+    from lv3ph.report import write_hosting_report, write_report
+    from lv3ph.results import read_hosting, read_metadata, read_results
+
+    out = args.out if args.out is not None else args.results
+    if read_metadata(args.results)["kind"] == "hosting":
+        spec, placements, summary = read_hosting(args.results)
+        empty = pd.DataFrame()
+        results = {a: HostingResult(df, empty, empty, empty, label=a) for a, df in placements.items()}
+        report = write_hosting_report(spec, results, summary, out)
+    else:
+        spec, scenario_results, summary = read_results(args.results)
+        report = write_report(spec, scenario_results, summary, out)
     print(f"report     {report}")
     return 0
 
@@ -547,7 +585,22 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--scheduler", default=None, metavar="ADDRESS", help="use an existing Dask scheduler")
         p.add_argument("--workers", type=int, default=2, help="local Dask workers (default 2)")
         p.add_argument("--no-progress", action="store_true", help="no progress bars")
+        p.add_argument(
+            "--out",
+            type=Path,
+            default=None,
+            metavar="DIR",
+            help="output folder (default: the study file's [study].out)",
+        )
         p.set_defaults(func=cmd_study if name == "study" else cmd_demo)
+    p = sub.add_parser(
+        "report",
+        help="draw a study's report again from its results",
+        description="Re-render report.html and the figures from a result folder of lv3ph study (no power flow is solved).",
+    )
+    p.add_argument("results", type=Path, help="result folder written by lv3ph study (holds study.json)")
+    p.add_argument("--out", type=Path, default=None, metavar="DIR", help="write the report here (default: RESULT_DIR)")
+    p.set_defaults(func=cmd_report)
     return parser
 
 
@@ -561,6 +614,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Lv3phError as exc:
         print(f"lv3ph: error: {exc}", file=sys.stderr)
         return 2
+    except Exception as exc:  # a bug, not bad input: one line too, the traceback on request
+        if os.environ.get("LV3PH_TRACEBACK"):
+            raise
+        text = " ".join(str(exc).split())
+        print(f"lv3ph: internal error: {type(exc).__name__}: {text} (LV3PH_TRACEBACK=1 shows where)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

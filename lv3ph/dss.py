@@ -634,6 +634,17 @@ class Engine:
                 break
         return out
 
+    def bus_coordinates(self) -> dict[str, tuple[float, float]]:
+        """Coordinates of every bus that has them (OpenDSS ``BusCoords``/``LatLongCoords``),
+        lower-case bus name -> (x, y) in the model's own units; buses without are left out."""
+        d = self.dss
+        out: dict[str, tuple[float, float]] = {}
+        for name in d.Circuit.AllBusNames():
+            d.Circuit.SetActiveBus(name)
+            if d.Bus.Coorddefined():
+                out[name.lower()] = (float(d.Bus.X()), float(d.Bus.Y()))
+        return out
+
     # ------------------------------------------------------------------ OpenDSS's own numbers (references)
     def element_losses_w(self) -> dict[str, complex]:
         """OpenDSS's own losses (W + j var) of every enabled PD element, at the last solve."""
