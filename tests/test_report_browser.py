@@ -242,3 +242,40 @@ def test_report_rerenders_from_saved_results_without_solving(study_out: Path, tm
     assert sorted(p.name for p in again.iterdir()) == sorted(
         p.name for p in study_out.iterdir() if p.is_file() and p.suffix in (".png", ".html")
     )
+
+
+HOSTING = """
+[study]
+name = "hosting"
+model = "{model}"
+
+[time]
+mode = "yearly"
+stepsize = "15m"
+start = 44
+steps = 4
+
+[hosting]
+placements = 3
+kwp = [2.0, 6.0]
+
+[scenarios]
+arrangement = ["as-built", "static-rebalanced"]
+"""
+
+
+def test_hosting_report_rerenders_from_saved_results(tmp_path: Path) -> None:
+    model = write_model(tmp_path / "feeder")
+    (tmp_path / "hosting.toml").write_text(HOSTING.format(model=model))
+    out = tmp_path / "out"
+    assert main(["study", str(tmp_path / "hosting.toml"), "--serial", "--no-progress", "--out", str(out)]) == 0
+    assert main(["report", str(out), "--out", str(tmp_path / "again")]) == 0
+    page = (out / "report.html").read_text()
+    assert (tmp_path / "again" / "report.html").read_text() == page
+    data = json.loads(page.split('id="lv3ph-data">')[1].split("</script>")[0])
+    for arrangement in ("as-built", "static-rebalanced"):
+        placements = pd.read_csv(out / f"hosting_{arrangement}.csv")
+        np.testing.assert_allclose(
+            data["arrangements"][arrangement]["hosting_kw"], np.sort(placements.hosting_kw), rtol=1e-4
+        )
+    assert (tmp_path / "again" / "hosting.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
