@@ -1,11 +1,13 @@
 """Command line: ``lv3ph info|powerflow ...``.
 
-Exit codes: 0 success, 2 bad input (one line naming the problem), 1 internal failure.
+Exit codes: 0 success, 2 bad input (one line naming the problem), 1 internal failure (one
+line; ``LV3PH_TRACEBACK=1`` shows the traceback instead).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import warnings
 from collections.abc import Callable, Sequence
@@ -17,9 +19,9 @@ import pandas as pd
 import xarray as xr
 
 from lv3ph.errors import IsolatedCustomerWarning, Lv3phError
-from lv3ph.io import write_csv, write_dataset
+from lv3ph.io import check_output, write_csv, write_dataset
 from lv3ph.powerflow import RunSpec, open_feeder, solve
-from lv3ph.topology import ISOLATED, customers_table, earthing_table
+from lv3ph.topology import ISOLATED, customers_table, earthing_table, role_label
 from lv3ph.unbalance import Limits, unbalance, violations
 
 
@@ -141,8 +143,27 @@ def _summary(pf: xr.Dataset, unb: xr.Dataset, viol: pd.DataFrame, vne_threshold:
 def cmd_powerflow(args: argparse.Namespace) -> int:
     """Run a time-series power flow and write the Dataset (and CSV tables)."""
     spec = RunSpec.parse(args.mode, args.stepsize, args.start, args.steps)
+    check_output(args.out)
+    if args.csv:
+        check_output(args.csv, folder=True)
     engine, model = _open(args)
-    pf = solve(engine, model, spec, progress=not args.no_progress)
+    if args.workers > 1:
+        from lv3ph.splitrun import solve_split
+
+        pf = solve_split(
+            engine,
+            model,
+            spec,
+            workers=args.workers,
+            vmaxpu=args.vmaxpu,
+            pme_ohm=args.pme,
+            pme_customers=args.pme_customers.split(",") if args.pme_customers else None,
+            drop_isolated=args.drop_isolated,
+            scheduler=args.scheduler,
+            progress=not args.no_progress,
+        )
+    else:
+        pf = solve(engine, model, spec, progress=not args.no_progress)
     unb = unbalance(pf)
     limits = Limits()
     viol = violations(pf, unb, limits)
@@ -158,13 +179,15 @@ def cmd_powerflow(args: argparse.Namespace) -> int:
 
 
 def write_tables(pf: xr.Dataset, unb: xr.Dataset, viol: pd.DataFrame, folder: Path) -> list[str]:
-    """voltages.csv, unbalance.csv, losses.csv and violations.csv into ``folder``."""
+    """voltages.csv (with each node's traced ``role``: a, b, c, neutral), unbalance.csv,
+    losses.csv and violations.csv into ``folder``."""
     v = pf.voltage.stack(row=("time", "bus", "terminal")).dropna("row")
     volt = pd.DataFrame(
         {
             "time": v.time.values,
             "bus": v.bus.values,
             "terminal": v.terminal.values,
+            "role": [role_label(int(r)) for r in v.terminal_role.values],
             "vmag_v": np.abs(v.values),
             "vang_deg": np.degrees(np.angle(v.values)),
         }
@@ -212,6 +235,9 @@ def cmd_allocate(args: argparse.Namespace) -> int:
             raise Lv3phError(f"unknown method {m!r}: use one of {', '.join(METHODS)}")
     if len(methods) > 1 and "exact" not in methods:
         methods.append("exact")  # the reference of the comparison
+    check_output(args.out)
+    if args.nc:
+        check_output(args.nc)
     p = prepare(
         args.model,
         args.contracts,
@@ -288,6 +314,7 @@ def cmd_hosting(args: argparse.Namespace) -> int:
     from lv3ph.unbalance import Limits
 
     run = RunSpec.parse(args.mode, args.stepsize, args.start, args.steps)
+    check_output(args.out, folder=True)
     limits = Limits() if args.no_pvur is False else Limits(pvur_pct=None)
     base = [f"Edit Vsource.source pu={args.source_pu}"] if args.source_pu else []
     results = {}
@@ -321,6 +348,47 @@ def cmd_hosting(args: argparse.Namespace) -> int:
         )
     plot = plot_hosting(results, out / "hosting.png")
     print(f"wrote      {out}/hosting_*.csv, {plot}")
+    return 0
+
+
+def cmd_fleet(args: argparse.Namespace) -> int:
+    """Run one job on every feeder of a folder tree or CSV list."""
+    from lv3ph.fleet import FleetJob, run_fleet
+
+    job = FleetJob(
+        job=args.job,
+        mode=args.mode,
+        stepsize=args.stepsize,
+        start=args.start,
+        steps=args.steps,
+        vmaxpu=args.vmaxpu,
+        pme_ohm=args.pme,
+        placements=args.placements,
+        seed=args.seed,
+        kwp_range=(args.kwp_min, args.kwp_max),
+        pv_share=args.pv_share,
+        save=args.save,
+    )
+    res = run_fleet(
+        args.source,
+        job,
+        args.out,
+        serial=args.serial,
+        workers=args.workers,
+        scheduler=args.scheduler,
+        resume=args.resume,
+        retries=args.retries,
+        rank=args.rank,
+        progress=not args.no_progress,
+    )
+    done = len(res.table)
+    print(
+        f"feeders    {done + len(res.errors)}: {done} finished ({len(res.skipped)} already done, skipped), "
+        f"{len(res.errors)} could not run"
+    )
+    for r in res.errors.itertuples():
+        print(f"error      {r.feeder}: {r.error}")
+    print("wrote      " + ", ".join(res.written))
     return 0
 
 
@@ -426,6 +494,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="V",
         help="neutral-to-earth voltage to report (default 10 V)",
     )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="split the window into this many contiguous blocks solved in parallel (default 1: serial); "
+        "refused for models with stateful controls (InvControl, storage, regulators ...)",
+    )
+    p.add_argument("--scheduler", default=None, metavar="ADDRESS", help="Dask scheduler for --workers (default: local)")
     p.set_defaults(func=cmd_powerflow)
     p = sub.add_parser(
         "allocate",
@@ -475,6 +551,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--out", type=Path, default=Path("out/hosting"), help="output folder (CSV, PNG)")
     p.set_defaults(func=cmd_hosting)
+    p = sub.add_parser(
+        "fleet",
+        help="one job on every feeder of a folder tree or CSV list (Dask)",
+        description="Find every OpenDSS master under FOLDER (a file with 'New Circuit' that no other file "
+        "redirects) or read a CSV list (model[,feeder][,vmaxpu,pme_ohm,mode,stepsize,start,steps]), run one job "
+        "per feeder and write fleet.parquet, fleet.csv, fleet_errors.csv and fleet.html to --out.",
+    )
+    p.add_argument("source", type=Path, help="fleet folder or CSV list of models")
+    p.add_argument("--job", default="snapshot", choices=["info", "snapshot", "window", "hosting", "audit"])
+    p.add_argument("--vmaxpu", type=float, default=None, help="batchedit load..* vmaxpu=X after compiling")
+    p.add_argument("--pme", type=float, default=None, metavar="OHM", help="earth every customer's neutral")
+    _run_args(p)
+    p.add_argument("--placements", type=int, default=10, help="hosting: placements per feeder (default 10)")
+    p.add_argument("--seed", type=int, default=1, help="hosting and audit: seed (default 1)")
+    p.add_argument("--kwp-min", type=float, default=3.0, help="hosting: smallest PV per customer, kWp")
+    p.add_argument("--kwp-max", type=float, default=8.0, help="hosting: largest PV per customer, kWp")
+    p.add_argument("--pv-share", type=float, default=0.4, help="audit: share of single-phase customers with PV")
+    p.add_argument("--rank", default=None, metavar="KPI", help="KPI column the HTML summary ranks feeders by")
+    p.add_argument("--save", action="store_true", help="snapshot/window: also store each feeder's netCDF")
+    p.add_argument("--resume", action="store_true", help="skip feeders already finished with the same settings")
+    p.add_argument("--retries", type=int, default=2, help="Dask retries of a failed job (default 2)")
+    p.add_argument("--serial", action="store_true", help="no Dask")
+    p.add_argument("--workers", type=int, default=2, help="local Dask workers (default 2)")
+    p.add_argument("--scheduler", default=None, metavar="ADDRESS", help="existing Dask scheduler; model files travel")
+    p.add_argument("--out", default="out/fleet", help="output folder or fsspec URL (default out/fleet)")
+    p.set_defaults(func=cmd_fleet)
     for name, helptext in (("study", "run a study file (TOML)"), ("demo", "run the main study on the bundled feeder")):
         p = sub.add_parser(name, help=helptext, description=helptext)
         if name == "study":
@@ -512,6 +614,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Lv3phError as exc:
         print(f"lv3ph: error: {exc}", file=sys.stderr)
         return 2
+    except Exception as exc:  # a bug, not bad input: one line too, the traceback on request
+        if os.environ.get("LV3PH_TRACEBACK"):
+            raise
+        text = " ".join(str(exc).split())
+        print(f"lv3ph: internal error: {type(exc).__name__}: {text} (LV3PH_TRACEBACK=1 shows where)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -520,6 +520,19 @@ class Engine:
 
         return set_pq
 
+    def enabled_counts(self, classes: Sequence[str]) -> dict[str, int]:
+        """How many enabled elements of each OpenDSS class (lower-case names) the circuit has."""
+        d = self.dss
+        out = {}
+        for cls in classes:
+            d.Circuit.SetActiveClass(cls)
+            n = 0
+            for name in d.ActiveClass.AllNames():
+                d.Circuit.SetActiveElement(f"{cls}.{name}")
+                n += int(bool(d.CktElement.Enabled()))
+            out[cls] = n
+        return out
+
     def frequency_hz(self) -> float:
         """The circuit's base frequency, Hz."""
         return float(self.dss.Solution.Frequency())

@@ -43,3 +43,7 @@ class IsolatedCustomerWarning(UserWarning):
 
 class SchedulerError(Lv3phError):
     """A Dask scheduler given by address cannot be reached."""
+
+
+class OutputError(Lv3phError):
+    """An output file or folder cannot be written (a folder in the way, no permission ...)."""

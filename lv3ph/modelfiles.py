@@ -148,7 +148,12 @@ class _Walker:
         return self.refs
 
     def _script(self, path: Path, stack: list[Path]) -> None:
-        for number, tokens in _statements(path):
+        try:
+            text = path.read_bytes().decode("utf-8", "surrogateescape").removeprefix("\ufeff")  # OpenDSS skips a BOM
+        except OSError as exc:
+            self.problems.append(f"{self._show(path)}: cannot be read ({exc.strerror or exc})")
+            return
+        for number, tokens in _statements(text):
             command = _command(tokens[0]) if tokens[0][0] is None else None
             if command in _SCRIPTS and len(tokens) > 1:
                 self._enter(command, tokens[1][1], path, number, stack)
@@ -203,7 +208,7 @@ class _Walker:
             return True
         what = {"redirect": "redirected", "compile": "compiled", "coordinates": "bus coordinates"}.get(kind, "data")
         state = "is not a file" if target.exists() else "not found"
-        hint = _case_hint(target)
+        hint = "" if target.exists() else _case_hint(target)
         self.problems.append(f"{self._show(source)} line {number}: {what} file {name!r} {state} ({target}{hint})")
         return False
 
@@ -224,7 +229,7 @@ def _case_hint(target: Path) -> str:
     if not folder.is_dir():
         return ""
     for other in folder.iterdir():
-        if other.name.lower() == target.name.lower():
+        if other.name.lower() == target.name.lower() and other.name != target.name:
             return f"; {other.name} differs only in letter case"
     return ""
 
@@ -250,10 +255,9 @@ def _array_file(value: str) -> str | None:
     return None
 
 
-def _statements(path: Path) -> Iterator[tuple[int, list[tuple[str | None, str]]]]:
-    """``(line number, [(name or None, value), ...])`` of the command lines of a script that
+def _statements(text: str) -> Iterator[tuple[int, list[tuple[str | None, str]]]]:
+    """``(line number, [(name or None, value), ...])`` of the command lines of a script's text that
     may name a file or change directory (the others, most of a model, are skipped unparsed)."""
-    text = path.read_bytes().decode("utf-8", "surrogateescape")
     in_block = False
     for number, line in enumerate(text.split("\n"), 1):
         line = line.rstrip("\r")

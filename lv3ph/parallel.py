@@ -33,15 +33,24 @@ def run_jobs(
     desc: str = "jobs",
     progress: bool = True,
     keys: Sequence[str] | None = None,
+    retries: int = 0,
+    on_error: Callable[[int, BaseException], T] | None = None,
+    single_in_process: bool = True,
 ) -> list[T]:
     """``[func(*job) for job in jobs]``, on a Dask ``LocalCluster`` (or ``scheduler``) unless
     ``serial``; a progress bar counts finished jobs.
 
+    ``retries``: Dask runs a job again (on another worker) if it raised or its worker died,
+    up to this many times. ``on_error(position, exception)``: the result of a job that still
+    failed (default: the exception propagates). A job whose worker died repeatedly fails
+    with Dask's ``KilledWorker`` (after ``distributed.scheduler.allowed-failures``).
+    ``single_in_process``: a single job runs in this process (default) instead of on Dask.
+
     Raises:
         SchedulerError: ``scheduler`` cannot be reached (see :func:`connect`).
     """
-    if serial or len(jobs) <= 1:
-        return [func(*job) for job in tqdm(jobs, desc=desc, disable=not progress)]
+    if serial or not jobs or (len(jobs) == 1 and single_in_process):
+        return [_call(func, job, i, on_error) for i, job in enumerate(tqdm(jobs, desc=desc, disable=not progress))]
     import dask
     from dask.distributed import Client, LocalCluster, as_completed
 
@@ -56,17 +65,37 @@ def run_jobs(
     try:
         with connect(scheduler) if scheduler else Client(cluster) as client:
             names = list(keys) if keys is not None else [None] * len(jobs)
-            futures = [client.submit(func, *job, pure=False, key=k) for job, k in zip(jobs, names, strict=True)]
+            futures = [
+                client.submit(func, *job, pure=False, key=k, retries=retries)
+                for job, k in zip(jobs, names, strict=True)
+            ]
             position = {f.key: i for i, f in enumerate(futures)}
             out: list[Any] = [None] * len(jobs)
             with tqdm(total=len(jobs), desc=desc, disable=not progress) as bar:
                 for fut in as_completed(futures):
-                    out[position[fut.key]] = fut.result()
+                    i = position[fut.key]
+                    try:
+                        out[i] = fut.result()
+                    except Exception as exc:
+                        if on_error is None:
+                            raise
+                        out[i] = on_error(i, exc)
                     bar.update()
             return out
     finally:
         if cluster is not None:
             cluster.close()
+
+
+def _call(
+    func: Callable[..., T], job: tuple[Any, ...], i: int, on_error: Callable[[int, BaseException], T] | None
+) -> T:
+    try:
+        return func(*job)
+    except Exception as exc:
+        if on_error is None:
+            raise
+        return on_error(i, exc)
 
 
 def connect(scheduler: str) -> Any:

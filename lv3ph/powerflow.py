@@ -127,6 +127,11 @@ def customer_ports(model: FeederModel) -> CustomerPorts:
     )
 
 
+def measured_devices(ports: CustomerPorts) -> list[str]:
+    """The elements whose currents a run must read at every step (see :class:`CustomerPorts`)."""
+    return [d for i in sorted(ports.measured) for d in ports.measured[i]]
+
+
 def customer_injections(
     model: FeederModel, ports: CustomerPorts, vt: ComplexArray, measured: dict[str, ComplexArray]
 ) -> ComplexArray:
@@ -435,8 +440,7 @@ def solve_raw(
     before_step: Callable[[int], None] | None = None,
 ) -> tuple[ComplexArray, dict[str, ComplexArray]]:
     """Run ``spec`` on a compiled engine: node voltages (n_nodes, steps) and measured currents."""
-    ports = customer_ports(model)
-    measure = [d for i in sorted(ports.measured) for d in ports.measured[i]]
+    measure = measured_devices(customer_ports(model))
     with tqdm(total=spec.steps, desc="power flow", unit="step", delay=2.0, disable=not progress, leave=False) as bar:
         return engine.run(
             spec.mode,

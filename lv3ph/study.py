@@ -44,6 +44,7 @@ from lv3ph.powerflow import capture, customer_ports, neutral_conductors, open_fe
 from lv3ph.prosumers import dispatch_p2p, dispatch_self_consumption, place_pv, pv_profile_kw_per_kwp
 from lv3ph.results import Scenario, ScenarioResult, StudySpec, write_metadata
 from lv3ph.studyfile import load_study, scenarios
+from lv3ph.topology import phase_labels
 from lv3ph.unbalance import line_loading_pct, phase_neutral_voltage, unbalance, violation_summary, violations
 
 
@@ -154,7 +155,7 @@ def _run_scenario(spec: StudySpec, sc: Scenario, *, progress: bool) -> ScenarioR
         if edits:
             engine.apply(edits)
             model = engine.model()
-    phases = [str(model.customers[i].phases[0]) for i in range(len(names))]
+    phases = phase_labels(model)  # network and traced phase(s) of each customer
     customers = model.customers  # as arranged for the period (dynamic switching starts from these)
     if sc.arrangement == "dynamic":
         switches = choose_switches(model, share=spec.phases.switch_share, seed=spec.phases.seed)

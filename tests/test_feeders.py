@@ -19,13 +19,15 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
+from lv3ph import phases
 from lv3ph.allocation.contracts import contract_shares
 from lv3ph.allocation.exact import exact_allocation, loss_network
 from lv3ph.errors import ConvergenceError, IsolatedCustomerWarning, ModelError
-from lv3ph.model import FeederModel
+from lv3ph.kron import kron_reduce
+from lv3ph.model import FeederModel, battery_commands, pv_commands
 from lv3ph.phases import arrangement_commands
 from lv3ph.powerflow import RunSpec, capture, customer_ports, open_feeder, solve_raw
-from lv3ph.topology import ISOLATED, customers_table, earthing_table
+from lv3ph.topology import ISOLATED, customers_table, earthing_table, phase_labels
 from tests.conftest import ROOT, SHARED
 from tests.test_allocation_random import feeders
 
@@ -279,3 +281,75 @@ def test_random_terminal_numbering_changes_nothing(case: tuple[str, pd.DataFrame
         assert v1 == pytest.approx(v0, rel=1e-7, abs=1e-12), part
     for var in ("loss_total_kw", "loss_phase_kw", "loss_neutral_kw", "loss_earth_kw"):
         assert np.allclose(al1[var].values, al0[var].values, rtol=1e-6, atol=1e-12), var
+
+
+def test_switching_on_remapped_terminals_equals_the_edited_text(tmp_path: Path) -> None:
+    """n_b sits on bus n1 whose phases a, b, c are terminals 1, 3, 4 and neutral 2: its three
+    phase Loads land on those nodes, and the switched run equals OpenDSS on the text with n_b
+    moved to phase c (n1.4.2), within OpenDSS's convergence tolerance."""
+    path = CORPUS / "neutral_elsewhere.dss"
+    engine, model = open_feeder(path)
+    cmds = phases.switchable_commands(model, ["n_b"])
+    assert [c.split(" bus1=")[1].split()[0] for c in cmds[:3]] == ["n1.1.2", "n1.3.2", "n1.4.2"]
+    run = RunSpec("daily", 3600.0, 10, 2)
+    kw, kvar = phases.customer_profiles(engine, model, run)
+    sm = phases.make_switchable(engine, model, ["n_b"])
+    sched = phases.as_built_schedule(model, run.steps)
+    sched[:, model.customer_index()["n_b"]] = 3
+    v_sw, _ = phases.run_switching(engine, sm, run, kw, None, sched, load_kvar=kvar)
+    moved = tmp_path / "moved" / "Master.dss"
+    moved.parent.mkdir()
+    moved.write_text(path.read_text().replace("bus1=n1.3.2 kv=0.24 kw=4", "bus1=n1.4.2 kv=0.24 kw=4"))
+    e_txt, m_txt = open_feeder(moved)
+    v_txt, _ = solve_raw(e_txt, m_txt, run, progress=False)
+    pos = [m_txt.nodes.index(n) for n in sm.nodes]
+    assert np.abs(v_sw - v_txt[pos]).max() < 1e-4 * 240.0
+
+
+def test_pv_and_battery_attach_to_the_traced_phase_and_neutral() -> None:
+    _, model = open_feeder(CORPUS / "service_cable.dss")
+    pv = pv_commands(model, {"cust7": 4.0, "cust5": 3.0}, "shape")
+    assert " bus1=c7.1.2 " in pv[0] and " bus1=c5.2.1 " in pv[1]
+    assert " bus1=c5.2.1 " in battery_commands(model, ["cust5"])[0]
+
+
+def test_kron_reduction_earths_the_traced_neutrals(tmp_path: Path) -> None:
+    engine, model = open_feeder(CORPUS / "service_cable.dss")
+    master = kron_reduce(engine, tmp_path / "kron", model=model)  # verify=True: no neutral left
+    _, reduced = open_feeder(master)
+    assert not reduced.explicit_neutral
+    assert [c.phases for c in reduced.customers] == [c.phases for c in model.customers]
+    loads = (master.parent / "Load.dss").read_text().lower()
+    lines = (master.parent / "Line.dss").read_text().lower()
+    assert 'new "load.cust5" phases=1 bus1=c5.2.0 ' in loads  # house neutral c5.1 to earth
+    assert 'new "line.svc5"' in lines and "bus1=t3.2 bus2=c5.2 phases=1" in lines  # the neutral core eliminated
+
+
+def test_phase_labels_tell_the_two_networks_apart() -> None:
+    _, model = open_feeder(CORPUS / "two_transformers.dss")
+    assert phase_labels(model) == ["transformer.tx:a", "transformer.tx:b", "transformer.tx2:a", "transformer.tx2:c"]
+
+
+def test_rebalanced_service_cables_equal_opendss_on_the_edited_text(tmp_path: Path) -> None:
+    """A whole static rebalancing plan on the service-cable feeder: its edits equal OpenDSS
+    re-solved on the model text with each moved house's cable re-terminated at the feeder
+    bus (whose terminals 1-3 are phases a-c in this file)."""
+    path = CORPUS / "service_cable.dss"
+    engine, model = open_feeder(path)
+    kw, _ = phases.customer_profiles(engine, model, RunSpec("daily", 3600.0, 10, 4))
+    plan = phases.rebalance_plan(model, np.clip(kw, 0, None), np.clip(-kw, 0, None), objective="pvur")
+    assert len(plan.moved) >= 2
+    text = path.read_text()
+    for name, (old, new) in plan.moved.items():
+        house = name.replace("cust", "")
+        m = re.search(rf"new line\.svc{house} bus1=(t\d)\.{old}\.4 ", text)
+        assert m is not None, name
+        text = text.replace(m.group(0), f"new line.svc{house} bus1={m.group(1)}.{new}.4 ")
+    edits, _ = arrangement_commands(model, plan.arrangement)
+    engine.apply(edits)
+    moved = engine.model()
+    assert {c.name: c.phases[0] for c in moved.customers} == plan.arrangement
+    ours = dict(zip(moved.nodes, engine.node_voltages(), strict=True))
+    ref, _, _ = opendss_direct(text, tmp_path)
+    base = {b: kv * 1000.0 for b, kv in zip(moved.buses, moved.bus_kv_base, strict=True)}
+    assert max(abs(ours[n] - ref[n]) / base[n.rsplit(".", 1)[0]] for n in ref) <= 1e-6

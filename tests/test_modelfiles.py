@@ -19,7 +19,7 @@ from opendssdirect import dss
 
 from lv3ph.errors import ModelError
 from lv3ph.modelfiles import COMMAND_PREFIX, model_files, references
-from tests.conftest import IEEE, IEEE_4W_PME, ROOT
+from tests.conftest import IEEE_4W_PME, ROOT
 
 HEAD = "clear\nnew circuit.x basekv=0.4\n"
 
@@ -134,8 +134,9 @@ def test_listed_files_are_exactly_what_opendss_needs(tmp_path: Path) -> None:
             _opendss(copy(rel))
 
 
-@pytest.mark.parametrize("master", [IEEE, IEEE_4W_PME], ids=["ieee", "ieee_4wire_pme"])
-def test_bundled_feeders_copied_by_their_file_list_solve_the_same(master: Path, tmp_path: Path) -> None:
+def test_a_bundled_feeder_copied_by_its_file_list_solves_the_same(tmp_path: Path) -> None:
+    """The PME twin: Redirects, BusCoords, and load profiles in ../ieee_eu_lv."""
+    master = IEEE_4W_PME
     files = model_files(master)
     assert files[0] == master.resolve()
     root = Path(os.path.commonpath(files))  # the 4-wire twins read the profiles of ../ieee_eu_lv
@@ -151,8 +152,9 @@ def test_bundled_feeders_copied_by_their_file_list_solve_the_same(master: Path, 
         results.append((tuple(ctx.Circuit.TotalPower()), sorted(ctx.LoadShape.AllNames()), ctx.Circuit.NumNodes()))
     assert results[0] == results[1]
     assert len(results[0][1]) == 56  # default + the 55 profiles the model uses
-    names = {p.name for p in files}
-    assert {"Buscoords.txt", "Loads.txt", "Lines.txt", "LineCode.txt", "LoadShapes.txt"} <= names
+    names = {p.relative_to(root).as_posix() for p in files}
+    assert {"ieee_eu_lv_4wire/Buscoords.txt", "ieee_eu_lv_4wire/Earthing_PME.dss"} <= names
+    assert "ieee_eu_lv/Daily_1min_100profiles/load_profile_1.txt" in names
 
 
 # --------------------------------------------------------------------------- reading the text
@@ -187,6 +189,13 @@ def test_comments_quotes_and_continuations(tmp_path: Path) -> None:
     kinds = [(r.kind, r.line, r.name) for r in references(master)]
     assert kinds[0] == ("redirect", 5, "real.dss")
     assert kinds[-1] == ("coordinates", 15, "xy.csv")
+
+
+def test_a_byte_order_mark_is_skipped_as_opendss_does(tmp_path: Path) -> None:
+    master = _tree(tmp_path, {"m.dss": HEAD + "redirect inner.dss\n", "sub.dss": "new loadshape.s npts=1 mult=[7]\n"})
+    (tmp_path / "inner.dss").write_bytes(b"\xef\xbb\xbfredirect sub.dss\n")
+    assert _shapes(_opendss(master))["s"] == [7.0]
+    assert _rel(master) == ["m.dss", "inner.dss", "sub.dss"]
 
 
 def test_command_abbreviations_match_opendss_command_order() -> None:
@@ -272,3 +281,18 @@ def test_redirect_cycle_exits_2_with_one_line_instead_of_crashing(tmp_path: Path
     assert len(lines) == 1
     assert lines[0].startswith("lv3ph: error: ") and "b.dss line 1: redirect cycle" in lines[0], lines
     assert "a.dss -> " in lines[0] and proc.stdout == ""
+
+
+def test_an_unreadable_script_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    master = _tree(tmp_path, {"m.dss": HEAD + "redirect a.dss\n", "a.dss": ""})
+    read = Path.read_bytes
+
+    def deny(self: Path) -> bytes:
+        if self.name == "a.dss":
+            raise PermissionError(13, "Permission denied")
+        return read(self)
+
+    monkeypatch.setattr(Path, "read_bytes", deny)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ModelError, match=r"^a.dss: cannot be read \(Permission denied\)$"):
+        model_files(master)

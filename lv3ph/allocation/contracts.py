@@ -64,6 +64,8 @@ def read_contracts(path: str | Path) -> pd.DataFrame:
         raw = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
     except FileNotFoundError as exc:
         raise ContractError(f"{where}: file not found") from exc
+    except OSError as exc:
+        raise ContractError(f"{where}: cannot be read ({exc.strerror or exc})") from exc
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         raise ContractError(f"{where}: not a readable CSV ({exc})") from exc
     raw.columns = [str(c).strip().lower() for c in raw.columns]

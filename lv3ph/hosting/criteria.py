@@ -53,7 +53,7 @@ THERMAL_CHECKS: Final[tuple[str, ...]] = ("line_thermal", "transformer_thermal")
 class Checker:
     """Check values from node voltages, with the definitions of :func:`lv3ph.unbalance.violations`.
 
-    Bus checks use phase-to-neutral voltages (``V_p - V_4`` where the bus has terminal 4)
+    Bus checks use phase-to-neutral voltages (``V_p - V_n`` by traced role where the bus has a neutral)
     at the customer buses (``limits.where="customers"``) or every bus with a phase; line
     loading is the largest terminal-1 conductor current (phases and neutral) over
     ``normamps``; transformer loading is the apparent power of the most loaded winding over
