@@ -212,13 +212,22 @@ def test_hosting_and_fleet_pages_draw_offline(study_out: Path, browser: Chromium
     assert_clean(browser, page)
 
     fleet = pd.DataFrame({"feeder": ["f1", "f2", "f3"], "loss_kwh": [3.0, 9.5, 1.2], "pvur_max_pct": [1.0, 2.5, 0.4]})
-    page = fleet_report(fleet, "loss_kwh", tmp_path / "fleet.html", title="Fleet")
+    page = fleet_report(fleet, "loss_kwh", tmp_path / "fleet.html", title="Fleet", notes=["f4: did not converge"])
     open_page(browser, page)
     (bar,) = plots(browser)
     assert bar["id"] == "fleet-bar" and bar["bars"] == 3
     assert_drawn(Image.open(io.BytesIO(browser.screenshot())), bar)
     ranked = browser.evaluate("[...document.querySelectorAll('tbody tr td:nth-child(2)')].map(td => td.textContent)")
     assert ranked == ["f2", "f1", "f3"]
+    drawn = browser.evaluate("JSON.stringify(document.getElementById('fleet-bar').data[0].y)")
+    assert json.loads(drawn) == ["f2", "f1", "f3"]
+    assert "f4: did not converge" in browser.evaluate("document.body.textContent")
+    assert_clean(browser, page)
+    page = fleet_report(fleet, "loss_kwh", tmp_path / "fleet_up.html", ascending=True, top=2, columns=["feeder"])
+    open_page(browser, page)
+    ranked = browser.evaluate("[...document.querySelectorAll('tbody tr td:nth-child(2)')].map(td => td.textContent)")
+    assert ranked == ["f3", "f1"]
+    assert browser.evaluate("document.querySelectorAll('thead th').length") == 3  # rank, feeder, loss_kwh
     assert_clean(browser, page)
 
 
