@@ -194,10 +194,15 @@ def spec_from_dict(d: dict[str, Any]) -> StudySpec:
 
 
 def write_metadata(
-    spec: StudySpec, out: Path, *, results: list[ScenarioResult] | None = None, arrangements: tuple[str, ...] = ()
+    spec: StudySpec,
+    out: Path,
+    *,
+    results: list[ScenarioResult] | None = None,
+    arrangements: tuple[str, ...] = (),
+    summary: pd.DataFrame | None = None,
 ) -> Path:
     """``study.json`` in ``out``: the spec and each scenario (definition, summary, notes),
-    or the hosting arrangements; written atomically."""
+    or the hosting arrangements and their summary rows; written atomically."""
     meta: dict[str, Any] = {
         "kind": "hosting" if spec.hosting is not None else "scenarios",
         "spec": spec_to_dict(spec),
@@ -206,6 +211,7 @@ def write_metadata(
             for r in results or []
         ],
         "arrangements": list(arrangements),
+        "summary": _plain(summary.to_dict(orient="records")) if summary is not None else [],
     }
     text = json.dumps(meta, indent=1, default=str)
     return write_atomic(out / METADATA, lambda tmp: tmp.write_text(text, encoding="utf-8"))
@@ -270,4 +276,4 @@ def read_hosting(folder: str | Path) -> tuple[StudySpec, dict[str, pd.DataFrame]
     if meta["kind"] != "hosting":
         raise StudyError(f"{folder}: holds a {meta['kind']} study, not hosting capacity")
     placements = {a: pd.read_csv(_need(folder / f"hosting_{a}.csv")) for a in meta["arrangements"]}
-    return meta["spec"], placements, pd.read_csv(_need(folder / "summary.csv"))
+    return meta["spec"], placements, pd.DataFrame(meta["summary"])

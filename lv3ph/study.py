@@ -571,7 +571,7 @@ def run_hosting_study(
         )
     summary = pd.DataFrame(rows)
     write_csv(summary, spec.out / "summary.csv")
-    write_metadata(spec, spec.out, arrangements=tuple(results))
+    write_metadata(spec, spec.out, arrangements=tuple(results), summary=summary)
     return summary, write_hosting_report(spec, results, summary, spec.out)
 
 

@@ -183,7 +183,13 @@ def hosting_payload(placements: Mapping[str, pd.DataFrame]) -> dict[str, Any]:
     return {"arrangements": out}
 
 
-def fleet_payload(df: pd.DataFrame, kpi: str, label: str) -> dict[str, Any]:
-    """A ranked KPI: labels and values, largest first."""
-    ranked = df.assign(_v=pd.to_numeric(df[kpi], errors="coerce")).sort_values("_v", ascending=False)
-    return {"kpi": kpi, "labels": [str(x) for x in ranked[label]], "values": ranked["_v"].to_numpy(dtype=float)}
+def fleet_payload(df: pd.DataFrame, kpi: str, label: str, *, ascending: bool = False) -> dict[str, Any]:
+    """A ranked KPI: labels and values, largest (or smallest) first."""
+    ranked = df.assign(_v=pd.to_numeric(df[kpi], errors="coerce"))
+    ranked = ranked.sort_values("_v", ascending=ascending, na_position="last")
+    return {
+        "kpi": kpi,
+        "labels": [str(x) for x in ranked[label]],
+        "values": ranked["_v"].to_numpy(dtype=float),
+        "order": "smallest" if ascending else "largest",
+    }
