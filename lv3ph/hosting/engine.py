@@ -43,7 +43,7 @@ from numpy.typing import NDArray
 
 from lv3ph.dss import Engine
 from lv3ph.errors import ConvergenceError, Lv3phError, StudyError
-from lv3ph.hosting.criteria import Checker, Outcome, thresholds
+from lv3ph.hosting.criteria import Aggregation, Checker, Outcome, thresholds
 from lv3ph.hosting.screening import Screener
 from lv3ph.hosting.settings import Job
 from lv3ph.model import loadshape_command, pv_commands, pv_generator_commands
@@ -132,8 +132,11 @@ class Context:
                 self.load_phase[ph - 1] += load_kw[self.window - run.start, j] / len(c.phases)
         # ---- base case over the window
         vbase = self._solve_window()
-        base = self.checker.values(vbase)
-        self.thr, self.pre_existing = thresholds(self.checker, base, job.pre_existing, self.window)
+        self.agg = Aggregation(self.window, run.stepsize_s, job.basis)
+        base = self.checker.values(vbase, self.agg.reducer(self.window)[1])
+        self.thr, self.pre_existing = thresholds(
+            self.checker, base, job.pre_existing, self.agg.row_step, dict(job.tolerance)
+        )
         self.screener = Screener(
             self.checker,
             self.model,
@@ -143,6 +146,7 @@ class Context:
             self.prof_w,
             self.load_phase,
             self.thr,
+            self.agg,
             base,
             vbase,
         )
@@ -213,7 +217,11 @@ class Context:
 
     # ---------------------------------------------------------------- evaluation
     def evaluate(self, sizes: NDArray[np.float64], steps: NDArray[np.int64] | None) -> Outcome:
-        """Solve ``steps`` (None = whole PV window) with PV ``sizes`` (kWp per candidate)."""
+        """Solve ``steps`` (None = whole PV window; with ``basis="en50160"`` widened to whole
+        10-minute intervals) with PV ``sizes`` (kWp per candidate)."""
+        agg = self.agg
+        if steps is not None:
+            steps = agg.steps_of(agg.rows_of(steps))
         self._apply_sizes(sizes)
         try:
             v = self._solve(steps)
@@ -221,29 +229,29 @@ class Context:
             m = re.search(r"at step (\d+)", str(exc))
             step = int(m.group(1)) if m else -1
             return Outcome(ok=False, check="convergence", step=step, worst_steps=(step,) if step > 0 else ())
-        steps_arr = self.window if steps is None else steps
-        pos = steps_arr - self.w0
-        values = self.checker.values(v)
+        rows, reduce = agg.reducer(self.window if steps is None else steps)
+        values = self.checker.values(v, reduce)
         if steps is not None:
-            self.screener.calibrate(steps, values)
+            self.screener.calibrate(rows, values)
         best: tuple[float, int, int, str, int] | None = None
         worst_steps = []
+        row_step = agg.row_step[rows]
         for rank, c in enumerate(self.checker.checks):
-            val, thr = values[c], self.thr[c][pos]
+            val, thr = values[c], self.thr[c][rows]
             d, lim = self.checker.direction[c], self.checker.limit[c]
             with np.errstate(invalid="ignore"):
                 sev = np.where(np.isnan(val), -np.inf, d * (val - thr) / abs(lim))
             if not (sev > 0).any():
                 continue
             ti, ii = (int(x) for x in np.unravel_index(int(np.argmax(sev)), sev.shape))
-            worst_steps.append(int(steps_arr[ti]))
-            key = (float(sev[ti, ii]), -int(steps_arr[ti]), -rank, c, ii)
+            worst_steps.append(int(row_step[ti]))
+            key = (float(sev[ti, ii]), -int(row_step[ti]), -rank, c, ii)
             if best is None or key[:3] > best[:3]:
                 best = key
         if best is None:
             return Outcome(ok=True)
         _, negstep, _, c, i = best
-        t = int(np.nonzero(steps_arr == -negstep)[0][0])
+        t = int(np.nonzero(row_step == -negstep)[0][0])
         return Outcome(
             ok=False,
             check=c,

@@ -52,7 +52,7 @@ import scipy.sparse as sp
 import scipy.sparse.linalg as spla
 from numpy.typing import NDArray
 
-from lv3ph.hosting.criteria import Checker
+from lv3ph.hosting.criteria import Aggregation, Checker
 from lv3ph.model import FeederModel, network_y
 
 #: Screening keeps every step whose predicted value, widened by ``alpha x |predicted change|``,
@@ -74,8 +74,9 @@ class Screener:
         names: candidate customers; ``phase``: their phase (1-3).
         window: the PV-window steps; ``prof_w``: PV output there, kW per kWp.
         load_phase: load per phase (3, window steps), kW.
-        thr: per check the thresholds (window steps, items), see :func:`~lv3ph.hosting.criteria.thresholds`.
-        base: check values without PV (window steps, items); ``vbase``: node voltages
+        thr: per check the thresholds (rows, items), see :func:`~lv3ph.hosting.criteria.thresholds`.
+        agg: the rows checks are judged on (steps or 10-minute intervals).
+        base: check values without PV (rows, items); ``vbase``: node voltages
             without PV (n_nodes, window steps), V.
     """
 
@@ -89,12 +90,14 @@ class Screener:
         prof_w: NDArray[np.float64],
         load_phase: NDArray[np.float64],
         thr: dict[str, NDArray[np.float64]],
+        agg: Aggregation,
         base: dict[str, NDArray[np.float64]],
         vbase: NDArray[np.complex128],
     ) -> None:
         self.checker, self.names, self.phase = checker, names, phase
         self.window, self.w0, self.prof_w, self.load_phase = window, int(window[0]), prof_w, load_phase
-        self.thr = thr
+        self.thr, self.agg = thr, agg
+        self._reduce = agg.reducer(window)[1]
         self.base_bus = {c: base[c] for c in checker.bus_checks}
         self.vbase_eval = vbase[checker.eval_nodes]
         self.zsel, self.iunit = self._linearise(model, vbase)
@@ -155,20 +158,22 @@ class Screener:
         every step predicted within the widened margin of a threshold)."""
         out: dict[int, set[str]] = {}
 
-        def keep(score: NDArray[np.float64], why: str) -> None:
+        def keep(score: NDArray[np.float64], why: str, at: NDArray[np.int64]) -> None:
             score = np.where(np.isnan(score), -np.inf, score)
             for t in np.argsort(-score, kind="stable")[:m]:
                 if np.isfinite(score[t]):
-                    out.setdefault(int(self.window[t]), set()).add(why)
+                    out.setdefault(int(at[t]), set()).add(why)
 
         kw_phase = np.array([sizes[self.phase == p].sum() for p in (1, 2, 3)])
         export = self.prof_w[None, :] * kw_phase[:, None] - self.load_phase
-        keep(export.sum(axis=0), "export")
+        keep(export.sum(axis=0), "export", self.window)
         for p in range(3):
             if kw_phase[p] > 0:
-                keep(export[p], f"export_{'abc'[p]}")
+                keep(export[p], f"export_{'abc'[p]}", self.window)
         if self.zsel is not None and self.iunit is not None:
-            pred = self._pred = self.checker.bus_values(self.vbase_eval + self._predicted_dv(sizes))
+            v = self.vbase_eval + self._predicted_dv(sizes)
+            pred = self._pred = self.checker.bus_values(v, self._reduce)
+            at = self.agg.row_step
             for c in self.checker.bus_checks:
                 d, lim = self.checker.direction[c], abs(self.checker.limit[c])
                 with np.errstate(invalid="ignore"):
@@ -176,17 +181,17 @@ class Screener:
                     widened = excess + self.alpha[c] * np.abs(pred[c] - self.base_bus[c])
                     sev = np.nanmax(np.where(np.isnan(excess), -np.inf, excess), axis=1) / lim
                     close = np.nanmax(np.where(np.isnan(widened), -np.inf, widened), axis=1) > -NEAR_FLOOR[c]
-                keep(sev, c)
+                keep(sev, c, at)
                 for t in np.nonzero(close)[0] if near else ():
-                    out.setdefault(int(self.window[t]), set()).add(f"near_{c}")
+                    out.setdefault(int(at[t]), set()).add(f"near_{c}")
         return out
 
-    def calibrate(self, steps: NDArray[np.int64], values: dict[str, NDArray[np.float64]]) -> None:
+    def calibrate(self, rows: NDArray[np.int64], values: dict[str, NDArray[np.float64]]) -> None:
         """Raise each check's prediction-error factor to 1.5 x the largest error of the last
-        prediction at the steps just solved, beyond the floor, relative to the predicted change."""
+        prediction at the rows just solved, beyond the floor, relative to the predicted change."""
         if not self._pred:
             return
-        pos = steps - self.w0
+        pos = rows
         for c in self.checker.bus_checks:
             pred, base = self._pred[c][pos], self.base_bus[c][pos]
             change = np.abs(pred - base)

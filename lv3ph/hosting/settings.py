@@ -11,7 +11,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from lv3ph.errors import ProfileError, StudyError
-from lv3ph.hosting.criteria import PRE_EXISTING, limit_of
+from lv3ph.hosting.criteria import BASES, PRE_EXISTING, PRE_EXISTING_TOL, limit_of
 from lv3ph.powerflow import RunSpec
 from lv3ph.unbalance import CHECKS, Limits
 
@@ -37,6 +37,8 @@ class Job:
     screen_steps: int
     device: str
     pre_existing: str
+    basis: str
+    tolerance: tuple[tuple[str, float], ...]
     search: str
     seed: int
     customers: tuple[str, ...] | None
@@ -55,7 +57,11 @@ def validate(
     search: str,
     pre_existing: str,
     run: RunSpec,
+    basis: str = "step",
+    tolerance: Mapping[str, float] | None = None,
 ) -> None:
+    """Every problem with the settings at once, as one :class:`~lv3ph.errors.StudyError`."""
+
     def is_int(x: object) -> bool:
         return isinstance(x, int | np.integer) and not isinstance(x, bool)
 
@@ -84,9 +90,15 @@ def validate(
         ("device", device, DEVICES),
         ("search", search, SEARCHES),
         ("pre_existing", pre_existing, PRE_EXISTING),
+        ("basis", basis, BASES),
     ):
         if value not in known:
             errors.append(f"unknown {name} {value!r} (known: {', '.join(known)})")
+    for check, tol in dict(tolerance or {}).items():
+        if check not in PRE_EXISTING_TOL:
+            errors.append(f"tolerance: unknown limit {check!r} (known: {', '.join(PRE_EXISTING_TOL)})")
+        elif isinstance(tol, bool) or not isinstance(tol, int | float) or not (math.isfinite(tol) and tol >= 0):
+            errors.append(f"tolerance.{check} must be a number >= 0, got {tol!r}")
     if not isinstance(run, RunSpec):
         errors.append(f"run must be a RunSpec, got {type(run).__name__}")
     elif run.mode not in ("daily", "yearly"):
