@@ -88,6 +88,6 @@ class HostingResult:
 
     def plot(self, path: str | Path, *others: HostingResult) -> Path:
         """Write a PNG (histogram and ECDF of ``hosting_kw``) of this result and ``others``."""
-        from lv3ph.hosting.plots import plot_hosting
+        from lv3ph.report.plots import plot_hosting
 
         return plot_hosting([self, *others], path)
