@@ -43,6 +43,7 @@ def hosting_capacity(
     pre_existing: str = "item",
     basis: str = "step",
     tolerance: Mapping[str, float] | None = None,
+    controls: str | None = None,
     device: str = "pvsystem",
     serial: bool = False,
     workers: int = 2,
@@ -76,6 +77,9 @@ def hosting_capacity(
         pre_existing: ``item`` (base-relative per item), ``worsened`` (per item and step),
             ``exclude`` or ``count`` (absolute limits); see :mod:`lv3ph.hosting.criteria`.
         basis: ``step`` (every step) or ``en50160`` (10-minute values).
+        controls: inverter controls of the PV through OpenDSS ``InvControl``: ``qu``
+            (:data:`~lv3ph.hosting.settings.QU_CURVE`), ``vw`` (volt-watt,
+            :data:`~lv3ph.hosting.settings.VW_CURVE`) or ``qu+vw``; None: unity power factor.
         tolerance: per limit, how much worse than without PV a pre-existing violation may
             get (V or %-points; default :data:`~lv3ph.hosting.criteria.PRE_EXISTING_TOL`).
         device: ``pvsystem`` or ``generator``.
@@ -93,7 +97,19 @@ def hosting_capacity(
     if not isinstance(limits, Limits):
         limits = Limits.from_dict(limits)
     validate(
-        placements, seed, kwp_range, step_kw, workers, screen_steps, device, search, pre_existing, run, basis, tolerance
+        placements,
+        seed,
+        kwp_range,
+        step_kw,
+        workers,
+        screen_steps,
+        device,
+        search,
+        pre_existing,
+        run,
+        basis,
+        tolerance,
+        controls,
     )
     chosen = chosen_checks(limits, checks)
     profile = pv_profile_of(run, pv_profile, pv_settings)
@@ -119,6 +135,7 @@ def hosting_capacity(
         customers=None if customers is None else tuple(c.lower() for c in customers),
         token=uuid.uuid4().hex,
         switching=None if switching is None else dict(switching),
+        controls=controls,
     )
     t0 = time.perf_counter()
     ctx = context(job)  # validates the model and the customers here, before any worker starts
@@ -135,6 +152,10 @@ def hosting_capacity(
     orders = pd.DataFrame(
         [r for o in outs for r in o["order"]], columns=["placement", "rank", "customer", "phase", "kwp"]
     )
+    curtailment = pd.DataFrame(
+        [r for o in outs for r in o["curtailment"]],
+        columns=["placement", "customer", "kwp", "pv_kwh", "curtailed_kwh"],
+    )
     settings = {
         "model": job.model_path,
         "run": run,
@@ -149,6 +170,7 @@ def hosting_capacity(
         "search": search,
         "pre_existing": pre_existing,
         "basis": basis,
+        "controls": controls,
         "tolerance": PRE_EXISTING_TOL | dict(tolerance or {}),
         "device": device,
         "vmaxpu": vmaxpu,
@@ -164,6 +186,7 @@ def hosting_capacity(
         placements=table,
         steps=steps,
         orders=orders,
+        curtailment=curtailment,
         pre_existing=pre,
         settings=settings,
         label=label or Path(model_path).stem,

@@ -17,6 +17,25 @@ from lv3ph.unbalance import CHECKS, Limits
 
 DEVICES: Final[tuple[str, ...]] = ("pvsystem", "generator")
 SEARCHES: Final[tuple[str, ...]] = ("bisect", "scan")
+#: Inverter controls of the PV (OpenDSS ``InvControl``): Q(U), volt-watt, both.
+CONTROLS: Final[tuple[str, ...]] = ("qu", "vw", "qu+vw")
+#: Q(U) characteristic (voltage pu of 230 V, reactive power pu of the inverter's kVA,
+#: positive = supplied). EN 50549-1 (4.7.2.3.3) leaves the points to the DSO and asks for
+#: the capability of cos phi 0.90 at rated power: with kVA = 1.1 x kWp, 0.44 pu of kVA is
+#: Q = 0.484 x kWp = tan(acos 0.9) x kWp. The points are those of the example
+#: characteristic many national settings use (full Q below 0.92 and above 1.08 pu, no Q in
+#: 0.96-1.04 pu); we could not check them against the text of the standard here.
+QU_CURVE: Final[tuple[tuple[float, float], ...]] = (
+    (0.5, 0.44),
+    (0.92, 0.44),
+    (0.96, 0.0),
+    (1.04, 0.0),
+    (1.08, -0.44),
+    (1.5, -0.44),
+)
+#: Volt-watt curtailment (voltage pu, active power limit pu of kWp): full output up to
+#: 1.07 pu (246 V), none at 1.10 pu (253 V, the upper limit of the band).
+VW_CURVE: Final[tuple[tuple[float, float], ...]] = ((0.5, 1.0), (1.07, 1.0), (1.10, 0.0), (1.5, 0.0))
 
 
 @dataclass(frozen=True)
@@ -44,6 +63,7 @@ class Job:
     customers: tuple[str, ...] | None
     token: str
     switching: dict[str, Any] | None = None
+    controls: str | None = None
 
 
 def validate(
@@ -59,6 +79,7 @@ def validate(
     run: RunSpec,
     basis: str = "step",
     tolerance: Mapping[str, float] | None = None,
+    controls: str | None = None,
 ) -> None:
     """Every problem with the settings at once, as one :class:`~lv3ph.errors.StudyError`."""
 
@@ -94,6 +115,10 @@ def validate(
     ):
         if value not in known:
             errors.append(f"unknown {name} {value!r} (known: {', '.join(known)})")
+    if controls is not None and controls not in CONTROLS:
+        errors.append(f"unknown controls {controls!r} (known: {', '.join(CONTROLS)})")
+    elif controls is not None and device != "pvsystem":
+        errors.append("inverter controls need device='pvsystem' (OpenDSS InvControl controls PVSystems)")
     for check, tol in dict(tolerance or {}).items():
         if check not in PRE_EXISTING_TOL:
             errors.append(f"tolerance: unknown limit {check!r} (known: {', '.join(PRE_EXISTING_TOL)})")
