@@ -81,7 +81,7 @@ def _identity(x: NDArray[np.float64]) -> NDArray[np.float64]:
 class Checker:
     """Check values from node voltages, with the definitions of :func:`lv3ph.unbalance.violations`.
 
-    Bus checks use phase-to-neutral voltages (``V_p - V_4`` where the bus has terminal 4)
+    Bus checks use phase-to-neutral voltages (``V_p - V_n`` by traced role where the bus has a neutral)
     at the customer buses (``limits.where="customers"``) or every bus with a phase; line
     loading is the largest terminal-1 conductor current (phases and neutral) over
     ``normamps``; transformer loading is the apparent power of the most loaded winding over
@@ -94,9 +94,10 @@ class Checker:
         self.direction = {c: -1.0 if c == "voltage_low" else 1.0 for c in checks}
         self.items: dict[str, NDArray[np.str_]] = {}
         # ---- buses
-        node_of = {
-            (str(b), int(t)): i for i, (b, t) in enumerate(zip(model.node_bus, model.node_terminal, strict=True))
-        }
+        node_of: dict[tuple[str, int], int] = {}  # (bus, traced role 1-3 phase / 4 neutral) -> first node
+        for i, (b, r) in enumerate(zip(model.node_bus, model.node_role, strict=True)):
+            if r >= 0:
+                node_of.setdefault((str(b), int(r) if r >= 1 else 4), i)
         if limits.where == "customers":
             names = {c.bus for c in model.customers}
             for nodes in model.orphan_devices.values():

@@ -82,7 +82,7 @@ def switching_schedule(
     if start < 1:
         raise StudyError(f"start must be >= 1, got {start}")
     p, q = _profiles(model, load_kw, pv_kw, load_kvar)
-    mov = _check_movable(model, list(switches), "the switch list")
+    mov = _check_movable(model, list(switches), "the switch list", at_bus=True)
     steps = p.shape[0]
     bounds = _interval_bounds(steps, stepsize_s, interval_s, start)
     schedule = as_built_schedule(model, steps)
