@@ -108,7 +108,18 @@ _KEYS: dict[str, set[str]] = {
         "seed",
     },
     "phases": {"objective", "switch_share", "interval", "max_ops_per_day", "seed"},
-    "hosting": {"placements", "seed", "kwp", "source_pu", "pvur", "step_kw"},
+    "hosting": {
+        "placements",
+        "seed",
+        "kwp",
+        "source_pu",
+        "pvur",
+        "step_kw",
+        "criterion",
+        "basis",
+        "controls",
+        "pv_aware",
+    },
     "limits": set(),  # checked by Limits.from_dict
 }
 
@@ -266,7 +277,21 @@ def load_study(path: str | Path) -> StudySpec:
             else None,
             pvur=bool(h.get("pvur", True)),
             step_kw=_number(errors, "[hosting].step_kw", h.get("step_kw", 0.5), lo=0.01),
+            criterion=str(h.get("criterion", "item")),
+            basis=str(h.get("basis", "step")),
+            controls=tuple(str(c) for c in _as_list(h.get("controls", ["none"]))),
+            pv_aware=tuple(bool(a) for a in _as_list(h.get("pv_aware", [False]))),
         )
+        from lv3ph.hosting import BASES, CONTROLS, PRE_EXISTING
+
+        for key, values, known in (
+            ("criterion", [hosting.criterion], PRE_EXISTING),
+            ("basis", [hosting.basis], BASES),
+            ("controls", list(hosting.controls), ("none", *CONTROLS)),
+        ):
+            errors.extend(
+                f"[hosting].{key}: unknown {v!r} (known: {', '.join(known)})" for v in values if v not in known
+            )
     flex_modes = tuple(str(f) for f in _as_list(sc.get("flex", ["none"])))
     errors += [
         f"[scenarios].flex: unknown flex {f!r} (known: {', '.join(FLEX_MODES)})"

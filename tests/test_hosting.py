@@ -11,7 +11,11 @@ import pytest
 from scipy.optimize import brentq
 
 from lv3ph.errors import ProfileError, StudyError
-from lv3ph.hosting import _Context, _draw, _Job, hosting_capacity
+from lv3ph.hosting import hosting_capacity
+from lv3ph.hosting.engine import Context
+from lv3ph.hosting.placement import draw
+from lv3ph.hosting.screening import Screener
+from lv3ph.hosting.settings import Job
 from lv3ph.powerflow import RunSpec, capture
 from lv3ph.unbalance import CHECKS, Limits, unbalance, violations
 from tests.conftest import write_feeder
@@ -220,8 +224,8 @@ def test_checks_equal_lv3ph_violations(tmp_path: Path) -> None:
             where=where,
         )
         job = _job(path, limits=limits, pre_existing="count")
-        ctx = _Context(job)
-        order, sizes = _draw(job, len(ctx.names), 0)
+        ctx = Context(job)
+        order, sizes = draw(job, len(ctx.names), 0)
         s = np.zeros(len(ctx.names))
         s[order] = sizes
         ctx._apply_sizes(s)
@@ -240,7 +244,7 @@ def test_checks_equal_lv3ph_violations(tmp_path: Path) -> None:
         assert {c for _, c, _ in got} == set(CHECKS)  # every check was exercised
 
 
-def _job(path: Path, **kw: object) -> _Job:
+def _job(path: Path, **kw: object) -> Job:
     limits = kw.pop("limits", Limits())
     args: dict[str, object] = {
         "model_path": str(path),
@@ -257,28 +261,30 @@ def _job(path: Path, **kw: object) -> _Job:
         "screen_steps": 1,
         "device": "pvsystem",
         "pre_existing": "worsened",
+        "basis": "step",
+        "tolerance": (),
         "search": "scan",
         "seed": 3,
         "customers": None,
         "token": "test",
     }
     args.update(kw)
-    return _Job(**args)  # type: ignore[arg-type]
+    return Job(**args)  # type: ignore[arg-type]
 
 
 def test_screening_never_misses_a_violation_of_the_whole_window(tmp_path: Path) -> None:
     """At every penetration level of several placements, the screened steps (one per
     criterion) fail exactly when the whole window fails."""
     path = small_feeder(tmp_path)
-    ctx = _Context(_job(path))
+    ctx = Context(_job(path))
     kept_any = False
     for placement in range(4):
-        order, sizes = _draw(ctx.job, len(ctx.names), placement)
+        order, sizes = draw(ctx.job, len(ctx.names), placement)
         before = np.concatenate([[0.0], np.cumsum(sizes)[:-1]])
         for p in np.linspace(0.0, sizes.sum(), 25)[1:]:
             s = np.zeros(len(ctx.names))
             s[order] = np.clip(p - before, 0.0, sizes)
-            chosen = np.array(sorted(ctx.screen(s, 1)), dtype=np.int64)
+            chosen = np.array(sorted(ctx.screener.screen(s, 1)), dtype=np.int64)
             kept_any |= chosen.size < ctx.window.size
             screened, full = ctx.evaluate(s, chosen), ctx.evaluate(s, None)
             assert screened.ok == full.ok, (placement, p, full)
@@ -386,18 +392,23 @@ def test_bad_profile_is_a_profile_error(tmp_path: Path, profile: np.ndarray) -> 
 # ----------------------------------------------------------------------------- options
 def test_pre_existing_policies_are_ordered(tmp_path: Path) -> None:
     """A 240 V +/-1 % band that load spikes already break without PV (voltage_low):
-    ``count`` hosts nothing, and the looser the policy the more it hosts. The binding limit
+    ``count`` hosts nothing, and the looser the policy the more it hosts (``item`` judges an
+    item's worst value only, so it is looser than ``worsened`` but not comparable to ``exclude``). The binding limit
     is voltage_low: PV on one phase shifts the floating neutral and pulls the others down."""
     path = small_feeder(tmp_path)
     limits = Limits(v_nominal_v=240.0, v_band_pct=1.0, pvur_pct=None, vuf_pct=None, vne_v=None)
-    hc = {p: run_small(path, limits=limits, pre_existing=p, step_kw=0.05) for p in ("count", "worsened", "exclude")}
+    hc = {
+        p: run_small(path, limits=limits, pre_existing=p, step_kw=0.05)
+        for p in ("count", "worsened", "item", "exclude")
+    }
     pre = hc["count"].pre_existing
     assert len(pre) > 0 and (pre.check == "voltage_low").all() and (pre.worst_value < 237.6).all()
     kw = {p: r.placements.hosting_kw.to_numpy() for p, r in hc.items()}
     assert (kw["count"] == 0).all()
     assert (kw["count"] <= kw["worsened"]).all() and (kw["worsened"] <= kw["exclude"]).all()
+    assert (kw["worsened"] <= kw["item"]).all()  # per item: only the item's worst value matters
     assert (kw["worsened"] > 0).all() and kw["exclude"].sum() > kw["worsened"].sum()
-    assert all((r.placements.binding_limit == "voltage_low").all() for r in hc.values())
+    assert all((hc[p].placements.binding_limit == "voltage_low").all() for p in ("count", "worsened", "exclude"))
 
 
 def test_pv_settings_and_pme(tmp_path: Path) -> None:
@@ -415,7 +426,7 @@ def test_a_step_missed_by_screening_is_found_and_kept(tmp_path: Path, monkeypatc
     whole-window check finds it, keeps it ("missed") and the search steps back to the hand
     calculation of the first test."""
     path = write_feeder(tmp_path, one_line())
-    monkeypatch.setattr(_Context, "screen", lambda self, sizes, m, near=True: {int(self.window[0]): {"first"}})
+    monkeypatch.setattr(Screener, "screen", lambda self, sizes, m, near=True: {int(self.window[0]): {"first"}})
     res = hosting_capacity(
         path,
         run=HOURLY,

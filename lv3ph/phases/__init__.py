@@ -40,21 +40,29 @@ from lv3ph.phases.customers import (
     customer_profiles,
     movable_customers,
 )
-from lv3ph.phases.evaluate import arrangement_commands, evaluate_arrangement, feeder_metrics
+from lv3ph.phases.evaluate import arrangement_commands, evaluate_arrangement, feeder_metrics, head_currents
 from lv3ph.phases.proxy import proxy_objective
 from lv3ph.phases.rebalance import MILP_POLYGON_SIDES, RebalancePlan, rebalance, rebalance_plan
 from lv3ph.phases.switchable import (
+    PhaseMover,
     make_switchable,
     run_switching,
     switchable_commands,
     switchable_customers,
     switching_setter,
 )
-from lv3ph.phases.switching import as_built_schedule, switching_operations, switching_schedule
+from lv3ph.phases.switching import (
+    as_built_schedule,
+    pv_aware_schedule,
+    schedule_objective,
+    switching_operations,
+    switching_schedule,
+)
 
 __all__ = [
     "MILP_POLYGON_SIDES",
     "Objective",
+    "PhaseMover",
     "RebalancePlan",
     "Stat",
     "arrangement_commands",
@@ -64,12 +72,15 @@ __all__ = [
     "customer_profiles",
     "evaluate_arrangement",
     "feeder_metrics",
+    "head_currents",
     "make_switchable",
     "movable_customers",
     "proxy_objective",
+    "pv_aware_schedule",
     "rebalance",
     "rebalance_plan",
     "run_switching",
+    "schedule_objective",
     "switchable_commands",
     "switchable_customers",
     "switching_operations",
