@@ -27,6 +27,7 @@ from the pro-rata match).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -36,11 +37,10 @@ from lv3ph.market.linear import Rows
 
 __all__ = ["OpfResult", "opf_clear"]
 
-#: Rows further than this inside their limit at the worst minute of an interval are left
-#: out of the LP (V for voltage-type rows, % for VUF, A for thermal): they are assumed not
-#: to bind (if a large move of flexibility makes one bind anyway, OpenDSS reports it as a
-#: broken promise, :func:`lv3ph.market.outcome.promise_gap`).
-ROW_MARGIN = {"voltage_high": 4.0, "voltage_low": 4.0, "pvur": 2.0, "vuf": 0.3, "vne": 2.0, "line_thermal": 20.0}
+#: Rows within this of their limit at the worst minute of an interval start in the LP
+#: (V for voltage-type rows, % for VUF, A for thermal); the others join when a solution
+#: breaks them (row generation, :func:`opf_clear`).
+ROW_MARGIN = {"voltage_high": 1.0, "voltage_low": 1.0, "pvur": 0.5, "vuf": 0.1, "vne": 1.0, "line_thermal": 5.0}
 
 
 @dataclass(frozen=True)
@@ -71,8 +71,14 @@ def opf_clear(
     export_eur_kwh: float,
     wear_eur_kwh: float,
     penalty_eur: float = 10.0,
+    max_rounds: int = 6,
 ) -> OpfResult:
     """Solve the OPF (module docstring) on ``n`` intervals.
+
+    Network rows are generated lazily: the LP starts with the rows within
+    :data:`ROW_MARGIN` of their limit, and after each solve every row the solution breaks
+    (linearly) is added, until none is or ``max_rounds`` solves (the rows are dense in the
+    customers, so the full set would make a very large LP).
 
     Args:
         devices: flexible customers' device sets (interval level).
@@ -83,6 +89,73 @@ def opf_clear(
         dt_h: (n,) interval lengths, h.
     """
     n, nc = base_kw.shape
+    active = [np.flatnonzero(rw.g0 > -np.array([ROW_MARGIN[ch] for ch in rw.check])) for rw in rows]
+    for _ in range(max_rounds):
+        x, lp_cols, slack_cols = _solve(
+            devices,
+            base_kw,
+            reference_kw,
+            pv_kw,
+            rows,
+            active,
+            dt_h,
+            import_eur_kwh,
+            export_eur_kwh,
+            wear_eur_kwh,
+            penalty_eur,
+        )
+        out, cut = _decisions(x, lp_cols, n, nc)
+        dinj = -(out["battery_kw"] + out["ev_kw"] + out["shift_kw"] - reference_kw) - cut
+        added = False
+        for i, rw in enumerate(rows):
+            g = rw.g0 + rw.a @ dinj[i]
+            new = np.setdiff1d(np.flatnonzero(g > 1e-6), active[i])
+            if new.size:
+                active[i] = np.union1d(active[i], new)
+                added = True
+        if not added:
+            break
+    slack: dict[str, float] = {}
+    broken: list[tuple[int, int]] = []
+    for col, row, i in slack_cols:
+        if x[col] > 1e-6:
+            check = str(rows[i].check[row])
+            slack[check] = slack.get(check, 0.0) + float(x[col])
+            broken.append((i, row))
+    g_in, g_out = lp_cols["grid"]
+    welfare = -float((x[g_in] * dt_h).sum() * import_eur_kwh - (x[g_out] * dt_h).sum() * export_eur_kwh)
+    total = int(sum(a.size for a in active))
+    return OpfResult(curtail_kw=cut, slack=slack, broken=broken, welfare_eur=welfare, rows=total, **out)
+
+
+def _decisions(
+    x: NDArray[np.float64], cols: dict[str, Any], n: int, nc: int
+) -> tuple[dict[str, NDArray[np.float64]], NDArray[np.float64]]:
+    out = {"battery_kw": np.zeros((n, nc)), "ev_kw": np.zeros((n, nc)), "shift_kw": np.zeros((n, nc))}
+    for k, dv in cols["devices"].items():
+        for name, p in device_power(x, dv, n).items():
+            out[name][:, k] = p
+    cut = np.zeros((n, nc))
+    for k, c in cols["curtail"].items():
+        cut[:, k] = x[c]
+    return out, cut
+
+
+def _solve(
+    devices: dict[int, DeviceSet],
+    base_kw: NDArray[np.float64],
+    reference_kw: NDArray[np.float64],
+    pv_kw: NDArray[np.float64],
+    rows: list[Rows],
+    active: list[NDArray[np.int64]],
+    dt_h: NDArray[np.float64],
+    import_eur_kwh: float,
+    export_eur_kwh: float,
+    wear_eur_kwh: float,
+    penalty_eur: float,
+) -> tuple[NDArray[np.float64], dict[str, Any], list[tuple[int, int, int]]]:
+    """Build and solve the LP with the ``active`` rows of each interval."""
+    n = base_kw.shape[0]
     lp = Lp()
     g_in = lp.var(n, 0.0, np.inf, import_eur_kwh * dt_h)
     g_out = lp.var(n, 0.0, np.inf, -export_eur_kwh * dt_h)
@@ -102,10 +175,8 @@ def opf_clear(
         v.append(-np.ones(n))
     lp.rows("eq", np.concatenate(r), np.concatenate(c), np.concatenate(v), base_kw.sum(axis=1))
     slack_cols: list[tuple[int, int, int]] = []
-    total = 0
     for i, rw in enumerate(rows):
-        margin = np.array([ROW_MARGIN[ch] for ch in rw.check])
-        keep = np.flatnonzero(rw.g0 > -margin)
+        keep = active[i]
         if not keep.size:
             continue
         # g0 + a . (-(dev - ref) - c) <= s  ->  -a dev - a c - s <= -g0 - a ref
@@ -124,24 +195,8 @@ def opf_clear(
             rr.append(j)
             cc.append(np.full(keep.size, cols[i]))
             vv.append(-a_k[:, k])
-        rhs = -rw.g0[keep] - rw.a[keep] @ reference_kw[i]
+        rhs = -rw.g0[keep] - a_k @ reference_kw[i]
         lp.rows("le", np.concatenate(rr), np.concatenate(cc), np.concatenate(vv), rhs)
         slack_cols += [(int(col), int(row), i) for col, row in zip(s_cols, keep, strict=True)]
-        total += keep.size
     x = lp.solve("opf-cleared market")
-    out = {"battery_kw": np.zeros((n, nc)), "ev_kw": np.zeros((n, nc)), "shift_kw": np.zeros((n, nc))}
-    for k, dv in dvars.items():
-        for name, p in device_power(x, dv, n).items():
-            out[name][:, k] = p
-    cut = np.zeros((n, nc))
-    for k, cols in curt.items():
-        cut[:, k] = x[cols]
-    slack: dict[str, float] = {}
-    broken: list[tuple[int, int]] = []
-    for col, row, i in slack_cols:
-        if x[col] > 1e-6:
-            check = str(rows[i].check[row])
-            slack[check] = slack.get(check, 0.0) + float(x[col])
-            broken.append((i, row))
-    welfare = -float((x[g_in] * dt_h).sum() * import_eur_kwh - (x[g_out] * dt_h).sum() * export_eur_kwh)
-    return OpfResult(curtail_kw=cut, slack=slack, broken=broken, welfare_eur=welfare, rows=total, **out)
+    return x, {"grid": (g_in, g_out), "curtail": curt, "devices": dvars}, slack_cols
