@@ -38,8 +38,9 @@ os.environ.setdefault("NUMPY_MADVISE_HUGEPAGE", "0")
 
 import numpy as np
 
-from lv3ph.hosting import HostingResult, hosting_capacity, plot_hosting
+from lv3ph.hosting import HostingResult, hosting_capacity
 from lv3ph.powerflow import RunSpec
+from lv3ph.report import plot_hosting
 from lv3ph.unbalance import CHECKS, Limits
 
 ROOT = Path(__file__).resolve().parents[1]

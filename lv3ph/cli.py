@@ -241,7 +241,8 @@ def cmd_allocate(args: argparse.Namespace) -> int:
 
 def cmd_hosting(args: argparse.Namespace) -> int:
     """Monte Carlo PV hosting capacity per phase arrangement."""
-    from lv3ph.hosting import arrangement_setup, hosting_capacity, plot_hosting
+    from lv3ph.hosting import arrangement_setup, hosting_capacity
+    from lv3ph.report import plot_hosting
     from lv3ph.unbalance import Limits
 
     run = RunSpec.parse(args.mode, args.stepsize, args.start, args.steps)
@@ -283,7 +284,8 @@ def cmd_hosting(args: argparse.Namespace) -> int:
 
 def cmd_study(args: argparse.Namespace) -> int:
     """Run a study file and write its report."""
-    from lv3ph.study import load_study, run_hosting_study, run_study
+    from lv3ph.study import run_hosting_study, run_study
+    from lv3ph.studyfile import load_study
 
     spec = load_study(args.study)
     if spec.hosting is not None:

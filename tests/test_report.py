@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib
-import sys
 import types
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,8 @@ from lv3ph import report
 from lv3ph.market import Tariffs
 from lv3ph.powerflow import RunSpec
 from lv3ph.prosumers import Battery
+from lv3ph.report import html as report_html
+from lv3ph.report import plots as report_plots
 from lv3ph.unbalance import Limits
 
 MODEL = Path(__file__).resolve().parents[1] / "dss_models" / "ieee_eu_lv_4wire" / "Master.dss"
@@ -27,35 +28,14 @@ N_T = 12
 
 @pytest.fixture(scope="module")
 def study() -> types.ModuleType:
-    """``lv3ph.study`` (for its dataclasses).
-
-    While ``lv3ph.allocation.audit`` is not written yet, study.py cannot be imported; it
-    is then imported once against a stub of that module, and both are taken out of
-    ``sys.modules`` again so no other test sees the stub.
-    """
-    try:
-        return importlib.import_module("lv3ph.study")
-    except ModuleNotFoundError as exc:
-        if exc.name != "lv3ph.allocation.audit":
-            raise
-    stub = types.ModuleType("lv3ph.allocation.audit")
-    stub.METHODS = ("exact", "phase-only", "pro-rata")  # type: ignore[attr-defined]
-    stub.allocate_method = None  # type: ignore[attr-defined]
-    sys.modules["lv3ph.allocation.audit"] = stub
-    try:
-        return importlib.import_module("lv3ph.study")
-    finally:
-        for name in ("lv3ph.allocation.audit", "lv3ph.study"):
-            sys.modules.pop(name, None)
-        for parent, child in (("lv3ph.allocation", "audit"), ("lv3ph", "study")):
-            if hasattr(sys.modules.get(parent), child):
-                delattr(sys.modules[parent], child)
+    """The result types (``lv3ph.results``)."""
+    return importlib.import_module("lv3ph.results")
 
 
 @pytest.fixture(autouse=True)
 def _low_dpi(monkeypatch: pytest.MonkeyPatch) -> None:
     """Smaller PNGs keep the tests fast; the drawing code is the same."""
-    monkeypatch.setattr(report, "DPI", 50)
+    monkeypatch.setattr(report_plots, "DPI", 50)
 
 
 @pytest.fixture
@@ -312,7 +292,7 @@ def test_many_scenarios_envelope_picks_three(study: types.ModuleType, spec: Any)
                 violations=base.violations,
             )
         )
-    chosen = report._pick_distinct(results, 3)
+    chosen = report_plots._pick_distinct(results, 3)
     assert len(chosen) == 3 and 0 in chosen and 5 in chosen
     fig = report.plot_voltage_envelope(spec, results)
     assert "3 most different of 8" in fig.get_suptitle()
@@ -324,7 +304,7 @@ def test_plot_failure_leaves_nothing(
     def boom(*args: Any, **kwargs: Any) -> None:
         raise RuntimeError("plot failed")
 
-    monkeypatch.setattr(report, "plot_allocation", boom)
+    monkeypatch.setattr(report_html, "plot_allocation", boom)
     results = make_results(study)
     with pytest.raises(RuntimeError, match="plot failed"):
         report.write_report(spec, results, summary_table(results), tmp_path / "out")
@@ -336,7 +316,7 @@ def test_plot_failure_leaves_nothing(
 def test_write_failure_leaves_no_report(
     study: types.ModuleType, spec: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real = report.write_atomic
+    real = report_html.write_atomic
 
     def failing(path: Path, writer: Any) -> Path:
         if Path(path).name != "report.html":
@@ -348,7 +328,7 @@ def test_write_failure_leaves_no_report(
 
         return real(path, half)
 
-    monkeypatch.setattr(report, "write_atomic", failing)
+    monkeypatch.setattr(report_html, "write_atomic", failing)
     results = make_results(study)
     with pytest.raises(OSError, match="disk full"):
         report.write_report(spec, results, summary_table(results), tmp_path)

@@ -1,0 +1,264 @@
+"""The switchable model: three phase Loads per switch-equipped customer, set per step
+through the fast API.
+
+
+Fast switching formulation
+--------------------------
+Re-phasing a Load through a text edit (``Load.x.bus1=...``) makes OpenDSS rebuild and
+refactorise its system matrix at the next solve: 6-9 ms per step on the IEEE EU LV
+twin, 8-13 times a normal time step (``benchmarks/bench_switching.py``). Instead,
+:func:`switchable_commands` gives every switch-equipped customer ``x`` three Loads
+``x_p1``, ``x_p2``, ``x_p3`` (copies of ``x``, phase-to-neutral on each phase of its
+bus, ``status=fixed`` so OpenDSS ignores their load shapes) and disables ``x`` and the
+customer's own PV/storage/generator elements; :func:`run_switching` then puts the customer's whole net power
+``load_kw - pv_kw`` (and ``load_kvar``) on the live phase's Load through the fast API
+(no system-matrix rebuild) and 0 on the other two.
+
+The phase Load of the as-built phase starts as an exact copy of ``x`` and the other two
+at 0 kW, so the system matrix is the as-built one: with the schedule at the as-built
+phases, the voltages equal a plain run to rounding (~1e-13). After a switch OpenDSS
+keeps iterating with the admittance it factorised (OpenDSS compensates a load's
+admittance in its injection current), so the converged result is the physics of the new
+arrangement, equal to a text-edited model within OpenDSS's convergence tolerance
+(the idle as-built phase Load keeps its admittance in the factorised matrix, so it shows
+a residue of that tolerance, ~1e-4 A per kW on the IEEE feeder, instead of exactly 0 A).
+
+Customer identity: in lv3ph a customer is a Load, so the three phase Loads would become
+three customers (and a device on another phase than the Load is not owned by it).
+:func:`make_switchable` therefore returns a :class:`~lv3ph.model.FeederModel` in which each
+switchable customer stays **one** customer, at its original position and under its
+original name, connected to the three phase nodes and the neutral of its bus
+(``phases=(1, 2, 3)``, devices = the three phase Loads). lv3ph's capture then works
+unchanged: ``customer_p_kw`` is the customer's total drawn power, and
+``customer_injection`` shows on which phase port it flows at each step. (Its ``kv`` is
+the line-to-line equivalent of its phase-to-neutral rating so that
+``customer_pq_departure_pct`` uses the right voltage base; the departure is then the
+mean over the three phase voltages, exact while they are inside ``vminpu``-``vmaxpu``.)
+A switchable customer needs its own bus with all three phases (a switch is installed
+where three phases are available); a bus shared with another customer is refused.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Sequence
+from typing import Final
+
+import numpy as np
+
+from lv3ph.dss import Engine
+from lv3ph.errors import ModelError, StudyError
+from lv3ph.model import ComplexArray, Customer, FeederModel
+from lv3ph.phases.customers import _bus_phase_nodes, _check_movable, _profiles
+from lv3ph.phases.switching import as_built_schedule
+from lv3ph.powerflow import RunSpec, solve_raw
+
+_SUFFIX: Final[tuple[str, str, str]] = ("_p1", "_p2", "_p3")
+
+
+def switchable_commands(model: FeederModel, customers: Sequence[str]) -> list[str]:
+    """OpenDSS commands that make ``customers`` switchable (see the module docstring).
+
+    Per customer ``x`` on phase ``k`` of bus ``b``: ``New Load.x_p{1,2,3} like=x
+    bus1=b.{1,2,3}.<neutral> status=fixed`` (the phase-``k`` copy keeps ``x``'s kW, the
+    other two get 0 kW), then ``x`` and the customer's PV/storage/generator elements are
+    disabled (the customer's whole net power moves with it, set per step by
+    :func:`run_switching`).
+    """
+    chosen = _check_movable(model, list(customers), "the switch list")
+    existing = set(model.customer_index())
+    out: list[str] = []
+    for i in chosen:
+        c = model.customers[i]
+        for sfx in _SUFFIX:
+            if c.name + sfx in existing:
+                raise ModelError(f"customer {c.name}: a Load {c.name + sfx} already exists (already switchable?)")
+        neutral = f".{int(model.node_terminal[c.neutral_node])}" if c.neutral_node >= 0 else ""
+        for ph, sfx in zip((1, 2, 3), _SUFFIX, strict=True):
+            zero = "" if ph == c.phases[0] else " kW=0 kvar=0"
+            out.append(f"New Load.{c.name}{sfx} like={c.name} bus1={c.bus}.{ph}{neutral} status=fixed{zero}")
+        out.append(f"Load.{c.name}.enabled=no")
+        out.extend(f"{d}.enabled=no" for d in c.devices if not d.startswith("load."))
+    return out
+
+
+def switchable_customers(model: FeederModel) -> list[str]:
+    """Customers of a switchable model (:func:`make_switchable`) that have a phase selector switch."""
+    return [c.name for c in model.customers if c.devices == tuple(f"load.{c.name}{s}" for s in _SUFFIX)]
+
+
+def make_switchable(engine: Engine, model: FeederModel, customers: Sequence[str]) -> FeederModel:
+    """Apply :func:`switchable_commands` to ``engine`` and return the switchable model.
+
+    ``model`` is the as-built model of ``engine``. In the result every customer keeps its
+    position and name; a switchable customer is connected to the three phases and the
+    neutral of its bus (module docstring). Raises :class:`~lv3ph.errors.ModelError` if a
+    switchable customer shares its bus's phase nodes with another customer or device.
+    """
+    chosen = _check_movable(model, list(customers), "the switch list")
+    for i in chosen:
+        c = model.customers[i]
+        nodes = set(_bus_phase_nodes(model, c.bus).values())
+        for j, other in enumerate(model.customers):
+            if j != i and {int(x) for x in other.phase_nodes} & nodes:
+                raise ModelError(
+                    f"customer {c.name} shares bus {c.bus} with customer {other.name}: "
+                    "a switchable customer needs its own bus"
+                )
+        for dev, dn in model.orphan_devices.items():
+            if {int(x) for x in dn} & nodes:
+                raise ModelError(
+                    f"customer {c.name} shares bus {c.bus} with {dev}: a switchable customer needs its own bus"
+                )
+    engine.apply(switchable_commands(model, [model.customers[i].name for i in chosen]))
+    new = engine.model()
+    by_name = {c.name: c for c in new.customers}
+    switch_names = {model.customers[i].name for i in chosen}
+    merged: list[Customer] = []
+    for c in model.customers:
+        if c.name not in switch_names:
+            merged.append(by_name[c.name])
+            continue
+        parts = [by_name[c.name + s] for s in _SUFFIX]
+        extra = [d for p_ in parts for d in p_.devices if not d.startswith("load.")]
+        if extra:
+            raise ModelError(f"customer {c.name}: devices {', '.join(extra)} on its bus would be moved with it")
+        merged.append(
+            dataclasses.replace(
+                parts[0],
+                name=c.name,
+                phases=(1, 2, 3),
+                phase_nodes=np.array([int(p_.phase_nodes[0]) for p_ in parts], dtype=np.int64),
+                neutral_node=parts[0].neutral_node,
+                devices=tuple(f"load.{p_.name}" for p_ in parts),
+                kv=c.kv * math.sqrt(3.0),
+            )
+        )
+    return dataclasses.replace(new, customers=tuple(merged))
+
+
+# ---------------------------------------------------------------------------- OpenDSS access
+def run_switching(
+    engine: Engine,
+    model: FeederModel,
+    run: RunSpec,
+    load_kw: np.ndarray,
+    pv_kw: np.ndarray | None,
+    schedule: np.ndarray,
+    *,
+    load_kvar: np.ndarray | None = None,
+    progress: bool = False,
+    before_step: Callable[[int], None] | None = None,
+) -> tuple[ComplexArray, dict[str, ComplexArray]]:
+    """Solve ``run`` with the switchable customers on the phases of ``schedule``.
+
+    Args:
+        engine, model: after :func:`make_switchable` (``model`` is the switchable model).
+        load_kw, pv_kw, load_kvar: (steps, customers) in model order. Only the switchable
+            customers' columns are used: their net power ``load_kw - pv_kw`` (and
+            ``load_kvar``; default: ``load_kw`` times the kvar/kW ratio of the customer's
+            Load) goes on the live phase Load at each step. Every other customer follows its
+            own OpenDSS load shape and devices, as in a plain run.
+        schedule: (steps, customers) phase per step (:func:`switching_schedule`); customers
+            without a switch must stay on their phase (0 for multi-phase customers).
+        before_step: optional extra per-step callback (e.g. battery set-points), called first.
+
+    Returns:
+        ``(V, measured)`` as :func:`lv3ph.powerflow.solve_raw`; pass them to
+        :func:`lv3ph.powerflow.capture` with the switchable ``model``.
+
+    The phase Loads are put back to their initial values (as-built copy / 0 kW) at the end,
+    so a later matrix rebuild reproduces the as-built system matrix.
+    """
+    step, reset = switching_setter(
+        engine, model, run, load_kw, pv_kw, schedule, load_kvar=load_kvar, before_step=before_step
+    )
+    reset()
+    try:
+        return solve_raw(engine, model, run, progress=progress, before_step=step)
+    finally:
+        reset()
+
+
+def switching_setter(
+    engine: Engine,
+    model: FeederModel,
+    run: RunSpec,
+    load_kw: np.ndarray,
+    pv_kw: np.ndarray | None,
+    schedule: np.ndarray,
+    *,
+    load_kvar: np.ndarray | None = None,
+    before_step: Callable[[int], None] | None = None,
+) -> tuple[Callable[[int], None], Callable[[], None]]:
+    """The per-step callback of :func:`run_switching` and a ``reset`` that puts the phase
+    Loads back to their initial values (arguments as :func:`run_switching`; step ``k`` of
+    ``run`` uses row ``k - run.start``). Call ``reset()`` before the first step.
+    """
+    n = len(model.customers)
+    steps = run.steps
+    sched = np.asarray(schedule)
+    if sched.shape != (steps, n):
+        raise StudyError(f"schedule must have shape ({steps}, {n}) (steps, customers), got {sched.shape}")
+    if not np.issubdtype(sched.dtype, np.integer):
+        if not np.all(np.isfinite(sched)) or np.any(sched != np.round(sched)):
+            raise StudyError("schedule must hold integer phases 1, 2, 3")
+        sched = sched.astype(np.int64)
+    names = switchable_customers(model)
+    sw = [model.customer_index()[nm] for nm in names]
+    fixed = np.setdiff1d(np.arange(n), sw)
+    expect = as_built_schedule(model, 1)[0, fixed].astype(np.int64)
+    bad = np.argwhere(sched[:, fixed] != expect[None, :])
+    if bad.size:
+        t, j = bad[0]
+        c = model.customers[fixed[j]]
+        raise StudyError(
+            f"customer {c.name} has no phase selector switch but the schedule puts it on phase "
+            f"{int(sched[t, fixed[j]])} at step {run.start + int(t)} (it is on {expect[j] or 'several phases'})"
+        )
+    if sw:
+        badp = np.argwhere((sched[:, sw] < 1) | (sched[:, sw] > 3))
+        if badp.size:
+            t, j = badp[0]
+            raise StudyError(
+                f"customer {names[j]}: phase {int(sched[t, sw[j]])} at step {run.start + int(t)} is not 1, 2 or 3"
+            )
+    p, q = _profiles(model, load_kw, pv_kw, load_kvar, steps=steps)
+    if pv_kw is None and sw:
+        hidden = engine.disabled_devices({model.customers[i].bus for i in sw})
+        if hidden:
+            raise StudyError(
+                f"{hidden[0]} belongs to a switchable customer and was folded into its phase Loads: "
+                "pass its output in pv_kw"
+            )
+    base = [engine.load_connection(nm) for nm in names]
+    if q is None:
+        ratio = np.array([kvar / kw if kw else 0.0 for _, kw, kvar in base])
+        q = np.zeros_like(p)
+        q[:, sw] = np.asarray(load_kw, dtype=float)[:, sw] * ratio[None, :]  # PV at unity power factor
+    set_pq = engine.pq_setter([nm + s for nm in names for s in _SUFFIX])
+    net_p = p[:, sw].tolist()
+    net_q = q[:, sw].tolist()
+    phase = (sched[:, sw] - 1).tolist()
+    live = [-1] * len(sw)
+
+    def reset() -> None:
+        for j, (ph0, kw0, kvar0) in enumerate(base):
+            for ph in range(3):
+                set_pq(3 * j + ph, kw0 if ph == ph0 - 1 else 0.0, kvar0 if ph == ph0 - 1 else 0.0)
+        live[:] = [b[0] - 1 for b in base]
+
+    def step(k: int) -> None:
+        if before_step is not None:
+            before_step(k)
+        i = k - run.start
+        ph_i, p_i, q_i = phase[i], net_p[i], net_q[i]
+        for j in range(len(ph_i)):
+            ph = ph_i[j]
+            if ph != live[j]:
+                set_pq(3 * j + live[j], 0.0, 0.0)
+                live[j] = ph
+            set_pq(3 * j + ph, p_i[j], q_i[j])
+
+    return step, reset
