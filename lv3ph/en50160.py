@@ -153,7 +153,7 @@ class En50160:
     def steps_per_interval(self, stepsize_s: float) -> int | None:
         """Steps in one interval, or None if the interval is not a whole number of steps."""
         n = self.interval_s / stepsize_s
-        return int(round(n)) if n >= 1 and abs(n - round(n)) < 1e-9 else None
+        return round(n) if n >= 1 and abs(n - round(n)) < 1e-9 else None
 
 
 # ----------------------------------------------------------------------------- per step
@@ -167,7 +167,9 @@ def _bus_phase_nodes(model: FeederModel, bus: str) -> list[int]:
     return [int(on_bus[terms == t][0]) if (terms == t).any() else -1 for t in (1, 2, 3)]
 
 
-def customer_quality(model: FeederModel, vt: ComplexArray) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64]]:
+def customer_quality(
+    model: FeederModel, vt: ComplexArray
+) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64]]:
     """Per-step voltage quality at every customer's supply terminals.
 
     Args:
@@ -307,7 +309,7 @@ def period_statistics(intervals: xr.Dataset, config: En50160) -> xr.Dataset:
     ``v_outside_envelope`` (interval values outside +high/-low) and ``compliant``.
     Works on lazy (dask) input: it loads one period at a time.
     """
-    per_period = int(round(config.period_s / config.interval_s))
+    per_period = round(config.period_s / config.interval_s)
     iv = np.asarray(intervals["interval"].values)
     week_of = iv // per_period
     weeks = np.unique(week_of)
@@ -356,7 +358,10 @@ def period_statistics(intervals: xr.Dataset, config: En50160) -> xr.Dataset:
             "v_within_band_pct": (
                 dims,
                 out["v_within_band_pct"],
-                {"units": "%", "long_name": f"share of interval voltages within Un +/- {config.band_pct:g} %, worst phase"},
+                {
+                    "units": "%",
+                    "long_name": f"share of interval voltages within Un +/- {config.band_pct:g} %, worst phase",
+                },
             ),
             "v10_min_v": (dims, out["v10_min_v"], {"units": "V", "long_name": "lowest interval voltage"}),
             "v10_max_v": (dims, out["v10_max_v"], {"units": "V", "long_name": "highest interval voltage"}),
@@ -400,7 +405,9 @@ def aggregate(
     """
     cfg = config or En50160()
     if cfg.steps_per_interval(stepsize_s) is None:
-        raise StudyError(f"en50160.interval_s ({cfg.interval_s:g} s) is not a multiple of the step size ({stepsize_s:g} s)")
+        raise StudyError(
+            f"en50160.interval_s ({cfg.interval_s:g} s) is not a multiple of the step size ({stepsize_s:g} s)"
+        )
     names = customers if customers is not None else [f"c{i}" for i in range(np.shape(v)[1])]
     steps = np.arange(start, start + np.shape(v)[0])
     intervals = interval_dataset(names, steps, stepsize_s, v, vuf, pvur, cfg)
@@ -410,6 +417,7 @@ def aggregate(
 def en50160_table(periods: xr.Dataset) -> pd.DataFrame:
     """The ``en50160.csv`` table: one row per (customer, week), columns :data:`EN50160_COLUMNS`."""
     df = periods[[c for c in EN50160_COLUMNS if c not in ("customer", "week")]].to_dataframe().reset_index()
-    df = df.sort_values(["customer", "week"], kind="stable")
+    order = {str(c): i for i, c in enumerate(periods["customer"].values)}  # the model's order
+    df = df.assign(_pos=df["customer"].astype(str).map(order)).sort_values(["_pos", "week"], kind="stable")
     df["compliant"] = np.where(df["compliant"].astype(bool), "yes", "no")
     return df[EN50160_COLUMNS].reset_index(drop=True)

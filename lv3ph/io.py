@@ -130,9 +130,9 @@ class BlockStore:
             shutil.rmtree(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         group = zarr.open_group(str(path), mode="w-")
-        group.attrs.update({**attrs, "lv3ph_complete": False})
+        group.attrs.update({**attrs, "lv3ph_complete": 0})
         store = cls(path)
-        store._write_progress({d: 0 for d in APPEND_DIMS})
+        store._write_progress(dict.fromkeys(APPEND_DIMS, 0))
         return store
 
     @classmethod
@@ -146,7 +146,10 @@ class BlockStore:
         store = cls(path)
         done = store.progress()
         group = zarr.open_group(str(path), mode="r+")
-        for _, arr in group.arrays():
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=f".*{_PROGRESS}.*")
+            arrays = list(group.arrays())
+        for _, arr in arrays:
             dims = arr.metadata.dimension_names or ()  # type: ignore[union-attr]
             if dims and dims[0] in done and arr.shape[0] != done[dims[0]]:
                 arr.resize((done[dims[0]], *arr.shape[1:]))
@@ -169,13 +172,17 @@ class BlockStore:
         ``chunks`` (dim -> length) sets the chunking when a dimension is first written
         (default: the block's length).
         """
-        plain = _objects(_split_complex(block))
+        plain = _objects(_split_complex(block)).assign_attrs(self.attrs)  # xarray replaces the group's attrs
         done = self.progress()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", category=UserWarning)  # zarr v3 consolidated-metadata notes
             if all(v == 0 for v in done.values()):
+                # uncompressed: float64 physics barely compresses and compressing costs more than the capture
                 enc = {
-                    str(n): {"chunks": tuple((chunks or {}).get(str(d), s) for d, s in zip(v.dims, v.shape, strict=True))}
+                    str(n): {
+                        "chunks": tuple((chunks or {}).get(str(d), s) for d, s in zip(v.dims, v.shape, strict=True)),
+                        "compressors": None,
+                    }
                     for n, v in plain.variables.items()
                     if v.ndim
                 }
@@ -196,8 +203,10 @@ class BlockStore:
         """Blocks must continue the stored index of each append dimension (time, interval)."""
         for dim in APPEND_DIMS:
             if dim in block.dims and dim in block.coords and done[dim]:
-                last = group[dim][done[dim] - 1]  # type: ignore[index]
-                first = block[dim].values[0]
+                arr = group[dim]
+                assert isinstance(arr, zarr.Array)
+                last = int(np.asarray(arr[done[dim] - 1]))
+                first = int(block[dim].values[0])
                 if first <= last:
                     raise Lv3phError(f"block starts at {dim} {first} but the store already holds up to {last}")
 
@@ -205,7 +214,9 @@ class BlockStore:
         """Write variables that are not appended (e.g. the final statistics)."""
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", category=UserWarning)
-            _objects(_split_complex(ds)).to_zarr(str(self.path), mode="a", consolidated=False)
+            plain = _objects(_split_complex(ds))
+            plain.attrs = {**plain.attrs, **self.attrs}
+            plain.to_zarr(str(self.path), mode="a", consolidated=False)
 
     def open(self) -> xr.Dataset:
         """The store as it is now, lazily (complex parts joined)."""
@@ -214,7 +225,7 @@ class BlockStore:
     def finish(self, out: str | Path) -> Path:
         """Mark the store complete and move it to ``out`` (replacing what was there)."""
         group = zarr.open_group(str(self.path), mode="r+")
-        group.attrs["lv3ph_complete"] = True
+        group.attrs["lv3ph_complete"] = 1
         target = Path(out)
         if target.exists():
             old = target.with_name(f".{target.name}.old")
@@ -237,7 +248,18 @@ def _open_zarr(path: Path) -> xr.Dataset:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", category=RuntimeWarning)
         warnings.filterwarnings("ignore", message=f".*{_PROGRESS}.*")
-        return _join_complex(xr.open_zarr(str(path), consolidated=False))
+        ds = xr.open_zarr(str(path), consolidated=False)
+    # zarr's variable-length strings come back as numpy StringDType: labels as plain str, as written
+    fixed = {
+        str(n): v.copy(data=np.asarray(v.values, dtype=object).astype(str))
+        for n, v in ds.variables.items()
+        if v.dtype.kind == "T"
+    }
+    return _join_complex(
+        ds.assign_coords({n: v for n, v in fixed.items() if n in ds.coords}).assign(
+            {n: v for n, v in fixed.items() if n not in ds.coords}
+        )
+    )
 
 
 def open_result(path: str | Path, *, allow_incomplete: bool = False) -> xr.Dataset:

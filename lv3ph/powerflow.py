@@ -49,6 +49,7 @@ from lv3ph.model import (
     assemble_y,
     branch_rows,
     is_series,
+    memo,
     network_y,
     pme_commands,
     series_rows,
@@ -148,7 +149,9 @@ def customer_injections(
     used = np.unique(ports.nodes[:, : ports.nodes.shape[1]][ports.nodes >= 0])
     where = np.full(model.n_nodes, -1)
     where[used] = np.arange(used.size)
-    residual = (network_y(model).tocsr()[used] @ vt).T  # injection at used nodes, (steps, used)
+    residual = (
+        memo(model, "network_y_csr", lambda: network_y(model).tocsr())[used] @ vt
+    ).T  # injection at used nodes, (steps, used)
     inj = np.zeros((steps, len(ports.names), ports.nodes.shape[1]), dtype=np.complex128)
     for i, devices in ports.measured.items():
         missing = [d for d in devices if d not in measured]
@@ -267,7 +270,7 @@ def run_attrs(model: FeederModel, spec: RunSpec, steps: int) -> dict[str, str | 
     }
 
 
-def _time_coords(spec: RunSpec, time: IntArray) -> dict[str, tuple[str, IntArray, dict[str, str | float]]]:
+def _time_coords(spec: RunSpec, time: IntArray) -> dict[str, tuple[str, np.ndarray, dict[str, str | float]]]:
     return {
         "time": ("time", time, {"long_name": "step index", "stepsize_s": spec.stepsize_s}),
         "time_s": ("time", time * spec.stepsize_s, {"units": "s"}),
@@ -305,7 +308,7 @@ def loss_parts(model: FeederModel, flows: ElementFlows) -> tuple[np.ndarray, np.
     earth part, transformers wholly to the phase part (see the module docstring).
     """
     p_cond = flows.p_cond
-    neutral_cond = neutral_conductors(model, p_cond.shape[1])
+    neutral_cond = memo(model, "neutral_conductors", lambda: neutral_conductors(model, p_cond.shape[1]))
     kinds = model.kinds()
     loss_total = p_cond.sum(axis=1).T
     loss_neutral = np.einsum("ec,ect->te", neutral_cond.astype(float), p_cond)
@@ -318,7 +321,8 @@ def loss_parts(model: FeederModel, flows: ElementFlows) -> tuple[np.ndarray, np.
 def source_power_kva(model: FeederModel, vt: ComplexArray) -> ComplexArray:
     """Complex power into the network from the sources per step, kW + j kvar."""
     src_nodes = np.unique(np.concatenate([s.nodes[s.nodes >= 0] for s in model.sources]))
-    j_src = assemble_y(model, model.elements)[src_nodes] @ vt  # current the PD network draws
+    y_src = memo(model, "y_src", lambda: assemble_y(model, model.elements).tocsr()[src_nodes])
+    j_src = y_src @ vt  # current the PD network draws
     return np.asarray((vt[src_nodes] * np.conj(j_src)).sum(axis=0) / 1000.0)
 
 
@@ -406,7 +410,7 @@ def capture_customers(
             "head_current": (
                 ("time", "conductor"),
                 flows.current[head, :n_cond].T,
-                {"units": "A", "long_name": f"current into terminal 1 of {el.name}"},
+                {"units": "A", "long_name": f"current into terminal 1 of {el.name}", "element": el.name},
             ),
             "loss_kw": (dims_e, total, {"units": "kW"}),
             "loss_phase_kw": (dims_e, phase, {"units": "kW"}),
@@ -416,7 +420,7 @@ def capture_customers(
     )
     return ds.assign_coords(
         {**_element_coords(model), "conductor": np.arange(1, n_cond + 1), **_customer_coords(model, ports)}
-    ).assign_attrs(run_attrs(model, spec, vt.shape[1]), head_element=el.name)
+    ).assign_attrs(run_attrs(model, spec, vt.shape[1]))
 
 
 @dataclass(frozen=True)
@@ -440,7 +444,7 @@ def _empty_flows(model: FeederModel, steps: int) -> tuple[ComplexArray, np.ndarr
     max_cond = max(e.n_conductors for e in model.elements)
     current = np.full((n_el, max_cond, steps), np.nan + 1j * np.nan)
     p_cond = np.zeros((n_el, max_cond, steps))
-    series = np.array([is_series(e) for e in model.elements], dtype=bool)
+    series = memo(model, "series", lambda: np.array([is_series(e) for e in model.elements], dtype=bool))
     return current, p_cond, series
 
 
@@ -449,7 +453,7 @@ def _general_flows(
 ) -> ElementFlows:
     """Fill ``current``/``p_cond`` for the non-series elements (transformers, shunts)."""
     steps = vt.shape[1]
-    gr = branch_rows(model, np.nonzero(~series)[0])
+    gr = memo(model, "general_rows", lambda: branch_rows(model, np.nonzero(~series)[0]))
     i_rows = gr.yv @ vt
     s_rows = (gr.incidence @ vt) * np.conj(i_rows)
     first = gr.terminal == 1
@@ -484,6 +488,15 @@ def element_flows(model: FeederModel, vt: ComplexArray) -> ElementFlows:
     """As :func:`element_flows_reference`, series elements through a fused numba kernel
     (no full-size temporaries: on a 1440-step run they cost more than the arithmetic)."""
     current, p_cond, series = _empty_flows(model, vt.shape[1])
+    node1, node2, offsets, yser, pos = memo(model, "series_kernel", lambda: _series_kernel_args(model, series))
+    series_flows(vt, node1, node2, offsets, yser, pos, current, p_cond)
+    return _general_flows(model, vt, series, current, p_cond)
+
+
+def _series_kernel_args(
+    model: FeederModel, series: np.ndarray
+) -> tuple[IntArray, IntArray, IntArray, ComplexArray, IntArray]:
+    """Flattened node pairs, offsets and series admittances of the series elements for the kernel."""
     pos = np.nonzero(series)[0]
     elems = [model.elements[i] for i in pos]
     ks = np.array([e.n_conductors for e in elems], dtype=np.int64)
@@ -493,8 +506,7 @@ def element_flows(model: FeederModel, vt: ComplexArray) -> ElementFlows:
     yser = np.concatenate(
         [e.yprim[: e.n_conductors, : e.n_conductors].ravel() for e in elems] or [np.zeros(0, complex)]
     )
-    series_flows(vt, node1, node2, offsets, yser, pos.astype(np.int64), current, p_cond)
-    return _general_flows(model, vt, series, current, p_cond)
+    return node1, node2, offsets, yser, pos.astype(np.int64)
 
 
 def neutral_conductors(model: FeederModel, max_cond: int) -> np.ndarray:

@@ -26,7 +26,6 @@ interval values and weekly statistics):
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -128,7 +127,9 @@ def block_ranges(start: int, steps: int, block_steps: int) -> list[tuple[int, in
 
 def fingerprint(model: FeederModel) -> str:
     """A short hash of the model's nodes and elements (a resumed run must solve the same feeder)."""
-    text = "|".join(model.nodes) + "#" + "|".join(model.element_names()) + "#" + "|".join(c.name for c in model.customers)
+    text = (
+        "|".join(model.nodes) + "#" + "|".join(model.element_names()) + "#" + "|".join(c.name for c in model.customers)
+    )
     return hashlib.sha1(text.encode()).hexdigest()[:16]
 
 
@@ -146,9 +147,21 @@ def capture_block(
     steps = np.arange(spec.start, spec.start + vt.shape[1])
     with np.errstate(all="ignore"):
         extremes = {
-            "customer_v_min_v": ("time", _nan_reduce(np.fmin, v), {"units": "V", "long_name": "lowest customer voltage"}),
-            "customer_v_max_v": ("time", _nan_reduce(np.fmax, v), {"units": "V", "long_name": "highest customer voltage"}),
-            "customer_vuf_max_pct": ("time", _nan_reduce(np.fmax, vuf), {"units": "%", "long_name": "highest customer VUF"}),
+            "customer_v_min_v": (
+                "time",
+                _nan_reduce(np.fmin, v),
+                {"units": "V", "long_name": "lowest customer voltage"},
+            ),
+            "customer_v_max_v": (
+                "time",
+                _nan_reduce(np.fmax, v),
+                {"units": "V", "long_name": "highest customer voltage"},
+            ),
+            "customer_vuf_max_pct": (
+                "time",
+                _nan_reduce(np.fmax, vuf),
+                {"units": "%", "long_name": "highest customer VUF"},
+            ),
             "customer_pvur_max_pct": (
                 "time",
                 _nan_reduce(np.fmax, pvur),
@@ -166,7 +179,11 @@ def capture_block(
         dims = ("time", "customer")
         ds = ds.assign(
             {
-                "customer_vuf_pct": (dims, np.hstack([vuf, pad]), {"units": "%", "long_name": "VUF at the customer's bus"}),
+                "customer_vuf_pct": (
+                    dims,
+                    np.hstack([vuf, pad]),
+                    {"units": "%", "long_name": "VUF at the customer's bus"},
+                ),
                 "customer_pvur_pct": (
                     dims,
                     np.hstack([pvur, pad]),
@@ -184,7 +201,7 @@ def capture_block(
     return ds.drop_attrs(deep=False)
 
 
-def _nan_reduce(op: Callable[..., Any], x: np.ndarray) -> np.ndarray:
+def _nan_reduce(op: np.ufunc, x: np.ndarray) -> np.ndarray:
     """Reduce all but the first axis with ``op`` (fmin/fmax ignore NaN)."""
     flat = x.reshape(x.shape[0], -1)
     return np.asarray(op.reduce(flat, axis=1)) if flat.shape[1] else np.full(x.shape[0], np.nan)
