@@ -445,7 +445,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--capture",
         default="full",
-        choices=CAPTURES,
+        metavar="|".join(CAPTURES),
         help="full: every bus, element and customer per step; customers: customer points, head and losses per "
         "element; stats: totals per step and EN 50160 statistics only (default full)",
     )
