@@ -14,6 +14,7 @@ from pathlib import Path
 import pandas as pd
 import xarray as xr
 
+from lv3ph.en50160 import En50160
 from lv3ph.market import Tariffs
 from lv3ph.powerflow import RunSpec
 from lv3ph.prosumers import DEFAULT_LATITUDE, DEFAULT_LONGITUDE, DEFAULT_TZ, Battery
@@ -81,6 +82,9 @@ class StudySpec:
     hosting: HostingSpec | None = None
     vmaxpu: float | None = None
     seed: int = 1
+    en50160: En50160 = field(default_factory=En50160)
+    capture: str | None = None
+    block_steps: int | None = None
 
 
 @dataclass(frozen=True)
@@ -111,6 +115,8 @@ class ScenarioResult:
             <method>_kwh``).
         bills: per customer energy and bills (see :func:`lv3ph.market.bills`).
         violations: violation summary per (check, item).
+        en50160: EN 50160 verdict per customer and week (:func:`lv3ph.en50160.en50160_table`),
+            empty when the step size does not divide the aggregation interval.
     """
 
     scenario: Scenario
@@ -120,3 +126,4 @@ class ScenarioResult:
     bills: pd.DataFrame
     violations: pd.DataFrame
     notes: list[str] = field(default_factory=list)
+    en50160: pd.DataFrame = field(default_factory=pd.DataFrame)

@@ -26,6 +26,7 @@ interval values and weekly statistics):
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -280,27 +281,80 @@ def _solve_into(
     measure = [d for i in sorted(ports.measured) for d in ports.measured[i]]
     done = store.progress()["time"]
     blocks = [b for b in block_ranges(spec.start, spec.steps, block_steps) if b[0] >= spec.start + done]
+
+    def solved(bar: Any) -> Iterator[tuple[int, ComplexArray, dict[str, ComplexArray]]]:
+        for k0, n in blocks:
+            vt, measured = engine.run(
+                spec.mode,
+                spec.stepsize_s,
+                k0,
+                n,
+                measure=measure,
+                on_step=lambda _k: bar.update(),
+                repeat_profiles=spec.repeat_profiles,
+            )
+            yield k0, vt, measured
+
+    with tqdm(
+        total=spec.steps, initial=done, desc="power flow", unit="step", delay=2.0, disable=not progress, leave=False
+    ) as bar:
+        return _fill(store, model, spec, level, block_steps, cfg, out, solved(bar))
+
+
+def write_captured(
+    model: FeederModel,
+    spec: RunSpec,
+    vt: ComplexArray,
+    measured: dict[str, ComplexArray],
+    out: str | Path,
+    *,
+    capture_level: str,
+    block_steps: int | None = None,
+    config: En50160 | None = None,
+) -> Path:
+    """Write a run already solved in memory (``vt`` (n_nodes, steps), V) as a store at
+    ``capture_level``, block by block, exactly as :func:`run_streamed` lays it out."""
+    cfg = config or En50160()
+    bs = block_steps if block_steps is not None else default_block_steps(spec.stepsize_s, cfg)
+    check_block_steps(bs, spec.stepsize_s, cfg)
+    attrs = {
+        **run_attrs(model, spec, spec.steps),
+        **cfg.to_attrs(),
+        "capture": capture_level,
+        "block_steps": bs,
+        "repeat_profiles": int(spec.repeat_profiles),
+        "model_fingerprint": fingerprint(model),
+    }
+    blocks = (
+        (
+            k0,
+            vt[:, k0 - spec.start : k0 - spec.start + n],
+            {d: m[k0 - spec.start : k0 - spec.start + n] for d, m in measured.items()},
+        )
+        for k0, n in block_ranges(spec.start, spec.steps, bs)
+    )
+    return _fill(BlockStore.create(out, attrs), model, spec, capture_level, bs, cfg, out, blocks)
+
+
+def _fill(
+    store: BlockStore,
+    model: FeederModel,
+    spec: RunSpec,
+    level: str,
+    block_steps: int,
+    cfg: En50160,
+    out: str | Path,
+    blocks: Iterable[tuple[int, ComplexArray, dict[str, ComplexArray]]],
+) -> Path:
+    """Capture and append every block, add the weekly statistics, finish the store."""
     chunks = {"time": block_steps}
     per = cfg.steps_per_interval(spec.stepsize_s)
     if per:
         chunks["interval"] = block_steps // per
     try:
-        with tqdm(
-            total=spec.steps, initial=done, desc="power flow", unit="step", delay=2.0, disable=not progress, leave=False
-        ) as bar:
-            for k0, n in blocks:
-                vt, measured = engine.run(
-                    spec.mode,
-                    spec.stepsize_s,
-                    k0,
-                    n,
-                    measure=measure,
-                    on_step=lambda _k: bar.update(),
-                    repeat_profiles=spec.repeat_profiles,
-                )
-                block = capture_block(model, replace(spec, start=k0, steps=n), vt, measured, level, cfg)
-                del vt, measured
-                store.append(block, chunks)
+        for k0, vt, measured in blocks:
+            block = capture_block(model, replace(spec, start=k0, steps=vt.shape[1]), vt, measured, level, cfg)
+            store.append(block, chunks)
         if per:
             iv = store.open()[["v10_v", "vuf10_pct", "pvur10_pct"]]
             store.add(period_statistics(iv.sel(customer=[c.name for c in model.customers]), cfg))
