@@ -1,13 +1,16 @@
 """Command line: ``lv3ph info|powerflow ...``.
 
-Exit codes: 0 success, 2 bad input (one line naming the problem), 1 internal failure.
+Exit codes: 0 success, 2 bad input (one line naming the problem), 1 internal failure (one
+line; ``LV3PH_TRACEBACK=1`` shows the traceback instead).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -16,10 +19,11 @@ import pandas as pd
 import xarray as xr
 
 from lv3ph.en50160 import en50160_table
-from lv3ph.errors import Lv3phError
-from lv3ph.io import incomplete_path, open_result, write_csv, write_dataset
+from lv3ph.errors import IsolatedCustomerWarning, Lv3phError
+from lv3ph.io import check_output, incomplete_path, open_result, write_csv, write_dataset
 from lv3ph.powerflow import RunSpec, open_feeder
-from lv3ph.stream import CAPTURES, Feeder, resume, run_streamed
+from lv3ph.stream import CAPTURES, Feeder, resume, run_streamed, write_captured
+from lv3ph.topology import ISOLATED, customers_table, earthing_table, role_label
 from lv3ph.unbalance import Limits, violations
 
 
@@ -52,16 +56,35 @@ def _run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
+def _drop_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--drop-isolated",
+        action="store_true",
+        help="drop customers on isolated nodes (no series path from a source) with a warning, instead of an error",
+    )
+
+
 def _open(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     customers = args.pme_customers.split(",") if args.pme_customers else None
-    return open_feeder(args.model, vmaxpu=args.vmaxpu, pme_ohm=args.pme, pme_customers=customers)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", IsolatedCustomerWarning)
+        opened = open_feeder(
+            args.model,
+            vmaxpu=args.vmaxpu,
+            pme_ohm=args.pme,
+            pme_customers=customers,
+            drop_isolated=args.drop_isolated,
+        )
+    for w in caught:
+        print(f"lv3ph: warning: {w.message}", file=sys.stderr)
+    return opened
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    """Print what the model contains."""
-    _, model = _open(args)
+    """Print what the model contains (and with ``--csv DIR`` write customers.csv, earthing.csv)."""
+    engine, model = _open(args)
     kinds = pd.Series([e.kind for e in model.elements]).value_counts()
-    per_phase = pd.Series([",".join(map(str, c.phases)) for c in model.customers]).value_counts().sort_index()
+    per_phase = pd.Series([c.phase_letters for c in model.customers]).value_counts().sort_index()
     print(f"model      {model.path}")
     print(f"wiring     {model.wiring}")
     print(f"buses      {len(model.buses)}   nodes {model.n_nodes}")
@@ -77,6 +100,15 @@ def cmd_info(args: argparse.Namespace) -> int:
     for e in model.elements:
         if e.kind == "transformer":
             print(f"transformer {e.name} {e.kva:g} kVA, buses {' -> '.join(e.buses)}")
+    isolated = int(np.count_nonzero(model.node_role == ISOLATED))
+    print(f"nodes      traced from {', '.join(model.groups) or 'no source'}; {isolated} isolated")
+    if args.csv:
+        kw = {c.name: engine.load_base(c.devices[0].split(".", 1)[1])[0] for c in model.customers}
+        written = [
+            write_csv(customers_table(model, kw), args.csv / "customers.csv"),
+            write_csv(earthing_table(model), args.csv / "earthing.csv"),
+        ]
+        print("wrote      " + ", ".join(map(str, written)))
     return 0
 
 
@@ -168,6 +200,11 @@ def cmd_powerflow(args: argparse.Namespace) -> int:
     out = Path(args.out)
     netcdf = out.suffix == ".nc"
     store_out = out.with_name(out.name + ".zarr") if netcdf else out
+    check_output(store_out, folder=True)
+    if netcdf:
+        check_output(out)
+    if args.csv:
+        check_output(args.csv, folder=True)
     progress = not args.no_progress
     if args.resume:
         if not incomplete_path(store_out).is_dir():
@@ -177,15 +214,19 @@ def cmd_powerflow(args: argparse.Namespace) -> int:
         if args.model is None:
             raise Lv3phError("powerflow needs a MODEL (or --resume)")
         spec = RunSpec.parse(args.mode, args.stepsize, args.start, args.steps, repeat_profiles=args.repeat_profiles)
-        feeder = Feeder(
-            str(args.model),
-            vmaxpu=args.vmaxpu,
-            pme_ohm=args.pme,
-            pme_customers=tuple(args.pme_customers.split(",")) if args.pme_customers else None,
-        )
-        path = run_streamed(
-            feeder, spec, store_out, capture_level=args.capture, block_steps=args.block_steps, progress=progress
-        )
+        if args.workers > 1:
+            path = _split_run(args, spec, store_out)
+        else:
+            feeder = Feeder(
+                str(args.model),
+                vmaxpu=args.vmaxpu,
+                pme_ohm=args.pme,
+                pme_customers=tuple(args.pme_customers.split(",")) if args.pme_customers else None,
+                drop_isolated=args.drop_isolated,
+            )
+            path = run_streamed(
+                feeder, spec, store_out, capture_level=args.capture, block_steps=args.block_steps, progress=progress
+            )
     ds = open_result(path)
     viol = _block_violations(ds, Limits()) if ds.attrs["capture"] == "full" else None
     written = [str(out)]
@@ -222,14 +263,39 @@ def cmd_powerflow(args: argparse.Namespace) -> int:
     return 0
 
 
+def _split_run(args: argparse.Namespace, spec: RunSpec, store_out: Path) -> Path:
+    """``--workers N``: the window solved in N blocks in parallel (:mod:`lv3ph.splitrun`), in
+    memory, then written as a store at the chosen capture level."""
+    from lv3ph.splitrun import solve_split_raw
+
+    engine, model = _open(args)
+    vt, measured = solve_split_raw(
+        engine,
+        model,
+        spec,
+        workers=args.workers,
+        vmaxpu=args.vmaxpu,
+        pme_ohm=args.pme,
+        pme_customers=args.pme_customers.split(",") if args.pme_customers else None,
+        drop_isolated=args.drop_isolated,
+        scheduler=args.scheduler,
+        progress=not args.no_progress,
+    )
+    return write_captured(
+        model, spec, vt, measured, store_out, capture_level=args.capture, block_steps=args.block_steps
+    )
+
+
 def write_tables(pf: xr.Dataset, viol: pd.DataFrame, folder: Path) -> list[str]:
-    """voltages.csv, unbalance.csv, losses.csv and violations.csv of a full capture into ``folder``."""
+    """voltages.csv (with each node's traced ``role``: a, b, c, neutral), unbalance.csv,
+    losses.csv and violations.csv of a full capture into ``folder``."""
     v = pf.voltage.stack(row=("time", "bus", "terminal")).dropna("row")
     volt = pd.DataFrame(
         {
             "time": v.time.values,
             "bus": v.bus.values,
             "terminal": v.terminal.values,
+            "role": [role_label(int(r)) for r in v.terminal_role.values],
             "vmag_v": np.abs(v.values),
             "vang_deg": np.degrees(np.angle(v.values)),
         }
@@ -267,13 +333,19 @@ def allocation_frame(al: xr.Dataset) -> pd.DataFrame:
 
 def cmd_allocate(args: argparse.Namespace) -> int:
     """Allocate every step's losses to P2P contracts and compare methods."""
-    from lv3ph.allocation.audit import METHODS, allocate_method, compare
+    from lv3ph.allocation.audit import METHODS, allocate_method, compare, largest_differences
     from lv3ph.allocation.exact import branch_detail, loss_network, party_rows_for, prepare
 
-    methods = [args.method] + [m for m in (args.compare.split(",") if args.compare else []) if m and m != args.method]
+    others = [] if args.compare.strip().lower() in ("", "none") else [m.strip() for m in args.compare.split(",")]
+    methods = list(dict.fromkeys([args.method.strip(), *(m for m in others if m)]))
     for m in methods:
         if m not in METHODS:
             raise Lv3phError(f"unknown method {m!r}: use one of {', '.join(METHODS)}")
+    if len(methods) > 1 and "exact" not in methods:
+        methods.append("exact")  # the reference of the comparison
+    check_output(args.out)
+    if args.nc:
+        check_output(args.nc)
     p = prepare(
         args.model,
         args.contracts,
@@ -289,14 +361,23 @@ def cmd_allocate(args: argparse.Namespace) -> int:
     )
     engine, model, spec, pf, vt, table, shares = p.engine, p.model, p.run, p.pf, p.vt, p.contracts, p.shares
     net = loss_network(model)
-    results = {
-        m: allocate_method(
-            m, engine=engine, model=model, pf=pf, vt=vt, contracts=table, shares=shares, net=net, run=spec
+    results: dict[str, xr.Dataset] = {}
+    for m in sorted(methods, key=lambda m: m != "exact"):  # exact first: phase-only reuses it
+        results[m] = allocate_method(
+            m,
+            engine=engine,
+            model=model,
+            pf=pf,
+            vt=vt,
+            contracts=table,
+            shares=shares,
+            net=net,
+            run=spec,
+            exact=results.get("exact"),
         )
-        for m in methods
-    }
-    main = results[args.method]
-    write_csv(allocation_frame(main), args.out)
+    results = {m: results[m] for m in methods}
+    diff = compare(results) if len(results) > 1 else None
+    write_csv(allocation_frame(results[methods[0]]), args.out)
     written = [str(args.out)]
     if args.nc:
         rows = party_rows_for(net, model, pf, vt, table, shares)
@@ -327,10 +408,9 @@ def cmd_allocate(args: argparse.Namespace) -> int:
         print(
             f"{m:<11}{float(ds.loss_total_kw.sum()) * hours:.6f} kWh allocated; contracts {float(ds.loss_total_kw.values[is_c].sum()) * hours:.6f} kWh"
         )
-    if len(results) > 1:
-        diff = compare(results)
-        print("largest differences from exact (per contract id, kWh):")
-        print(diff.head(args.top).to_string(index=False))
+    if diff is not None:
+        print("largest differences from exact (contract rows, kW):")
+        print(largest_differences(diff, args.top).to_string(index=False))
     print("wrote      " + ", ".join(written))
     return 0
 
@@ -342,6 +422,7 @@ def cmd_hosting(args: argparse.Namespace) -> int:
     from lv3ph.unbalance import Limits
 
     run = RunSpec.parse(args.mode, args.stepsize, args.start, args.steps)
+    check_output(args.out, folder=True)
     limits = Limits() if args.no_pvur is False else Limits(pvur_pct=None)
     base = [f"Edit Vsource.source pu={args.source_pu}"] if args.source_pu else []
     results = {}
@@ -375,6 +456,47 @@ def cmd_hosting(args: argparse.Namespace) -> int:
         )
     plot = plot_hosting(results, out / "hosting.png")
     print(f"wrote      {out}/hosting_*.csv, {plot}")
+    return 0
+
+
+def cmd_fleet(args: argparse.Namespace) -> int:
+    """Run one job on every feeder of a folder tree or CSV list."""
+    from lv3ph.fleet import FleetJob, run_fleet
+
+    job = FleetJob(
+        job=args.job,
+        mode=args.mode,
+        stepsize=args.stepsize,
+        start=args.start,
+        steps=args.steps,
+        vmaxpu=args.vmaxpu,
+        pme_ohm=args.pme,
+        placements=args.placements,
+        seed=args.seed,
+        kwp_range=(args.kwp_min, args.kwp_max),
+        pv_share=args.pv_share,
+        save=args.save,
+    )
+    res = run_fleet(
+        args.source,
+        job,
+        args.out,
+        serial=args.serial,
+        workers=args.workers,
+        scheduler=args.scheduler,
+        resume=args.resume,
+        retries=args.retries,
+        rank=args.rank,
+        progress=not args.no_progress,
+    )
+    done = len(res.table)
+    print(
+        f"feeders    {done + len(res.errors)}: {done} finished ({len(res.skipped)} already done, skipped), "
+        f"{len(res.errors)} could not run"
+    )
+    for r in res.errors.itertuples():
+        print(f"error      {r.feeder}: {r.error}")
+    print("wrote      " + ", ".join(res.written))
     return 0
 
 
@@ -428,6 +550,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Buses, lines, customers per phase, neutral, earthing, transformer.",
     )
     _model_args(p)
+    _drop_arg(p)
+    p.add_argument("--csv", type=Path, default=None, metavar="DIR", help="write customers.csv and earthing.csv")
     p.set_defaults(func=cmd_info)
     p = sub.add_parser(
         "powerflow",
@@ -435,6 +559,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Solve with OpenDSS's own time modes and capture voltages, currents, losses and unbalance.",
     )
     _model_args(p, optional=True)
+    _drop_arg(p)
     _run_args(p)
     p.add_argument(
         "--out",
@@ -478,6 +603,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="V",
         help="neutral-to-earth voltage to report (default 10 V)",
     )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="split the window into this many contiguous blocks solved in parallel (default 1: serial); "
+        "refused for models with stateful controls (InvControl, storage, regulators ...)",
+    )
+    p.add_argument("--scheduler", default=None, metavar="ADDRESS", help="Dask scheduler for --workers (default: local)")
     p.set_defaults(func=cmd_powerflow)
     p = sub.add_parser(
         "allocate",
@@ -495,7 +628,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--compare",
         default="phase-only,pro-rata",
-        help="methods to compare with (comma list; default phase-only,pro-rata)",
+        help="methods to compare with exact (comma list, or none; exact is added as the reference; "
+        "default phase-only,pro-rata)",
     )
     p.add_argument(
         "--oversold",
@@ -526,6 +660,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--out", type=Path, default=Path("out/hosting"), help="output folder (CSV, PNG)")
     p.set_defaults(func=cmd_hosting)
+    p = sub.add_parser(
+        "fleet",
+        help="one job on every feeder of a folder tree or CSV list (Dask)",
+        description="Find every OpenDSS master under FOLDER (a file with 'New Circuit' that no other file "
+        "redirects) or read a CSV list (model[,feeder][,vmaxpu,pme_ohm,mode,stepsize,start,steps]), run one job "
+        "per feeder and write fleet.parquet, fleet.csv, fleet_errors.csv and fleet.html to --out.",
+    )
+    p.add_argument("source", type=Path, help="fleet folder or CSV list of models")
+    p.add_argument("--job", default="snapshot", choices=["info", "snapshot", "window", "hosting", "audit"])
+    p.add_argument("--vmaxpu", type=float, default=None, help="batchedit load..* vmaxpu=X after compiling")
+    p.add_argument("--pme", type=float, default=None, metavar="OHM", help="earth every customer's neutral")
+    _run_args(p)
+    p.add_argument("--placements", type=int, default=10, help="hosting: placements per feeder (default 10)")
+    p.add_argument("--seed", type=int, default=1, help="hosting and audit: seed (default 1)")
+    p.add_argument("--kwp-min", type=float, default=3.0, help="hosting: smallest PV per customer, kWp")
+    p.add_argument("--kwp-max", type=float, default=8.0, help="hosting: largest PV per customer, kWp")
+    p.add_argument("--pv-share", type=float, default=0.4, help="audit: share of single-phase customers with PV")
+    p.add_argument("--rank", default=None, metavar="KPI", help="KPI column the HTML summary ranks feeders by")
+    p.add_argument("--save", action="store_true", help="snapshot/window: also store each feeder's netCDF")
+    p.add_argument("--resume", action="store_true", help="skip feeders already finished with the same settings")
+    p.add_argument("--retries", type=int, default=2, help="Dask retries of a failed job (default 2)")
+    p.add_argument("--serial", action="store_true", help="no Dask")
+    p.add_argument("--workers", type=int, default=2, help="local Dask workers (default 2)")
+    p.add_argument("--scheduler", default=None, metavar="ADDRESS", help="existing Dask scheduler; model files travel")
+    p.add_argument("--out", default="out/fleet", help="output folder or fsspec URL (default out/fleet)")
+    p.set_defaults(func=cmd_fleet)
     for name, helptext in (("study", "run a study file (TOML)"), ("demo", "run the main study on the bundled feeder")):
         p = sub.add_parser(name, help=helptext, description=helptext)
         if name == "study":
@@ -548,6 +708,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Lv3phError as exc:
         print(f"lv3ph: error: {exc}", file=sys.stderr)
         return 2
+    except Exception as exc:  # a bug, not bad input: one line too, the traceback on request
+        if os.environ.get("LV3PH_TRACEBACK"):
+            raise
+        text = " ".join(str(exc).split())
+        print(f"lv3ph: internal error: {type(exc).__name__}: {text} (LV3PH_TRACEBACK=1 shows where)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -11,8 +11,10 @@ admittances, in bulk, outside this module.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import re
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -21,8 +23,10 @@ import opendssdirect
 from dss._cffi_api_util import CffiApiUtil
 from opendssdirect.OpenDSSDirect import OpenDSSDirect
 
-from lv3ph.errors import ConvergenceError, ModelError, ProfileError, UnknownItemError
+from lv3ph.errors import ConvergenceError, IsolatedCustomerWarning, ModelError, ProfileError, UnknownItemError
 from lv3ph.model import KVA_PER_KWP, ComplexArray, Customer, Element, FeederModel
+from lv3ph.modelfiles import model_files
+from lv3ph.topology import ISOLATED, NEUTRAL, is_earthing, trace_roles
 
 MODES = ("snap", "daily", "yearly")
 _DEVICE_CLASSES = ("pvsystem", "storage", "generator")
@@ -69,6 +73,8 @@ class Engine:
     def __init__(self) -> None:
         self.dss = _new_context()
         self.path: Path | None = None
+        #: drop (with a warning) customers no series path reaches, instead of refusing the model
+        self.drop_isolated = False
 
     # ------------------------------------------------------------------ commands
     def command(self, text: str) -> str:
@@ -76,10 +82,21 @@ class Engine:
         try:
             out = self.dss.Text.Command(text)
         except opendssdirect.DSSException as exc:
-            raise ModelError(f"OpenDSS rejected {text!r}: {_message(exc)}") from None
+            raise ModelError(f"OpenDSS rejected {text!r}{self._of()}: {_message(exc)}") from None
         return str(out or "")
 
-    def compile(self, path: str | Path, *, vmaxpu: float | None = None, commands: Sequence[str] = ()) -> None:
+    def _of(self) -> str:
+        """`` of model PATH`` for messages, once a model is compiled."""
+        return f" of model {self.path}" if self.path is not None else ""
+
+    def compile(
+        self,
+        path: str | Path,
+        *,
+        vmaxpu: float | None = None,
+        commands: Sequence[str] = (),
+        drop_isolated: bool = False,
+    ) -> None:
         """Compile a model file, then run ``commands`` (e.g. earthing electrodes).
 
         The model's monitors and energy meters are disabled (lv3ph does not read them).
@@ -89,10 +106,16 @@ class Engine:
             vmaxpu: if given, ``batchedit load..* vmaxpu=<vmaxpu>`` (the IEEE EU LV
                 reference needs 1.5: its loads are rated 230 V but sit at 240-252 V).
             commands: further OpenDSS commands run after compiling.
+            drop_isolated: :meth:`model` drops customers on isolated nodes with an
+                :class:`~lv3ph.errors.IsolatedCustomerWarning` naming them (default: a
+                :class:`~lv3ph.errors.ModelError` naming them).
         """
         p = Path(path)
+        self.drop_isolated = drop_isolated
         if not p.is_file():
             raise ModelError(f"model file not found: {p}")
+        model_files(p)  # a Redirect cycle crashes OpenDSS; a missing file is named with its line
+        self.path = None
         self.command("clear")
         cwd = os.getcwd()  # OpenDSS moves the process into the model's folder on compile
         try:
@@ -107,6 +130,7 @@ class Engine:
             has_circuit = False
         if not has_circuit:
             raise ModelError(f"{p} defines no circuit")
+        self.path = p
         # monitors and energy meters only record; lv3ph reads everything from node voltages,
         # and sampling them costs ~40 % of a step on the IEEE feeder (1810 monitors)
         self.command("batchedit monitor..* enabled=no")
@@ -115,7 +139,6 @@ class Engine:
             self.command(f"batchedit load..* vmaxpu={vmaxpu}")
         for c in commands:
             self.command(c)
-        self.path = p
         self.command("set mode=snap")
         self._solve_checked("the initial snapshot")
 
@@ -130,10 +153,10 @@ class Engine:
         try:
             self.dss.Solution.Solve()
         except opendssdirect.DSSException as exc:
-            raise ConvergenceError(f"OpenDSS failed at {what}: {_message(exc)}") from None
+            raise ConvergenceError(f"OpenDSS failed at {what}{self._of()}: {_message(exc)}") from None
         if not self.dss.Solution.Converged():
             raise ConvergenceError(
-                f"OpenDSS did not converge at {what} "
+                f"OpenDSS did not converge at {what}{self._of()} "
                 f"({self.dss.Solution.Iterations()} iterations, max {self.dss.Solution.MaxIterations()})"
             )
 
@@ -148,22 +171,33 @@ class Engine:
         nodes = np.asarray(ce.NodeRef(), dtype=np.int64) - 1
         yprim = np.asarray(ce.YPrim(), dtype=np.complex128).reshape(nodes.size, nodes.size)
         buses = tuple(b.split(".")[0].lower() for b in ce.BusNames())
+        n_t, n_c = int(ce.NumTerminals()), int(ce.NumConductors())
+        closed = np.array([not ce.IsOpen(t, c) for t in range(1, n_t + 1) for c in range(1, n_c + 1)], dtype=bool)
         kva = float("nan")
-        if kind == "transformer":
-            self.dss.Transformers.Name(name.split(".", 1)[1])
-            self.dss.Transformers.Wdg(1)
-            kva = float(self.dss.Transformers.kVA())
-        normamps = float(ce.NormalAmps()) if kind in ("line", "transformer", "other") else float("nan")
+        conns: tuple[str, ...] = ()
+        if name.split(".", 1)[0].lower() == "transformer":
+            tr = self.dss.Transformers
+            tr.Name(name.split(".", 1)[1])
+            tr.Wdg(1)
+            kva = float(tr.kVA())
+            wdgs = []
+            for w in range(1, int(tr.NumWindings()) + 1):
+                tr.Wdg(w)
+                wdgs.append("delta" if tr.IsDelta() else "wye")
+            conns = tuple(wdgs)
+        normamps = float(ce.NormalAmps()) if kind != "source" else float("nan")
         return Element(
             name=name.lower(),
             kind=kind,
             nodes=nodes,
-            n_terminals=int(ce.NumTerminals()),
-            n_conductors=int(ce.NumConductors()),
+            n_terminals=n_t,
+            n_conductors=n_c,
             yprim=yprim,
             normamps=normamps if normamps > 0 else float("nan"),
             kva=kva,
             buses=buses,
+            closed=closed,
+            conns=conns,
         )
 
     def model(self) -> FeederModel:
@@ -171,21 +205,20 @@ class Engine:
         d = self.dss
         if self.path is None:
             raise ModelError("no model compiled")
+        if d.PDElements.Count() == 0:
+            raise ModelError(f"{self.path} has no lines, cables or transformers: nothing to solve")
         nodes = tuple(n.lower() for n in d.Circuit.YNodeOrder())
         node_bus = np.array([n.rsplit(".", 1)[0] for n in nodes])
         node_terminal = np.array([int(n.rsplit(".", 1)[1]) for n in nodes], dtype=np.int64)
-        terminal_of = node_terminal
-        elements = []
+        raw = []
         for name in d.PDElements.AllNames():
-            cls = name.split(".", 1)[0].lower()
             self._active(name)
-            if not d.CktElement.Enabled():
-                continue
-            nodes_e = np.asarray(d.CktElement.NodeRef(), dtype=np.int64) - 1
-            kind = _classify(cls, nodes_e, int(d.CktElement.NumConductors()), terminal_of)
-            elements.append(self._element(name, kind))
+            if d.CktElement.Enabled():
+                raw.append(self._element(name, "other"))
         sources = tuple(self._element(f"vsource.{n}", "source") for n in d.Vsources.AllNames())
-        customers, orphans = self._customers()
+        roles = trace_roles(nodes, raw, sources)
+        elements = [_classified(e, roles.role) for e in raw]
+        customers, orphans = self._customers(roles.role, nodes)
         buses = tuple(b.lower() for b in d.Circuit.AllBusNames())
         kv = np.zeros(len(buses))
         for i, b in enumerate(buses):
@@ -202,41 +235,56 @@ class Engine:
             sources=sources,
             customers=customers,
             orphan_devices=orphans,
+            node_role=roles.role,
+            node_group=roles.group,
+            groups=roles.groups,
         )
 
-    def _customers(self) -> tuple[tuple[Customer, ...], dict[str, np.ndarray]]:
+    def _customers(
+        self, role: np.ndarray, node_names: tuple[str, ...]
+    ) -> tuple[tuple[Customer, ...], dict[str, np.ndarray]]:
+        """Customers by the traced roles of their Load's nodes (phases sorted a, b, c; the
+        first neutral-role node is the neutral, else earth)."""
         d = self.dss
         customers: list[Customer] = []
         if d.Loads.Count() == 0:
             return (), self._orphans(set())
+        stranded: list[str] = []
         d.Loads.First()
         while True:
             name = d.Loads.Name().lower()
             ce = d.CktElement
             if ce.Enabled():
                 refs = np.asarray(ce.NodeRef(), dtype=np.int64) - 1
-                order = np.asarray(ce.NodeOrder(), dtype=np.int64).ravel(order="F")
-                nph = int(ce.NumPhases())
-                wye = not d.Loads.IsDelta()
-                ph_nodes = refs[:nph] if wye or nph > 1 else refs[:2]
-                phases = tuple(int(t) for t in order[: ph_nodes.size])
-                neutral = int(refs[nph]) if wye and refs.size > nph else -1
-                customers.append(
-                    Customer(
-                        name=name,
-                        bus=ce.BusNames()[0].split(".")[0].lower(),
-                        phases=phases,
-                        phase_nodes=ph_nodes,
-                        neutral_node=neutral,
-                        devices=(f"load.{name}",),
-                        kv=float(d.Loads.kV()),
-                        vminpu=float(d.Loads.Vminpu()),
-                        vmaxpu=float(d.Loads.Vmaxpu()),
-                        model=int(d.Loads.Model()),
+                on = [int(x) for x in dict.fromkeys(refs.tolist()) if x >= 0]
+                ph_nodes = sorted((x for x in on if 1 <= role[x] <= 3), key=lambda x: int(role[x]))
+                neutral = [x for x in on if role[x] == NEUTRAL]
+                bus = ce.BusNames()[0].split(".")[0].lower()
+                if not ph_nodes or any(role[x] == ISOLATED for x in on):
+                    where = ", ".join(node_names[x] for x in on if role[x] == ISOLATED) or "no phase conductor"
+                    stranded.append(f"load.{name} (bus {bus}: {where})")
+                else:
+                    customers.append(
+                        Customer(
+                            name=name,
+                            bus=bus,
+                            phases=tuple(int(role[x]) for x in ph_nodes),
+                            phase_nodes=np.array(ph_nodes, dtype=np.int64),
+                            neutral_node=neutral[0] if neutral else -1,
+                            devices=(f"load.{name}",),
+                            kv=float(d.Loads.kV()),
+                            vminpu=float(d.Loads.Vminpu()),
+                            vmaxpu=float(d.Loads.Vmaxpu()),
+                            model=int(d.Loads.Model()),
+                        )
                     )
-                )
             if not d.Loads.Next():
                 break
+        if stranded:
+            what = f"{len(stranded)} customer(s) on no traced phase (isolated nodes: no series path from a source)"
+            if not self.drop_isolated:
+                raise ModelError(f"{self.path}: {what}: {'; '.join(stranded)} (drop them with --drop-isolated)")
+            warnings.warn(f"{self.path}: dropped {what}: {'; '.join(stranded)}", IsolatedCustomerWarning, stacklevel=3)
         owned: set[str] = set()
         result = []
         devices = self._devices()
@@ -380,9 +428,9 @@ class Engine:
             try:
                 solve()
             except opendssdirect.DSSException as exc:
-                raise ConvergenceError(f"OpenDSS failed at step {k}: {_message(exc)}") from None
+                raise ConvergenceError(f"OpenDSS failed at step {k}{self._of()}: {_message(exc)}") from None
             if not converged():
-                raise ConvergenceError(f"OpenDSS did not converge at step {k} (time {k * stepsize_s:g} s)")
+                raise ConvergenceError(f"OpenDSS did not converge at step {k} (time {k * stepsize_s:g} s){self._of()}")
             volts[:, i] = read_v()
             for name, arr in measured.items():
                 d.Circuit.SetActiveElement(name)
@@ -445,7 +493,7 @@ class Engine:
             loads.kvar(float(kvar))
 
     def load_connection(self, name: str) -> tuple[int, float, float]:
-        """``(phase of bus1, kW, kvar)`` of a Load, enabled or not."""
+        """``(first terminal number of bus1, kW, kvar)`` of a Load, enabled or not."""
         d = self.dss
         d.Loads.Name(name)
         if d.Loads.Name().lower() != name.lower():
@@ -481,6 +529,19 @@ class Engine:
             loads.kvar(kvar)
 
         return set_pq
+
+    def enabled_counts(self, classes: Sequence[str]) -> dict[str, int]:
+        """How many enabled elements of each OpenDSS class (lower-case names) the circuit has."""
+        d = self.dss
+        out = {}
+        for cls in classes:
+            d.Circuit.SetActiveClass(cls)
+            n = 0
+            for name in d.ActiveClass.AllNames():
+                d.Circuit.SetActiveElement(f"{cls}.{name}")
+                n += int(bool(d.CktElement.Enabled()))
+            out[cls] = n
+        return out
 
     def frequency_hz(self) -> float:
         """The circuit's base frequency, Hz."""
@@ -613,20 +674,9 @@ class Engine:
         return np.asarray(self.dss.Circuit.YNodeVArray(), dtype=np.complex128)
 
 
-def _classify(cls: str, nodes: np.ndarray, n_conductors: int, terminal_of: np.ndarray) -> str:
-    """Kind of a PD element from its class and connection.
-
-    An element is ``earthing`` when one terminal is entirely on earth and all its other
-    connections are neutral nodes (terminal >= 4): an earth electrode.
-    """
-    if cls == "transformer":
-        return "transformer"
-    terminals = nodes.reshape(-1, n_conductors)
-    on_earth = [bool(np.all(t < 0)) for t in terminals]
-    others = np.concatenate([t for t, e in zip(terminals, on_earth, strict=True) if not e] or [np.empty(0, int)])
-    others = others[others >= 0]
-    if any(on_earth) and others.size and bool(np.all(terminal_of[others] >= 4)):
-        return "earthing"
-    if cls == "line":
-        return "line"
-    return "other"
+def _classified(e: Element, role: np.ndarray) -> Element:
+    """``e`` with its kind from its class and the traced roles: ``earthing`` for an earth
+    electrode (:func:`lv3ph.topology.is_earthing`), else ``transformer``, ``line`` or ``other``."""
+    if is_earthing(e, role):
+        return dataclasses.replace(e, kind="earthing", normamps=float("nan"))
+    return dataclasses.replace(e, kind=e.cls if e.cls in ("transformer", "line") else "other")

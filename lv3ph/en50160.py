@@ -160,11 +160,11 @@ class En50160:
 
 
 def _bus_phase_nodes(model: FeederModel, bus: str) -> list[int]:
-    """Nodes of terminals 1, 2, 3 of ``bus`` in that order (-1 where absent); the phase
-    convention of :func:`lv3ph.unbalance.unbalance`."""
+    """Nodes of phases a, b, c of ``bus`` in that order (-1 where absent), by their traced
+    role (``FeederModel.node_role``; terminals 1, 2, 3 if the model carries no roles)."""
     on_bus = np.nonzero(model.node_bus == bus)[0]
-    terms = model.node_terminal[on_bus]
-    return [int(on_bus[terms == t][0]) if (terms == t).any() else -1 for t in (1, 2, 3)]
+    roles = model.node_role[on_bus] if model.node_role.size else model.node_terminal[on_bus]
+    return [int(on_bus[roles == r][0]) if (roles == r).any() else -1 for r in (1, 2, 3)]
 
 
 def customer_quality(

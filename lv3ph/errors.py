@@ -35,3 +35,15 @@ class StudyError(Lv3phError):
 
 class UnknownItemError(Lv3phError):
     """A bus, element or customer name does not exist in the model."""
+
+
+class IsolatedCustomerWarning(UserWarning):
+    """Customers on isolated nodes were dropped from the model (``drop_isolated``)."""
+
+
+class SchedulerError(Lv3phError):
+    """A Dask scheduler given by address cannot be reached."""
+
+
+class OutputError(Lv3phError):
+    """An output file or folder cannot be written (a folder in the way, no permission ...)."""

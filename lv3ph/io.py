@@ -37,20 +37,46 @@ INCOMPLETE = ".incomplete"
 APPEND_DIMS = ("time", "interval")
 _PROGRESS = "lv3ph_progress.json"
 
+from lv3ph.errors import OutputError
+
+
+def check_output(path: str | Path, *, folder: bool = False) -> None:
+    """Raise :class:`OutputError` unless ``path`` can be written as a file (or, with
+    ``folder``, created as a folder): run before a long calculation, so that a bad
+    ``--out`` fails at once and leaves nothing behind."""
+    target = Path(path)
+    if target.exists() and target.is_dir() != folder:
+        raise OutputError(f"cannot write {target}: it is {'a file' if folder else 'a folder'}")
+    parent = target if folder else target.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise OutputError(f"cannot write {target}: {parent} is not a writable folder")
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; rename it to ``path`` only on success."""
+    """Yield a temporary path beside ``path``; rename it to ``path`` only on success.
+
+    Raises:
+        OutputError: the folder cannot be created or ``path`` cannot be replaced.
+    """
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    except OSError as exc:
+        raise OutputError(f"cannot write {target}: {exc.strerror or exc}") from None
     os.close(fd)
     umask = os.umask(0)
     os.umask(umask)
     try:
         yield Path(tmp)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; results are ordinary files
-        os.replace(tmp, target)
+        try:
+            os.replace(tmp, target)
+        except OSError as exc:
+            raise OutputError(f"cannot write {target}: {exc.strerror or exc}") from None
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)

@@ -9,10 +9,10 @@ neutral is assumed to be at earth potential at every node, the standard three-wi
   reduced onto its phase conductors, ``Z_pp - Z_pn Z_nn^-1 Z_np``, and written in ohm as
   ``RMatrix``/``XMatrix`` with ``Length=1 Units=none``. The nodal shunt capacitance (if any)
   keeps its phase rows and columns (a conductor at earth potential carries no charge
-  current), written as ``CMatrix`` in nF. Conductors that sit on neutral (terminal >= 4)
-  or earth nodes at both ends are eliminated; the line keeps its ratings, switch and
+  current), written as ``CMatrix`` in nF. Conductors that sit on neutral (traced role,
+  :mod:`lv3ph.topology`) or earth nodes at both ends are eliminated; the line keeps its ratings, switch and
   enable flags, and nothing else of its original definition (line codes, geometry);
-* every other element's neutral terminals (>= 4) are connected to earth (``.0``): loads
+* every other element's connections to neutral-role nodes are moved to earth (``.0``): loads
   and PV systems are connected phase-to-earth, a wye transformer winding is solidly
   earthed, a source's neutral is earth;
 * earth electrodes (elements connecting only neutral and earth nodes, e.g. the
@@ -156,13 +156,14 @@ def _tokens(text: str) -> list[str]:
     return out
 
 
-def _earth_neutrals(spec: str) -> tuple[str, int]:
-    """``bus.1.4`` -> ``bus.1.0``: terminals >= 4 (neutrals) go to earth. Returns (spec, changed)."""
+def _earth_neutrals(spec: str, neutrals: set[str]) -> tuple[str, int]:
+    """``bus.1.4`` -> ``bus.1.0`` when node ``bus.4`` is in ``neutrals`` (lower-case node
+    names of the neutral-role nodes): neutrals go to earth. Returns (spec, changed)."""
     name, *terms = spec.split(".")
     changed = 0
     out = []
     for t in terms:
-        if t.strip().isdigit() and int(t) >= 4:
+        if t.strip().isdigit() and f"{name.strip().lower()}.{int(t)}" in neutrals:
             out.append("0")
             changed += 1
         else:
@@ -170,14 +171,14 @@ def _earth_neutrals(spec: str) -> tuple[str, int]:
     return ".".join([name, *out]), changed
 
 
-def _map_bus_value(value: str) -> tuple[str, int]:
+def _map_bus_value(value: str, neutrals: set[str]) -> tuple[str, int]:
     v = value.strip()
     if v[:1] in "[(\"'{":
         inner = v[1:-1]
         items = [x for x in inner.replace(",", " ").split() if x]
-        mapped = [_earth_neutrals(x) for x in items]
+        mapped = [_earth_neutrals(x, neutrals) for x in items]
         return "[" + ", ".join(m for m, _ in mapped) + "]", sum(c for _, c in mapped)
-    return _earth_neutrals(v)
+    return _earth_neutrals(v, neutrals)
 
 
 def _fmt_lower(m: np.ndarray) -> str:
@@ -186,7 +187,7 @@ def _fmt_lower(m: np.ndarray) -> str:
 
 
 def _is_neutral_or_earth(model: FeederModel, node: int) -> bool:
-    return node < 0 or int(model.node_terminal[node]) >= 4
+    return node < 0 or model.is_neutral(node)
 
 
 def _reduced_line(model: FeederModel, e: Element, kept_props: list[str], frequency: float) -> tuple[str, int]:
@@ -233,7 +234,13 @@ def _dropped_elements(model: FeederModel) -> set[str]:
 
 
 def _transform_line(
-    text: str, model: FeederModel, lines: dict[str, Element], dropped: set[str], frequency: float, report: KronReport
+    text: str,
+    model: FeederModel,
+    lines: dict[str, Element],
+    dropped: set[str],
+    frequency: float,
+    report: KronReport,
+    neutrals: set[str],
 ) -> str | None:
     """Transform one command of a ``save circuit`` dump; None drops it."""
     words = _tokens(text)
@@ -264,7 +271,7 @@ def _transform_line(
     out = words[:2]
     for key, p in keyed:
         if key in _BUS_KEYS:
-            value, changed = _map_bus_value(p.split("=", 1)[1])
+            value, changed = _map_bus_value(p.split("=", 1)[1], neutrals)
             report.connections_earthed += changed
             out.append(f"{p.split('=', 1)[0]}={value}")
         else:
@@ -311,6 +318,7 @@ def kron_reduce(
     frequency = engine.frequency_hz()
     lines = {e.name: e for e in model.elements if e.kind == "line" and e.name.startswith("line.")}
     dropped = _dropped_elements(model)
+    neutrals = {n for i, n in enumerate(model.nodes) if model.is_neutral(i)}
     report = KronReport(source=model.path)
     tmp = Path(tempfile.mkdtemp(prefix="lv3ph_kron_"))
     try:
@@ -330,7 +338,7 @@ def kron_reduce(
                 continue
             kept = []
             for raw in f.read_text().splitlines():
-                new = _transform_line(raw, model, lines, dropped, frequency, report)
+                new = _transform_line(raw, model, lines, dropped, frequency, report, neutrals)
                 if new is not None:
                     kept.append(new)
             if f == top:
@@ -351,7 +359,7 @@ def kron_reduce(
         check = Engine()
         check.compile(master)
         reduced = check.model()
-        left = [n for n, t in zip(reduced.nodes, reduced.node_terminal, strict=True) if t >= 4]
+        left = [n for i, n in enumerate(reduced.nodes) if reduced.is_neutral(i)]
         if left:
             raise ModelError(f"Kron-reduced model {master} still has neutral nodes: {', '.join(left[:5])}")
     return master

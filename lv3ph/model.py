@@ -6,11 +6,14 @@ circuit. Everything downstream (power flow capture, unbalance, allocation) works
 Conventions
 -----------
 * A *node* is ``bus.terminal`` as OpenDSS numbers it (``YNodeOrder``), lower case.
-  Terminals 1, 2, 3 are the phases a, b, c; terminals 4 and above are neutral
-  conductors; terminal 0 is earth (remote reference, 0 V), which is not a node.
+  Terminal numbers carry no meaning: every node's *role* (phase a, b, c, neutral or
+  isolated, and the source or transformer it belongs to) is traced from the sources
+  by :mod:`lv3ph.topology` (``FeederModel.node_role`` / ``node_group``). Terminal 0 is
+  earth (remote reference, 0 V), which is not a node.
 * Node index ``-1`` in any index array means earth.
 * A *customer* is a Load element (name lower case, without the ``load.`` prefix). PV
-  systems, storage and generators on the same bus and phase(s) belong to it.
+  systems, storage and generators on the same bus and node(s) belong to it. Its
+  phases and neutral are the roles of the nodes its conductors sit on.
 * Currents and powers of customers use the load convention: drawn power positive, a
   PV export is negative.
 """
@@ -49,6 +52,9 @@ class Element:
         normamps: thermal rating in A (NaN if not given).
         kva: transformer rating in kVA (first winding; NaN for other elements).
         buses: bus name of each terminal.
+        closed: per row, whether the conductor is closed (``open line.sw`` opens it);
+            empty = all closed.
+        conns: winding connections of a transformer, ``wye`` or ``delta`` per winding.
     """
 
     name: str
@@ -60,6 +66,17 @@ class Element:
     normamps: float = float("nan")
     kva: float = float("nan")
     buses: tuple[str, ...] = ()
+    closed: NDArray[np.bool_] = field(default_factory=lambda: np.zeros(0, dtype=bool))
+    conns: tuple[str, ...] = ()
+
+    @property
+    def cls(self) -> str:
+        """OpenDSS class, lower case (``line``, ``reactor``, ``transformer`` ...)."""
+        return self.name.split(".", 1)[0]
+
+    def is_closed(self, row: int) -> bool:
+        """Whether the conductor of ``row`` (terminal-major) is closed."""
+        return bool(self.closed[row]) if self.closed.size else True
 
     def conductor_nodes(self, terminal: int) -> IntArray:
         """Node indices of the conductors of ``terminal`` (1-based)."""
@@ -74,10 +91,13 @@ class Customer:
     Attributes:
         name: Load name, lower case (``load1``).
         bus: bus name.
-        phases: phase numbers (1..3) the customer is connected to.
-        phase_nodes: node index of each phase terminal.
-        neutral_node: node index of the neutral terminal, ``-1`` when it is earth
-            (Kron-reduced model or load connected phase-to-earth).
+        phases: traced feeder phases (1..3 = a..c) the customer is connected to, in
+            phase order (not terminal numbers: a load on ``c7.1.2`` behind a service
+            cable from ``t5.2.4`` is on phase 2 = b).
+        phase_nodes: node index of each phase, in the order of ``phases``.
+        neutral_node: node index of the customer's neutral (traced role), ``-1`` when
+            it is earth (Kron-reduced model, load connected phase-to-earth or
+            line-to-line).
         devices: full names of the elements that make up the customer (``load.load1``,
             ``pvsystem.pv1`` ...).
         kv: rated voltage of the load (kV, line-to-neutral for single-phase loads).
@@ -97,6 +117,11 @@ class Customer:
     vmaxpu: float
     model: int
 
+    @property
+    def phase_letters(self) -> str:
+        """Traced phases as letters: ``a``, ``bc``, ``abc``."""
+        return "".join("abc"[p - 1] for p in self.phases)
+
 
 @dataclass(frozen=True)
 class FeederModel:
@@ -106,7 +131,12 @@ class FeederModel:
         path: model file it was compiled from.
         nodes: node names ``bus.terminal`` in OpenDSS Y order.
         node_bus: bus name per node.
-        node_terminal: terminal number per node.
+        node_terminal: terminal number per node (OpenDSS's label, no meaning).
+        node_role: traced role per node: 1, 2, 3 = phase a, b, c; 0 = neutral; -1 =
+            isolated (no series path from a source) (:mod:`lv3ph.topology`).
+        node_group: per node, position in ``groups`` of the Vsource or transformer it
+            was traced from; -1 if isolated.
+        groups: full names of the Vsources and transformers that start a group.
         buses: bus names in OpenDSS order.
         bus_kv_base: line-to-neutral voltage base per bus in kV (0 where not set).
         elements: power-delivery elements (lines, transformers, earthing, other).
@@ -126,6 +156,9 @@ class FeederModel:
     sources: tuple[Element, ...]
     customers: tuple[Customer, ...]
     orphan_devices: dict[str, IntArray] = field(default_factory=dict)
+    node_role: IntArray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    node_group: IntArray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    groups: tuple[str, ...] = ()
 
     @property
     def n_nodes(self) -> int:
@@ -133,8 +166,16 @@ class FeederModel:
 
     @property
     def explicit_neutral(self) -> bool:
-        """True when the model has neutral conductors as nodes (four-wire)."""
-        return bool(np.any(self.node_terminal >= 4))
+        """True when the model has neutral conductors as nodes (four-wire), by traced role."""
+        return bool(np.any(self.node_role == 0))
+
+    def is_neutral(self, node: int) -> bool:
+        """True for a node whose traced role is a neutral (False for earth, -1)."""
+        return node >= 0 and int(self.node_role[node]) == 0
+
+    def earthed_nodes(self) -> set[int]:
+        """Neutral nodes with an earth electrode (an ``earthing`` element) on them."""
+        return {int(x) for e in self.elements if e.kind == "earthing" for x in e.nodes if x >= 0}
 
     @property
     def wiring(self) -> str:
@@ -316,7 +357,7 @@ def pme_commands(model: FeederModel, r_ohm: float, customers: list[str] | None =
     if not (r_ohm > 0 and np.isfinite(r_ohm)):
         raise ModelError(f"earth electrode resistance must be a positive number of ohm, got {r_ohm}")
     if not model.explicit_neutral:
-        raise ModelError(f"{model.path} is {model.wiring}: earth electrodes need an explicit neutral (terminal 4)")
+        raise ModelError(f"{model.path} is {model.wiring}: earth electrodes need an explicit neutral conductor")
     index = model.customer_index()
     chosen = list(index) if customers is None else [c.lower() for c in customers]
     nodes: dict[int, str] = {}
@@ -324,7 +365,7 @@ def pme_commands(model: FeederModel, r_ohm: float, customers: list[str] | None =
         if name not in index:
             raise UnknownItemError(f"unknown customer {name!r} for earthing")
         c = model.customers[index[name]]
-        if c.neutral_node < 0 or model.node_terminal[c.neutral_node] < 4:
+        if not model.is_neutral(c.neutral_node):
             raise ModelError(f"customer {name} has no neutral node to earth (connected to earth directly)")
         nodes.setdefault(c.neutral_node, name)
     return [
@@ -333,14 +374,19 @@ def pme_commands(model: FeederModel, r_ohm: float, customers: list[str] | None =
     ]
 
 
+def node_spec(model: FeederModel, bus: str, nodes: list[int]) -> str:
+    """OpenDSS ``bus.t1.t2...`` connection of ``nodes`` (``-1`` = earth, ``.0``)."""
+    return bus + "".join(f".{int(model.node_terminal[n]) if n >= 0 else 0}" for n in nodes)
+
+
 def _device_bus(model: FeederModel, customer: Customer) -> str:
-    """``bus.phase.neutral`` connection of a single-phase device beside ``customer``."""
+    """``bus.<phase node>.<neutral node>`` connection (OpenDSS terminal numbers) of a
+    single-phase device beside ``customer``, on the customer's traced phase and neutral."""
     from lv3ph.errors import ModelError
 
     if len(customer.phases) != 1:
         raise ModelError(f"customer {customer.name} is not single-phase: PV/battery devices need one phase")
-    n = int(model.node_terminal[customer.neutral_node]) if customer.neutral_node >= 0 else 0
-    return f"{customer.bus}.{customer.phases[0]}.{n}"
+    return node_spec(model, customer.bus, [int(customer.phase_nodes[0]), customer.neutral_node])
 
 
 def loadshape_command(name: str, values: np.ndarray, stepsize_s: float) -> str:

@@ -14,9 +14,13 @@ from typing import Any, TypeVar
 
 from tqdm.auto import tqdm
 
+from lv3ph.errors import SchedulerError
+
 T = TypeVar("T")
 
 WORKER_ENV = {"NUMBA_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "NUMPY_MADVISE_HUGEPAGE": "0"}
+#: Seconds to wait for an existing scheduler to answer (Dask's default is 30 s).
+CONNECT_TIMEOUT_S = 5.0
 
 
 def run_jobs(
@@ -29,11 +33,24 @@ def run_jobs(
     desc: str = "jobs",
     progress: bool = True,
     keys: Sequence[str] | None = None,
+    retries: int = 0,
+    on_error: Callable[[int, BaseException], T] | None = None,
+    single_in_process: bool = True,
 ) -> list[T]:
     """``[func(*job) for job in jobs]``, on a Dask ``LocalCluster`` (or ``scheduler``) unless
-    ``serial``; a progress bar counts finished jobs."""
-    if serial or len(jobs) <= 1:
-        return [func(*job) for job in tqdm(jobs, desc=desc, disable=not progress)]
+    ``serial``; a progress bar counts finished jobs.
+
+    ``retries``: Dask runs a job again (on another worker) if it raised or its worker died,
+    up to this many times. ``on_error(position, exception)``: the result of a job that still
+    failed (default: the exception propagates). A job whose worker died repeatedly fails
+    with Dask's ``KilledWorker`` (after ``distributed.scheduler.allowed-failures``).
+    ``single_in_process``: a single job runs in this process (default) instead of on Dask.
+
+    Raises:
+        SchedulerError: ``scheduler`` cannot be reached (see :func:`connect`).
+    """
+    if serial or not jobs or (len(jobs) == 1 and single_in_process):
+        return [_call(func, job, i, on_error) for i, job in enumerate(tqdm(jobs, desc=desc, disable=not progress))]
     import dask
     from dask.distributed import Client, LocalCluster, as_completed
 
@@ -46,16 +63,51 @@ def run_jobs(
                 n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None, env=WORKER_ENV
             )
     try:
-        with Client(scheduler or cluster) as client:
+        with connect(scheduler) if scheduler else Client(cluster) as client:
             names = list(keys) if keys is not None else [None] * len(jobs)
-            futures = [client.submit(func, *job, pure=False, key=k) for job, k in zip(jobs, names, strict=True)]
+            futures = [
+                client.submit(func, *job, pure=False, key=k, retries=retries)
+                for job, k in zip(jobs, names, strict=True)
+            ]
             position = {f.key: i for i, f in enumerate(futures)}
             out: list[Any] = [None] * len(jobs)
             with tqdm(total=len(jobs), desc=desc, disable=not progress) as bar:
                 for fut in as_completed(futures):
-                    out[position[fut.key]] = fut.result()
+                    i = position[fut.key]
+                    try:
+                        out[i] = fut.result()
+                    except Exception as exc:
+                        if on_error is None:
+                            raise
+                        out[i] = on_error(i, exc)
                     bar.update()
             return out
     finally:
         if cluster is not None:
             cluster.close()
+
+
+def _call(
+    func: Callable[..., T], job: tuple[Any, ...], i: int, on_error: Callable[[int, BaseException], T] | None
+) -> T:
+    try:
+        return func(*job)
+    except Exception as exc:
+        if on_error is None:
+            raise
+        return on_error(i, exc)
+
+
+def connect(scheduler: str) -> Any:
+    """A ``dask.distributed.Client`` of the running scheduler at address ``scheduler``.
+
+    Raises:
+        SchedulerError: ``scheduler`` is not a Dask address or does not answer within
+            :data:`CONNECT_TIMEOUT_S` (one line: ``cannot reach Dask scheduler ADDRESS (...)``).
+    """
+    from dask.distributed import Client
+
+    try:
+        return Client(scheduler, timeout=CONNECT_TIMEOUT_S)
+    except (OSError, ValueError) as exc:
+        raise SchedulerError(f"cannot reach Dask scheduler {scheduler} ({' '.join(str(exc).split())})") from None

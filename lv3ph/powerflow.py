@@ -8,19 +8,24 @@ all steps), which is exact for the linear network and keeps the capture cheap.
 Dataset layout (dims and main variables):
 
 * ``voltage`` (time, bus, terminal): node-to-earth voltage, V (complex; NaN where the
-  bus has no such terminal).
+  bus has no such terminal). Coordinate ``terminal_role`` (bus, terminal): the traced
+  role of each node (1, 2, 3 = phase a, b, c; 0 = neutral; -1 = isolated or absent),
+  :mod:`lv3ph.topology`; terminal numbers themselves mean nothing.
 * ``current`` (time, element, conductor): current into each power-delivery element at
   its terminal 1, A (complex). ``element_kind`` says line / transformer / earthing / other.
 * ``loss_phase_kw``, ``loss_neutral_kw``, ``loss_earth_kw``, ``loss_kw`` (time, element):
   element losses, kW. Per conductor a loss is ``Re(sum over terminals V I*)`` (the
-  convention of OpenDSS's ``PhaseLosses``); conductors on neutral nodes go to the
+  convention of OpenDSS's ``PhaseLosses``); conductors on neutral-role nodes go to the
   neutral part, earthing elements to the earth part, transformers wholly to the phase
   part (their per-conductor split mixes windings and means nothing physical).
 * ``loss_total_kw``, ``source_p_kw``, ``source_q_kvar`` (time).
 * ``customer_injection`` (time, customer, port): current the customer injects into the
   network at each of its ports (phases, then neutral), A; ``customer_port_node`` names
-  the node of each port. ``customer_p_kw`` / ``customer_q_kvar``: drawn power (load
-  convention: consumption positive, export negative).
+  the node of each port. ``customer_voltage`` (time, customer, port): each phase port's
+  voltage against the customer's neutral port (earth when it has none), V (complex;
+  NaN on the neutral port). ``customer_phases``: traced phases as digits (``2`` = b).
+  ``customer_p_kw`` / ``customer_q_kvar``: drawn power (load convention: consumption
+  positive, export negative).
 * ``customer_pq_departure_pct`` (time, customer): how far a constant-PQ load's drawn
   power departs from its set-point because OpenDSS switched it to constant impedance
   outside ``vminpu``/``vmaxpu``.
@@ -107,8 +112,8 @@ def customer_ports(model: FeederModel) -> CustomerPorts:
         port_lists.append([int(x) for x in c.phase_nodes] + [c.neutral_node])
         n_phases.append(len(c.phase_nodes))
     for nodes in model.orphan_devices.values():
-        ph = [int(x) for x in nodes if x >= 0 and model.node_terminal[x] < 4]
-        ne = [int(x) for x in nodes if x >= 0 and model.node_terminal[x] >= 4]
+        ph = [int(x) for x in nodes if x >= 0 and model.node_role[x] >= 1]
+        ne = [int(x) for x in nodes if model.is_neutral(int(x))]
         port_lists.append(ph + ne[:1] + ([] if ne else [-1]))
         n_phases.append(len(ph))
     width = max((len(p) for p in port_lists), default=1)
@@ -131,6 +136,11 @@ def customer_ports(model: FeederModel) -> CustomerPorts:
         n_phases=np.array(n_phases, dtype=np.int64),
         measured=measured,
     )
+
+
+def measured_devices(ports: CustomerPorts) -> list[str]:
+    """The elements whose currents a run must read at every step (see :class:`CustomerPorts`)."""
+    return [d for i in sorted(ports.measured) for d in ports.measured[i]]
 
 
 def customer_injections(
@@ -177,6 +187,16 @@ def customer_injections(
     return inj
 
 
+def customer_voltages(v_ports: ComplexArray, n_phases: IntArray) -> ComplexArray:
+    """Phase-port voltages against each customer's neutral port (earth if none), V;
+    NaN on the neutral port. ``v_ports`` (steps, customers, ports) from :func:`port_voltages`."""
+    width = v_ports.shape[2]
+    has_n = n_phases < width
+    ref = np.where(has_n[None, :], v_ports[:, np.arange(n_phases.size), np.minimum(n_phases, width - 1)], 0)
+    out = v_ports - ref[:, :, None]
+    return np.where(np.arange(width)[None, None, :] < n_phases[None, :, None], out, np.nan + 0j)
+
+
 def port_voltages(vt: ComplexArray, nodes: IntArray) -> ComplexArray:
     """Node voltages at ports (steps, customers, ports) from ``vt`` (n_nodes, steps); earth is 0 V."""
     v = np.moveaxis(vt[np.maximum(nodes, 0)], 2, 0)
@@ -199,6 +219,8 @@ def capture(
     t_idx = np.searchsorted(terminals, model.node_terminal)
     vgrid = np.full((steps, len(model.buses), terminals.size), np.nan + 1j * np.nan)
     vgrid[:, b_idx, t_idx] = vt.T
+    role_grid = np.full((len(model.buses), terminals.size), -1, dtype=np.int64)
+    role_grid[b_idx, t_idx] = model.node_role
     flows = element_flows(model, vt)
     n_el = len(model.elements)
     max_cond = flows.p_cond.shape[1]
@@ -213,6 +235,7 @@ def capture(
     inj = customer_injections(model, ports, vt, measured or {})
     v_ports = port_voltages(vt, ports.nodes)
     s_cust = -(v_ports * np.conj(inj)).sum(axis=2) / 1000.0
+    v_cust = customer_voltages(v_ports, ports.n_phases)
     departure = pq_departure_pct(model, vt)
     ds = xr.Dataset(
         data_vars={
@@ -235,6 +258,11 @@ def capture(
                 inj,
                 {"units": "A", "long_name": "current injected into the network"},
             ),
+            "customer_voltage": (
+                ("time", "customer", "port"),
+                v_cust,
+                {"units": "V", "long_name": "phase port voltage against the customer's neutral (earth if none)"},
+            ),
             "customer_p_kw": (
                 ("time", "customer"),
                 s_cust.real,
@@ -247,6 +275,7 @@ def capture(
             **_time_coords(spec, time),
             "bus": list(model.buses),
             "terminal": terminals,
+            "terminal_role": (("bus", "terminal"), role_grid, {"long_name": "traced role: 1-3 phase a-c, 0 neutral"}),
             **_element_coords(model),
             "conductor": conductors,
             **_customer_coords(model, ports),
@@ -367,7 +396,8 @@ def capture_customers(
 ) -> xr.Dataset:
     """The ``customers`` capture: what a DSO needs at the supply terminals and the head.
 
-    Per step: ``customer_voltage`` (time, customer, port; node-to-earth, V, complex) and
+    Per step: ``customer_voltage`` (time, customer, port; phase against the customer's
+    neutral, V, complex, as :func:`capture`) and
     ``customer_injection`` (A) at every customer port, ``customer_p_kw`` /
     ``customer_q_kvar`` (drawn), ``head_voltage`` / ``head_current`` (time, conductor) at
     terminal 1 of the line leaving the transformer, the losses by part per element
@@ -388,8 +418,8 @@ def capture_customers(
         {
             "customer_voltage": (
                 ("time", "customer", "port"),
-                v_ports,
-                {"units": "V", "long_name": "node-to-earth voltage at the customer port"},
+                customer_voltages(v_ports, ports.n_phases),
+                {"units": "V", "long_name": "phase port voltage against the customer's neutral (earth if none)"},
             ),
             "customer_injection": (
                 ("time", "customer", "port"),
@@ -510,11 +540,11 @@ def _series_kernel_args(
 
 
 def neutral_conductors(model: FeederModel, max_cond: int) -> np.ndarray:
-    """(n_elements, max_conductors) True where a conductor sits on a neutral node."""
+    """(n_elements, max_conductors) True where a conductor sits on a neutral-role node."""
     out = np.zeros((len(model.elements), max_cond), dtype=bool)
     for i, e in enumerate(model.elements):
         rows = e.nodes.reshape(e.n_terminals, e.n_conductors)
-        on_neutral = (rows >= 0) & (model.node_terminal[np.maximum(rows, 0)] >= 4)
+        on_neutral = (rows >= 0) & (model.node_role[np.maximum(rows, 0)] == 0)
         out[i, : e.n_conductors] = on_neutral.any(axis=0)
     return out
 
@@ -525,8 +555,9 @@ def _bus_of(model: FeederModel, nodes: IntArray) -> str:
 
 
 def _phases_of(model: FeederModel, nodes: IntArray, n_phases: int) -> str:
+    """Traced phases of a customer's phase ports as digits (``12`` = a and b)."""
     ph = nodes[:n_phases]
-    return "".join(str(int(model.node_terminal[x])) for x in ph if x >= 0)
+    return "".join(str(int(model.node_role[x])) for x in ph if x >= 0)
 
 
 def pq_departure_pct(model: FeederModel, vt: ComplexArray) -> np.ndarray:
@@ -566,8 +597,7 @@ def solve_raw(
     before_step: Callable[[int], None] | None = None,
 ) -> tuple[ComplexArray, dict[str, ComplexArray]]:
     """Run ``spec`` on a compiled engine: node voltages (n_nodes, steps) and measured currents."""
-    ports = customer_ports(model)
-    measure = [d for i in sorted(ports.measured) for d in ports.measured[i]]
+    measure = measured_devices(customer_ports(model))
     with tqdm(total=spec.steps, desc="power flow", unit="step", delay=2.0, disable=not progress, leave=False) as bar:
         return engine.run(
             spec.mode,
@@ -601,6 +631,7 @@ def open_feeder(
     commands: tuple[str, ...] = (),
     pme_ohm: float | None = None,
     pme_customers: list[str] | None = None,
+    drop_isolated: bool = False,
 ) -> tuple[Engine, FeederModel]:
     """Compile a model, optionally add PME earth electrodes, and extract it.
 
@@ -610,9 +641,11 @@ def open_feeder(
         commands: OpenDSS commands run after compiling.
         pme_ohm: earth electrode resistance (ohm) at customers' neutrals; None = no PME.
         pme_customers: customers that get an electrode (default all).
+        drop_isolated: drop customers on isolated nodes with a warning naming them
+            (default: a :class:`~lv3ph.errors.ModelError` naming them).
     """
     engine = Engine()
-    engine.compile(model_path, vmaxpu=vmaxpu, commands=commands)
+    engine.compile(model_path, vmaxpu=vmaxpu, commands=commands, drop_isolated=drop_isolated)
     model = engine.model()
     if pme_ohm is not None:
         engine.apply(pme_commands(model, pme_ohm, pme_customers))

@@ -46,6 +46,7 @@ from lv3ph.powerflow import (
     capture_customers,
     customer_ports,
     feeder_totals,
+    measured_devices,
     open_feeder,
     run_attrs,
 )
@@ -63,6 +64,7 @@ class Feeder:
     pme_ohm: float | None = None
     pme_customers: tuple[str, ...] | None = None
     commands: tuple[str, ...] = ()
+    drop_isolated: bool = False
 
     def open(self) -> tuple[Engine, FeederModel]:
         return open_feeder(
@@ -71,6 +73,7 @@ class Feeder:
             commands=self.commands,
             pme_ohm=self.pme_ohm,
             pme_customers=list(self.pme_customers) if self.pme_customers else None,
+            drop_isolated=self.drop_isolated,
         )
 
     def to_attrs(self) -> dict[str, Any]:
@@ -80,6 +83,7 @@ class Feeder:
             "feeder_pme_ohm": "none" if self.pme_ohm is None else self.pme_ohm,
             "feeder_pme_customers": list(self.pme_customers) if self.pme_customers is not None else "none",
             "feeder_commands": list(self.commands),
+            "feeder_drop_isolated": int(self.drop_isolated),
         }
 
     @classmethod
@@ -93,6 +97,7 @@ class Feeder:
             pme_ohm=opt("feeder_pme_ohm"),
             pme_customers=tuple(a["feeder_pme_customers"]) if a["feeder_pme_customers"] != "none" else None,
             commands=tuple(a["feeder_commands"]),
+            drop_isolated=bool(a.get("feeder_drop_isolated", 0)),
         )
 
 
@@ -277,8 +282,7 @@ def _solve_into(
     out: str | Path,
     progress: bool,
 ) -> Path:
-    ports = customer_ports(model)
-    measure = [d for i in sorted(ports.measured) for d in ports.measured[i]]
+    measure = measured_devices(customer_ports(model))
     done = store.progress()["time"]
     blocks = [b for b in block_ranges(spec.start, spec.steps, block_steps) if b[0] >= spec.start + done]
 

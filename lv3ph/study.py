@@ -34,6 +34,7 @@ from lv3ph.phases import (
     Objective,
     arrangement_commands,
     choose_switches,
+    head_currents,
     make_switchable,
     rebalance,
     run_switching,
@@ -45,7 +46,8 @@ from lv3ph.prosumers import dispatch_p2p, dispatch_self_consumption, place_pv, p
 from lv3ph.results import Scenario, ScenarioResult, StudySpec
 from lv3ph.stream import write_captured
 from lv3ph.studyfile import load_study, scenarios
-from lv3ph.unbalance import unbalance, violation_summary, violations
+from lv3ph.topology import phase_labels
+from lv3ph.unbalance import phase_neutral_voltage, unbalance, violation_summary, violations
 
 
 # ---------------------------------------------------------------------------- one scenario
@@ -155,7 +157,7 @@ def _run_scenario(spec: StudySpec, sc: Scenario, *, progress: bool) -> ScenarioR
         if edits:
             engine.apply(edits)
             model = engine.model()
-    phases = [str(model.customers[i].phases[0]) for i in range(len(names))]
+    phases = phase_labels(model)  # network and traced phase(s) of each customer
     if sc.arrangement == "dynamic":
         switches = choose_switches(model, share=spec.phases.switch_share, seed=spec.phases.seed)
         schedule = switching_schedule(
@@ -328,18 +330,6 @@ def allocation_table(results: dict[str, xr.Dataset], dt_h: float) -> pd.DataFram
     return out.reset_index()
 
 
-def _head_line(model: Any) -> int:
-    """Position of the line that leaves the transformer's LV bus (or the first line)."""
-    tx = [e for e in model.elements if e.kind == "transformer"]
-    lines = [i for i, e in enumerate(model.elements) if e.kind == "line"]
-    if tx:
-        lv = tx[0].buses[-1]
-        for i in lines:
-            if model.elements[i].buses[0] == lv:
-                return i
-    return lines[0]
-
-
 def _series(
     model: Any,
     lengths_km: dict[str, float],
@@ -351,12 +341,8 @@ def _series(
     bat_kw: np.ndarray,
 ) -> xr.Dataset:
     kinds = pf.element_kind
-    head = _head_line(model)
-    cur = np.abs(pf.current.isel(element=head))
-    neutral = (
-        cur.sel(conductor=4) if 4 in pf.conductor and model.explicit_neutral else xr.zeros_like(cur.isel(conductor=0))
-    )
-    vpn = np.abs(pf.voltage.sel(terminal=[1, 2, 3]) - (pf.voltage.sel(terminal=4).fillna(0) if 4 in pf.terminal else 0))
+    head_phase, neutral = head_currents(model, pf)
+    vpn = abs(phase_neutral_voltage(pf))
     ds = xr.Dataset(
         {
             "loss_phase_kw": pf.loss_phase_kw.where(kinds == "line").sum("element"),
@@ -367,16 +353,16 @@ def _series(
             "pvur_max_pct": unb.pvur_pct.max("bus"),
             "vuf_max_pct": unb.vuf_pct.max("bus"),
             "vne_max_v": unb.vne_v.max("bus"),
-            "head_current_a": cur.isel(conductor=slice(0, 3)).rename(conductor="phase"),
-            "head_neutral_current_a": neutral,
+            "head_current_a": head_phase,
+            "head_neutral_current_a": neutral if neutral is not None else xr.zeros_like(head_phase.isel(phase=0)),
             "source_p_kw": pf.source_p_kw,
             "pv_kw": ("time", pv_kw.sum(axis=1)),
             "load_kw": ("time", load_kw.sum(axis=1)),
             "battery_kw": ("time", bat_kw.sum(axis=1)),
             "traded_kw": ("time", np.asarray(market.traded_kw, dtype=float)),
             "price_eur_kwh": ("time", market.price_eur_kwh.reindex(pf.time.values).to_numpy(dtype=float)),
-            "vmin_pn_v": vpn.min("time").rename(terminal="phase"),
-            "vmax_pn_v": vpn.max("time").rename(terminal="phase"),
+            "vmin_pn_v": vpn.min("time"),
+            "vmax_pn_v": vpn.max("time"),
         }
     )
     ds["bus_distance_km"] = ("bus", bus_distances_km(model, lengths_km, pf.bus.values))

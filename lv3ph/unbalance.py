@@ -268,12 +268,64 @@ def _require(pf: xr.Dataset, name: str, why: str) -> xr.DataArray:
     return pf[name]
 
 
+def _roles(pf: xr.Dataset, volt: xr.DataArray) -> NDArray[np.int64] | None:
+    """(bus, terminal) traced roles aligned with ``volt``, None without ``terminal_role``."""
+    if "terminal_role" not in pf.variables:
+        return None
+    return np.asarray(pf["terminal_role"].transpose("bus", "terminal").values, dtype=np.int64)
+
+
+def role_planes(
+    raw: NDArray[np.complex128], terminals: NDArray[Any], roles: NDArray[np.int64] | None
+) -> tuple[NDArray[np.complex128], NDArray[np.complex128], NDArray[np.complex128], NDArray[np.complex128] | None]:
+    """(time, bus) node-to-earth voltages of phases a, b, c (NaN where absent) and of the
+    neutral (None if no bus has one) from ``raw`` (time, bus, terminal).
+
+    ``roles`` (bus, terminal): traced roles (1-3 phase, 0 neutral, -1 none); None = terminal
+    numbering 1-3 phases, 4 neutral.
+    """
+    if roles is None:
+        roles = np.where(np.isin(terminals, [1, 2, 3]), terminals, np.where(terminals == 4, 0, -1))
+        roles = np.broadcast_to(roles[None, :], raw.shape[1:])
+    buses = np.arange(raw.shape[1])
+
+    def plane(role: int) -> NDArray[np.complex128] | None:
+        hit = roles == role
+        if not hit.any():
+            return None
+        first = np.argmax(hit, axis=1)  # first terminal with that role per bus
+        out = raw[:, buses, first]
+        return np.where(hit.any(axis=1)[None, :], out, _NAN_C)
+
+    nan_plane = np.full(raw.shape[:2], _NAN_C, dtype=np.complex128)
+    va, vb, vc = (p if (p := plane(r)) is not None else nan_plane for r in (1, 2, 3))
+    return va, vb, vc, plane(0)
+
+
+def phase_neutral_voltage(pf: xr.Dataset) -> xr.DataArray:
+    """Phase-to-neutral voltages (time, bus, phase), V complex, ``phase`` = 1, 2, 3 (a, b, c),
+    as :func:`unbalance` takes them (traced roles; NaN where a bus lacks the phase)."""
+    volt = _require(pf, "voltage", "phase-to-neutral voltages").transpose("time", "bus", "terminal")
+    raw = np.asarray(volt.values).astype(np.complex128)
+    va, vb, vc, neutral = role_planes(raw, np.asarray(volt["terminal"].values), _roles(pf, volt))
+    shift = np.where(np.isnan(neutral), 0.0, neutral) if neutral is not None else 0.0
+    data = np.stack([va - shift, vb - shift, vc - shift], axis=-1)
+    return xr.DataArray(
+        data,
+        dims=("time", "bus", "phase"),
+        coords={"time": volt["time"], "bus": volt["bus"], "phase": [1, 2, 3]},
+        attrs={"units": "V", "long_name": "phase-to-neutral voltage"},
+    )
+
+
 def unbalance(pf: xr.Dataset) -> xr.Dataset:
     """Unbalance metrics per time step and bus.
 
-    Phase-to-neutral voltage of phase ``p`` at a bus is ``V_p - V_4`` when terminal 4
-    (the neutral) is present and not NaN at that bus and step, else ``V_p`` (the
-    neutral is the earth). Terminals other than 1-4 are ignored.
+    Phase-to-neutral voltage of phase ``p`` at a bus is ``V_p - V_n`` with ``V_p`` the
+    node whose traced role is phase ``p`` and ``V_n`` the bus's first neutral-role node
+    (coordinate ``terminal_role`` of :func:`lv3ph.powerflow.capture`), when present and
+    not NaN at that bus and step, else ``V_p`` (the neutral is the earth). Without a
+    ``terminal_role`` coordinate, terminals 1-3 are the phases and 4 the neutral.
 
     Parameters
     ----------
@@ -303,14 +355,7 @@ def unbalance(pf: xr.Dataset) -> xr.Dataset:
         raw = raw.astype(np.complex128)
     terminals = np.asarray(volt["terminal"].values)
 
-    def plane(terminal: int) -> NDArray[np.complex128] | None:
-        """(time, bus) view of one terminal (first match), None if absent."""
-        idx = np.flatnonzero(terminals == terminal)
-        return raw[:, :, idx[0]] if idx.size else None
-
-    nan_plane = np.full(raw.shape[:2], _NAN_C, dtype=np.complex128)
-    va, vb, vc = (p if (p := plane(t)) is not None else nan_plane for t in (1, 2, 3))
-    neutral = plane(4)
+    va, vb, vc, neutral = role_planes(raw, terminals, _roles(pf, volt))
     if neutral is None:
         has_neutral = np.zeros(raw.shape[:2], dtype=bool)
     else:
@@ -372,7 +417,7 @@ def unbalance(pf: xr.Dataset) -> xr.Dataset:
                 vne,
                 "V",
                 "neutral-to-earth voltage magnitude",
-                "|V_terminal4|; 0 if the bus has no explicit neutral; NaN if no phase",
+                "|V_neutral|; 0 if the bus has no explicit neutral; NaN if no phase",
             ),
             "vmin_pn_v": var(
                 vmin,

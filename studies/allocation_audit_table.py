@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from lv3ph.fleet import misallocation_pct
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -54,12 +56,8 @@ def main(folder: Path) -> None:
         charged = " / ".join(f"{c[f'{m}_kwh'].sum():.3f}" for m in methods)
         errs = []
         for m in others:
-
-            def wmae(mask: pd.Series, m: str = m, c: pd.DataFrame = c) -> float:
-                d = c[mask]
-                return 100 * (d[f"{m}_kwh"] - d.exact_kwh).abs().sum() / d.exact_kwh.abs().sum()
-
-            errs.append(f"{wmae(~cross):.0f} / {wmae(cross):.0f}")
+            _, same, crossing = misallocation_pct(al, phase, m)
+            errs.append(f"{same:.0f} / {crossing:.0f}")
         print(
             f"| {s.scenario} | {s.loss_kwh:.3f} | {100 * s.loss_neutral_kwh / s.loss_kwh:.1f} | {100 * s.loss_earth_kwh / s.loss_kwh:.2f} | {charged} | "
             + " | ".join(errs)

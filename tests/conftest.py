@@ -14,6 +14,9 @@ settings.register_profile("ci", derandomize=True, deadline=None)
 if os.environ.get("CI"):
     settings.load_profile("ci")
 
+# an internal failure of lv3ph.cli.main raises (with its traceback) instead of printing one line
+os.environ.setdefault("LV3PH_TRACEBACK", "1")
+
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ROOT / "dss_models"
 IEEE = MODELS / "ieee_eu_lv" / "Master.dss"

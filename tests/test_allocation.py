@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from lv3ph.allocation import allocate
-from lv3ph.allocation.contracts import contract_shares
+from lv3ph.allocation.contracts import contract_shares, validate_contracts
 from lv3ph.allocation.exact import exact_allocation, loss_network, party_rows_for, party_voltages
 from lv3ph.errors import ContractError
 from lv3ph.model import loadshape_command, pv_commands
@@ -241,3 +241,21 @@ def test_unknown_customer_and_time(tmp_path: Path) -> None:
             steps=1,
             progress=False,
         )
+
+
+def test_duplicate_contract_id_at_one_step_names_both_rows() -> None:
+    table = contracts(
+        [
+            ("k1", 1, "seller", "buyer", 1.0),
+            ("k1", 2, "seller", "buyer", 1.0),  # a standing agreement: the same id at another step is fine
+            ("k2", 1, "buyer", "seller", 1.0),
+            ("k1", 1, "buyer", "seller", 2.0),
+            ("k2", 1, "seller", "nobody", 1.0),
+        ]
+    )
+    errors = validate_contracts(table, ["seller", "buyer"], [1, 2])
+    assert errors == [
+        "contracts row 6 (contract k2): unknown buyer 'nobody'",
+        "contracts row 5 (contract k1): duplicate id: row 2 has the same contract at step 1",
+        "contracts row 6 (contract k2): duplicate id: row 4 has the same contract at step 1",
+    ]

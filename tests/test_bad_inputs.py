@@ -30,3 +30,22 @@ def test_bad_input(case: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert len(err) == 1 and err[0].startswith("lv3ph: error: "), err
     assert expected in err[0]
     assert list(out.iterdir()) == []
+
+
+def test_an_internal_failure_is_one_line_with_exit_1(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import lv3ph.cli
+
+    def broken(args: object) -> int:
+        raise KeyError("a bug\nover two lines")
+
+    monkeypatch.setattr(lv3ph.cli, "cmd_info", broken)
+    monkeypatch.delenv("LV3PH_TRACEBACK", raising=False)
+    assert main(["info", str(CORPUS / "feeder.dss")]) == 1
+    assert capsys.readouterr().err.splitlines() == [
+        "lv3ph: internal error: KeyError: 'a bug\\nover two lines' (LV3PH_TRACEBACK=1 shows where)"
+    ]
+    monkeypatch.setenv("LV3PH_TRACEBACK", "1")
+    with pytest.raises(KeyError):
+        main(["info", str(CORPUS / "feeder.dss")])

@@ -11,7 +11,11 @@ import pytest
 from scipy.optimize import brentq
 
 from lv3ph.errors import ProfileError, StudyError
-from lv3ph.hosting import _Context, _draw, _Job, hosting_capacity
+from lv3ph.hosting import hosting_capacity
+from lv3ph.hosting.engine import Context
+from lv3ph.hosting.placement import draw
+from lv3ph.hosting.screening import Screener
+from lv3ph.hosting.settings import Job
 from lv3ph.powerflow import RunSpec, capture
 from lv3ph.unbalance import CHECKS, Limits, unbalance, violations
 from tests.conftest import write_feeder
@@ -220,8 +224,8 @@ def test_checks_equal_lv3ph_violations(tmp_path: Path) -> None:
             where=where,
         )
         job = _job(path, limits=limits, pre_existing="count")
-        ctx = _Context(job)
-        order, sizes = _draw(job, len(ctx.names), 0)
+        ctx = Context(job)
+        order, sizes = draw(job, len(ctx.names), 0)
         s = np.zeros(len(ctx.names))
         s[order] = sizes
         ctx._apply_sizes(s)
@@ -240,7 +244,7 @@ def test_checks_equal_lv3ph_violations(tmp_path: Path) -> None:
         assert {c for _, c, _ in got} == set(CHECKS)  # every check was exercised
 
 
-def _job(path: Path, **kw: object) -> _Job:
+def _job(path: Path, **kw: object) -> Job:
     limits = kw.pop("limits", Limits())
     args: dict[str, object] = {
         "model_path": str(path),
@@ -263,22 +267,22 @@ def _job(path: Path, **kw: object) -> _Job:
         "token": "test",
     }
     args.update(kw)
-    return _Job(**args)  # type: ignore[arg-type]
+    return Job(**args)  # type: ignore[arg-type]
 
 
 def test_screening_never_misses_a_violation_of_the_whole_window(tmp_path: Path) -> None:
     """At every penetration level of several placements, the screened steps (one per
     criterion) fail exactly when the whole window fails."""
     path = small_feeder(tmp_path)
-    ctx = _Context(_job(path))
+    ctx = Context(_job(path))
     kept_any = False
     for placement in range(4):
-        order, sizes = _draw(ctx.job, len(ctx.names), placement)
+        order, sizes = draw(ctx.job, len(ctx.names), placement)
         before = np.concatenate([[0.0], np.cumsum(sizes)[:-1]])
         for p in np.linspace(0.0, sizes.sum(), 25)[1:]:
             s = np.zeros(len(ctx.names))
             s[order] = np.clip(p - before, 0.0, sizes)
-            chosen = np.array(sorted(ctx.screen(s, 1)), dtype=np.int64)
+            chosen = np.array(sorted(ctx.screener.screen(s, 1)), dtype=np.int64)
             kept_any |= chosen.size < ctx.window.size
             screened, full = ctx.evaluate(s, chosen), ctx.evaluate(s, None)
             assert screened.ok == full.ok, (placement, p, full)
@@ -415,7 +419,7 @@ def test_a_step_missed_by_screening_is_found_and_kept(tmp_path: Path, monkeypatc
     whole-window check finds it, keeps it ("missed") and the search steps back to the hand
     calculation of the first test."""
     path = write_feeder(tmp_path, one_line())
-    monkeypatch.setattr(_Context, "screen", lambda self, sizes, m, near=True: {int(self.window[0]): {"first"}})
+    monkeypatch.setattr(Screener, "screen", lambda self, sizes, m, near=True: {int(self.window[0]): {"first"}})
     res = hosting_capacity(
         path,
         run=HOURLY,

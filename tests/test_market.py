@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
@@ -460,35 +459,3 @@ def test_contracts_from_file_missing_and_empty(tmp_path: Path) -> None:
 
 
 # ------------------------------------------------------------------ performance
-
-
-def test_market_speed_ieee_size() -> None:
-    """1440 steps x 55 customers: each market + bills well under 1 s."""
-    rng = np.random.default_rng(0)
-    steps, n = 1440, 55
-    net = rng.normal(0.5, 2.0, (steps, n))
-    customers, times = _names(n), np.arange(1, steps + 1)
-    phases = [str(i % 3 + 1) for i in range(n)]
-    tariffs = Tariffs(local_price_rule="auction")
-
-    def run() -> None:
-        for res in (
-            community_auction(net, customers, times, tariffs),
-            bilateral(
-                net,
-                customers,
-                times,
-                tariffs,
-                preference="same-phase-first",
-                seed=1,
-                phases=phases,
-            ),
-        ):
-            bills(net, customers, times, res.contracts, res.price_eur_kwh, tariffs, 1 / 60)
-
-    best = np.inf
-    for _ in range(3):
-        t0 = time.perf_counter()
-        run()
-        best = min(best, time.perf_counter() - t0)
-    assert best < 1.0, f"auction + bilateral + bills took {best:.2f} s"

@@ -549,7 +549,7 @@ def conductor_resistance(model: FeederModel) -> tuple[np.ndarray, np.ndarray]:
             continue
         z, _ = line_impedance(e)
         for j, node in enumerate(e.nodes[: e.n_conductors]):
-            t = int(model.node_terminal[node]) if node >= 0 else 0
+            t = int(model.node_role[node]) if node >= 0 else 0  # traced phase 1..3
             if 1 <= t <= 3:
                 r[i, t - 1] = z[j, j].real
                 cond[i, t - 1] = j

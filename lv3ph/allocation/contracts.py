@@ -64,6 +64,8 @@ def read_contracts(path: str | Path) -> pd.DataFrame:
         raw = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
     except FileNotFoundError as exc:
         raise ContractError(f"{where}: file not found") from exc
+    except OSError as exc:
+        raise ContractError(f"{where}: cannot be read ({exc.strerror or exc})") from exc
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         raise ContractError(f"{where}: not a readable CSV ({exc})") from exc
     raw.columns = [str(c).strip().lower() for c in raw.columns]
@@ -133,7 +135,8 @@ def validate_contracts(contracts: pd.DataFrame, customers: Sequence[str], times:
     """Every structural problem of ``contracts`` as one message each (empty = valid).
 
     Checks: unknown seller/buyer, seller == buyer, kW NaN or negative, time outside the
-    run, empty contract id. Rows are named by file line when read from a file.
+    run, empty contract id, the same contract id twice at one step (naming both rows).
+    Rows are named by file line when read from a file.
     """
     known = pd.Index([c.lower() for c in customers])
     tset = pd.Index([int(t) for t in times])
@@ -141,6 +144,9 @@ def validate_contracts(contracts: pd.DataFrame, customers: Sequence[str], times:
     first = int(contracts.attrs.get("first_line", 2))
     label = "line" if "source" in contracts.attrs else "row"
     kw = contracts.kw.to_numpy(dtype=float)
+    row = np.arange(len(contracts))
+    key = [contracts.contract.astype(str).to_numpy(), contracts.time.to_numpy()]
+    first_row = pd.Series(row).groupby(key, sort=False).transform("min").to_numpy()
     checks: list[tuple[np.ndarray, Callable[[int], str]]] = [
         (contracts.contract.astype(str).to_numpy() == "", lambda i: "empty contract id"),
         (~contracts.seller.isin(known).to_numpy(), lambda i: f"unknown seller {contracts.seller.iloc[i]!r}"),
@@ -154,6 +160,12 @@ def validate_contracts(contracts: pd.DataFrame, customers: Sequence[str], times:
         (
             ~contracts.time.isin(tset).to_numpy(),
             lambda i: f"time {contracts.time.iloc[i]} is outside the run (steps {tset.min()}..{tset.max()})",
+        ),
+        (
+            first_row != row,
+            lambda i: (
+                f"duplicate id: {label} {first_row[i] + first} has the same contract at step {contracts.time.iloc[i]}"
+            ),
         ),
     ]
     errors = []

@@ -18,7 +18,7 @@ extended to explicit neutral and earth as in Nikolaidis et al. 2019):
 4. A party with injection ``j`` has voltage contribution ``Z_E j`` and loss share
    ``Re((Z_E j)^H G V)`` per part, with ``G = sum_e P_e^T H_e P_e`` and ``H_e`` the
    Hermitian part of the element's primitive admittance, rows split by part: phase
-   conductors, neutral conductors (nodes >= 4), earth electrodes, transformers. Cross
+   conductors, neutral conductors (traced neutral-role nodes), earth electrodes, transformers. Cross
    terms are split equally -- the Shapley value of the quadratic loss. The parts of all
    parties add up to ``V^H G V``, the losses OpenDSS computes.
 

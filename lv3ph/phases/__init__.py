@@ -40,7 +40,7 @@ from lv3ph.phases.customers import (
     customer_profiles,
     movable_customers,
 )
-from lv3ph.phases.evaluate import arrangement_commands, evaluate_arrangement, feeder_metrics
+from lv3ph.phases.evaluate import arrangement_commands, evaluate_arrangement, feeder_metrics, head_currents
 from lv3ph.phases.proxy import proxy_objective
 from lv3ph.phases.rebalance import MILP_POLYGON_SIDES, RebalancePlan, rebalance, rebalance_plan
 from lv3ph.phases.switchable import (
@@ -64,6 +64,7 @@ __all__ = [
     "customer_profiles",
     "evaluate_arrangement",
     "feeder_metrics",
+    "head_currents",
     "make_switchable",
     "movable_customers",
     "proxy_objective",

@@ -12,6 +12,7 @@ from lv3ph.dss import Engine
 from lv3ph.errors import ProfileError, StudyError, UnknownItemError
 from lv3ph.model import Customer, FeederModel
 from lv3ph.powerflow import RunSpec
+from lv3ph.topology import Connection, phase_nodes_at, service_connections
 
 Objective = Literal["pvur", "neutral"]
 Stat = Literal["max", "rms"]
@@ -25,43 +26,52 @@ def _index(model: FeederModel, name: str, what: str) -> int:
     return idx[key]
 
 
-def _bus_phase_nodes(model: FeederModel, bus: str) -> dict[int, int]:
-    """Phase terminal (1..3) -> node index at ``bus``."""
-    where = np.nonzero(model.node_bus == bus)[0]
-    return {int(model.node_terminal[n]): int(n) for n in where if 1 <= model.node_terminal[n] <= 3}
+def _bus_phase_nodes(model: FeederModel, c: Customer) -> dict[int, int]:
+    """Traced phase (1..3) -> node at ``c``'s bus, in the group of ``c``'s phase."""
+    return phase_nodes_at(model, c.bus, int(model.node_group[c.phase_nodes[0]]))
 
 
-def _why_not_movable(model: FeederModel, c: Customer) -> str | None:
-    if len(c.phases) != 1:
-        return f"is connected to {len(c.phases)} phases (only single-phase customers can change phase)"
-    if c.phases[0] not in (1, 2, 3):
-        return f"is on terminal {c.phases[0]}, not a phase 1..3"
-    if len(_bus_phase_nodes(model, c.bus)) != 3:
-        return f"sits on bus {c.bus}, which does not have all three phases"
-    return None
+def _movability(model: FeederModel, *, at_bus: bool = False) -> dict[str, Connection | str]:
+    """Per customer: where its phase is selected (:func:`lv3ph.topology.service_connections`)
+    or why it cannot move. ``at_bus``: the phase must be selectable at the customer's own bus
+    (a phase selector switch needs the three phases there)."""
+    out = service_connections(model)
+    if at_bus:
+        for c in model.customers:
+            conn = out[c.name]
+            if isinstance(conn, Connection) and conn.element:
+                out[c.name] = (
+                    f"sits on bus {c.bus}, which does not have all three phases "
+                    f"(a phase selector switch needs them; its service cable {conn.element} starts at {conn.bus})"
+                )
+    return out
 
 
 def movable_customers(model: FeederModel) -> list[str]:
-    """Single-phase customers whose bus has all three phases (the ones that can be re-phased)."""
-    return [c.name for c in model.customers if _why_not_movable(model, c) is None]
+    """Single-phase customers that can be re-phased: their bus has all three phases, or a
+    service cable of their own leads to a bus that has them."""
+    conn = _movability(model)
+    return [c.name for c in model.customers if isinstance(conn[c.name], Connection)]
 
 
 def as_built(model: FeederModel) -> dict[str, int]:
-    """Phase (1..3) of every single-phase customer as the model is built."""
-    return {c.name: int(c.phases[0]) for c in model.customers if len(c.phases) == 1 and c.phases[0] in (1, 2, 3)}
+    """Traced feeder phase (1..3) of every single-phase customer as the model is built."""
+    return {c.name: int(c.phases[0]) for c in model.customers if len(c.phases) == 1}
 
 
-def _check_movable(model: FeederModel, names: Sequence[str] | None, what: str) -> list[int]:
-    """Positions of ``names`` (default: all movable customers), validated."""
+def _check_movable(model: FeederModel, names: Sequence[str] | None, what: str, *, at_bus: bool = False) -> list[int]:
+    """Positions of ``names`` (default: all movable customers), validated (``at_bus``: see
+    :func:`_movability`)."""
+    conn = _movability(model, at_bus=at_bus)
     if names is None:
-        return [i for i, c in enumerate(model.customers) if _why_not_movable(model, c) is None]
+        return [i for i, c in enumerate(model.customers) if isinstance(conn[c.name], Connection)]
     if isinstance(names, str):
         raise StudyError(f"{what} must be a list of customer names, got the string {names!r}")
     out: list[int] = []
     for n in names:
         i = _index(model, n, what)
-        why = _why_not_movable(model, model.customers[i])
-        if why is not None:
+        why = conn[model.customers[i].name]
+        if not isinstance(why, Connection):
             raise StudyError(f"customer {model.customers[i].name} in {what} {why}")
         if i not in out:
             out.append(i)
@@ -78,17 +88,18 @@ def choose_switches(
     """The customers fitted with a phase selector switch.
 
     Either an explicit list ``customers`` (validated: known, single-phase, three phases on
-    the bus) or a reproducible random ``share`` (0..1) of the movable customers, drawn with
+    the bus) or a reproducible random ``share`` (0..1) of the customers that could have
+    one (single-phase, three phases on their bus), drawn with
     ``seed`` (``round(share x n)`` customers, in model order).
     """
     if (share is None) == (customers is None):
         raise StudyError("choose_switches: give exactly one of share= or customers=")
     if customers is not None:
-        return [model.customers[i].name for i in _check_movable(model, customers, "the switch list")]
+        return [model.customers[i].name for i in _check_movable(model, customers, "the switch list", at_bus=True)]
     s = float(share)  # type: ignore[arg-type]
     if not (0.0 <= s <= 1.0):
         raise StudyError(f"switch share must be between 0 and 1, got {share}")
-    pool = movable_customers(model)
+    pool = [model.customers[i].name for i in _check_movable(model, None, "the switch list", at_bus=True)]
     k = round(s * len(pool))
     pick = np.random.default_rng(seed).choice(len(pool), size=k, replace=False) if k else np.zeros(0, int)
     return [pool[i] for i in sorted(int(x) for x in pick)]

@@ -10,9 +10,10 @@ import xarray as xr
 
 from lv3ph.dss import Engine
 from lv3ph.errors import ModelError, StudyError
-from lv3ph.model import Customer, FeederModel
-from lv3ph.phases.customers import _index, _why_not_movable, as_built
+from lv3ph.model import FeederModel, node_spec
+from lv3ph.phases.customers import _index, _movability, as_built
 from lv3ph.powerflow import RunSpec, capture, solve_raw
+from lv3ph.topology import Connection, phase_nodes_at
 from lv3ph.unbalance import unbalance
 
 
@@ -28,6 +29,25 @@ def _head_line(model: FeederModel) -> int:
             if model.elements[i].buses[0] == lv:
                 return i
     return lines[0]
+
+
+def head_currents(model: FeederModel, pf: xr.Dataset) -> tuple[xr.DataArray, xr.DataArray | None]:
+    """|current| (A) of the line leaving the transformer: per traced phase (time, phase =
+    1, 2, 3; NaN for a missing phase) and in its neutral conductor (time; None when the
+    line has no neutral-role conductor)."""
+    head = _head_line(model)
+    e = model.elements[head]
+    cur = np.abs(np.asarray(pf.current.isel(element=head).values)[:, : e.n_conductors])
+    nodes = e.nodes[: e.n_conductors]
+    phase = np.full((cur.shape[0], 3), np.nan)
+    for j, x in enumerate(nodes):
+        if x >= 0 and 1 <= model.node_role[x] <= 3:
+            phase[:, int(model.node_role[x]) - 1] = cur[:, j]
+    neutral = [j for j, x in enumerate(nodes) if model.is_neutral(int(x))]
+    time = pf["time"]
+    ph = xr.DataArray(phase, dims=("time", "phase"), coords={"time": time, "phase": [1, 2, 3]}, attrs={"units": "A"})
+    ne = xr.DataArray(cur[:, neutral[0]], dims=("time",), coords={"time": time}, attrs={"units": "A"})
+    return ph, (ne if neutral else None)
 
 
 def feeder_metrics(model: FeederModel, pf: xr.Dataset, unb: xr.Dataset | None = None) -> dict[str, float]:
@@ -46,12 +66,12 @@ def feeder_metrics(model: FeederModel, pf: xr.Dataset, unb: xr.Dataset | None = 
     lv = [b for b in u.bus.values if 0 < kv.get(str(b), 0.0) < 1.0]
     if lv:  # low-voltage buses only (the source side would dominate the voltage extremes)
         u = u.sel(bus=lv)
-    head = _head_line(model)
-    e = model.elements[head]
-    cur = np.asarray(pf.current.isel(element=head).values)[:, : e.n_conductors]
-    nodes = e.nodes[: e.n_conductors]
-    neutral = [i for i, x in enumerate(nodes) if x >= 0 and model.node_terminal[x] >= 4]
-    i_n = np.abs(cur[:, neutral[0]]) if neutral else np.abs(cur.sum(axis=1))
+    _, head_n = head_currents(model, pf)
+    if head_n is not None:
+        i_n = head_n.values
+    else:  # three-wire: the residual current
+        e = model.elements[_head_line(model)]
+        i_n = np.abs(np.asarray(pf.current.isel(element=_head_line(model)).values)[:, : e.n_conductors].sum(axis=1))
     dt_h = float(pf.attrs.get("stepsize_s", 3600.0)) / 3600.0
     worst = u.pvur_pct.max("bus", skipna=True)
     return {
@@ -68,15 +88,21 @@ def feeder_metrics(model: FeederModel, pf: xr.Dataset, unb: xr.Dataset | None = 
     }
 
 
-def _bus1(model: FeederModel, c: Customer, phase: int) -> str:
-    neutral = f".{int(model.node_terminal[c.neutral_node])}" if c.neutral_node >= 0 else ""
-    return f"{c.bus}.{phase}{neutral}"
+def _moved(spec_nodes: tuple[int, ...], old: int, new: int) -> list[int]:
+    return [new if x == old else x for x in spec_nodes]
 
 
 def arrangement_commands(model: FeederModel, arrangement: Mapping[str, int]) -> tuple[list[str], list[str]]:
-    """OpenDSS edits that move customers (their Load and devices) to the phases of
-    ``arrangement``, and the edits that undo them. One system-matrix rebuild when applied."""
+    """OpenDSS edits that move customers to the traced phases of ``arrangement``, and the
+    edits that undo them. One system-matrix rebuild when applied.
+
+    Where the customer has a service cable (its bus lacks three phases), the cable's
+    feeder-side terminal is moved (``Line.svc7.bus1=t5.2.4`` -> ``t5.1.4``) and everything
+    behind it follows; where it sits on a bus with three phases, its Load and devices are
+    reconnected there (``bus1=<bus>.<node of the new phase>.<its neutral node>``).
+    """
     base = as_built(model)
+    where = _movability(model)
     edits, undo = [], []
     for name, ph in arrangement.items():
         i = _index(model, name, "the arrangement")
@@ -87,12 +113,18 @@ def arrangement_commands(model: FeederModel, arrangement: Mapping[str, int]) -> 
             raise StudyError(f"customer {c.name} is not a single-phase customer")
         if int(ph) == base[c.name]:
             continue
-        why = _why_not_movable(model, c)
-        if why is not None:
-            raise StudyError(f"customer {c.name} {why}")
+        conn = where[c.name]
+        if not isinstance(conn, Connection):
+            raise StudyError(f"customer {c.name} {conn}")
+        target = phase_nodes_at(model, conn.bus, int(model.node_group[conn.phase_node]))[int(ph)]
+        if conn.element:
+            bus = f"{conn.element}.bus{conn.terminal}"
+            edits.append(f"{bus}={node_spec(model, conn.bus, _moved(conn.nodes, conn.phase_node, target))}")
+            undo.append(f"{bus}={node_spec(model, conn.bus, list(conn.nodes))}")
+            continue
         for dev in c.devices:
-            edits.append(f"{dev}.bus1={_bus1(model, c, int(ph))}")
-            undo.append(f"{dev}.bus1={_bus1(model, c, base[c.name])}")
+            edits.append(f"{dev}.bus1={node_spec(model, c.bus, [target, c.neutral_node])}")
+            undo.append(f"{dev}.bus1={node_spec(model, c.bus, [conn.phase_node, c.neutral_node])}")
     return edits, undo
 
 

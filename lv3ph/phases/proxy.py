@@ -74,7 +74,7 @@ def _feeder_tree(model: FeederModel) -> tuple[str, dict[str, tuple[str, int]]]:
 
 
 def _loop_matrix(model: FeederModel, pos: int) -> ComplexArray:
-    """3x3 phase-to-neutral loop impedance (ohm) of a line, rows/cols = phases 1..3."""
+    """3x3 phase-to-neutral loop impedance (ohm) of a line, rows/cols = traced phases a..c."""
     e = model.elements[pos]
     k = e.n_conductors
     try:
@@ -82,9 +82,9 @@ def _loop_matrix(model: FeederModel, pos: int) -> ComplexArray:
     except np.linalg.LinAlgError:
         return np.zeros((3, 3), dtype=np.complex128)
     nodes = e.nodes[:k]
-    term = np.where(nodes >= 0, model.node_terminal[np.maximum(nodes, 0)], 0)
-    ph = {int(t): i for i, t in enumerate(term) if 1 <= t <= 3}
-    nn = [i for i, t in enumerate(term) if t >= 4]
+    role = np.where(nodes >= 0, model.node_role[np.maximum(nodes, 0)], -1)
+    ph = {int(r): i for i, r in enumerate(role) if 1 <= r <= 3}
+    nn = [i for i, r in enumerate(role) if r == 0 and nodes[i] >= 0]
     out = np.zeros((3, 3), dtype=np.complex128)
     for p, ip in ph.items():
         for q, iq in ph.items():

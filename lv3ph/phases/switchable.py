@@ -49,7 +49,7 @@ import numpy as np
 
 from lv3ph.dss import Engine
 from lv3ph.errors import ModelError, StudyError
-from lv3ph.model import ComplexArray, Customer, FeederModel
+from lv3ph.model import ComplexArray, Customer, FeederModel, node_spec
 from lv3ph.phases.customers import _bus_phase_nodes, _check_movable, _profiles
 from lv3ph.phases.switching import as_built_schedule
 from lv3ph.powerflow import RunSpec, solve_raw
@@ -61,12 +61,13 @@ def switchable_commands(model: FeederModel, customers: Sequence[str]) -> list[st
     """OpenDSS commands that make ``customers`` switchable (see the module docstring).
 
     Per customer ``x`` on phase ``k`` of bus ``b``: ``New Load.x_p{1,2,3} like=x
-    bus1=b.{1,2,3}.<neutral> status=fixed`` (the phase-``k`` copy keeps ``x``'s kW, the
+    bus1=b.<node of phase a, b, c>.<neutral node> status=fixed`` (traced phases, OpenDSS
+    terminal numbers of those nodes; the phase-``k`` copy keeps ``x``'s kW, the
     other two get 0 kW), then ``x`` and the customer's PV/storage/generator elements are
     disabled (the customer's whole net power moves with it, set per step by
     :func:`run_switching`).
     """
-    chosen = _check_movable(model, list(customers), "the switch list")
+    chosen = _check_movable(model, list(customers), "the switch list", at_bus=True)
     existing = set(model.customer_index())
     out: list[str] = []
     for i in chosen:
@@ -74,10 +75,11 @@ def switchable_commands(model: FeederModel, customers: Sequence[str]) -> list[st
         for sfx in _SUFFIX:
             if c.name + sfx in existing:
                 raise ModelError(f"customer {c.name}: a Load {c.name + sfx} already exists (already switchable?)")
-        neutral = f".{int(model.node_terminal[c.neutral_node])}" if c.neutral_node >= 0 else ""
+        at = _bus_phase_nodes(model, c)
         for ph, sfx in zip((1, 2, 3), _SUFFIX, strict=True):
             zero = "" if ph == c.phases[0] else " kW=0 kvar=0"
-            out.append(f"New Load.{c.name}{sfx} like={c.name} bus1={c.bus}.{ph}{neutral} status=fixed{zero}")
+            bus1 = node_spec(model, c.bus, [at[ph], c.neutral_node])
+            out.append(f"New Load.{c.name}{sfx} like={c.name} bus1={bus1} status=fixed{zero}")
         out.append(f"Load.{c.name}.enabled=no")
         out.extend(f"{d}.enabled=no" for d in c.devices if not d.startswith("load."))
     return out
@@ -96,10 +98,10 @@ def make_switchable(engine: Engine, model: FeederModel, customers: Sequence[str]
     neutral of its bus (module docstring). Raises :class:`~lv3ph.errors.ModelError` if a
     switchable customer shares its bus's phase nodes with another customer or device.
     """
-    chosen = _check_movable(model, list(customers), "the switch list")
+    chosen = _check_movable(model, list(customers), "the switch list", at_bus=True)
     for i in chosen:
         c = model.customers[i]
-        nodes = set(_bus_phase_nodes(model, c.bus).values())
+        nodes = set(_bus_phase_nodes(model, c).values())
         for j, other in enumerate(model.customers):
             if j != i and {int(x) for x in other.phase_nodes} & nodes:
                 raise ModelError(
@@ -232,7 +234,11 @@ def switching_setter(
                 f"{hidden[0]} belongs to a switchable customer and was folded into its phase Loads: "
                 "pass its output in pv_kw"
             )
-    base = [engine.load_connection(nm) for nm in names]
+    base = []
+    for nm, i in zip(names, sw, strict=True):  # as-built traced phase of x from the (disabled) Load x's bus1
+        terminal, kw0, kvar0 = engine.load_connection(nm)
+        node = model.nodes.index(f"{model.customers[i].bus}.{terminal}")
+        base.append((int(model.node_role[node]), kw0, kvar0))
     if q is None:
         ratio = np.array([kvar / kw if kw else 0.0 for _, kw, kvar in base])
         q = np.zeros_like(p)

@@ -82,7 +82,7 @@ def switching_schedule(
         raise StudyError(f"start must be >= 1, got {start}")
     per = _steps_per_interval(float(interval_s), float(stepsize_s))
     p, q = _profiles(model, load_kw, pv_kw, load_kvar)
-    mov = _check_movable(model, list(switches), "the switch list")
+    mov = _check_movable(model, list(switches), "the switch list", at_bus=True)
     steps = p.shape[0]
     schedule = as_built_schedule(model, steps)
     if not mov or max_ops_per_day == 0:
