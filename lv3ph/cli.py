@@ -19,8 +19,8 @@ import pandas as pd
 import xarray as xr
 
 from lv3ph.en50160 import en50160_table
-from lv3ph.errors import IsolatedCustomerWarning, Lv3phError
-from lv3ph.io import check_output, incomplete_path, open_result, write_csv, write_dataset
+from lv3ph.errors import IsolatedCustomerWarning, Lv3phError, OutputError
+from lv3ph.io import check_output, incomplete_path, is_store, open_result, write_csv, write_dataset
 from lv3ph.powerflow import RunSpec, open_feeder
 from lv3ph.stream import CAPTURES, Feeder, resume, run_streamed, write_captured
 from lv3ph.topology import ISOLATED, customers_table, earthing_table, role_label
@@ -200,9 +200,13 @@ def cmd_powerflow(args: argparse.Namespace) -> int:
     out = Path(args.out)
     netcdf = out.suffix == ".nc"
     store_out = out.with_name(out.name + ".zarr") if netcdf else out
-    check_output(store_out, folder=True)
     if netcdf:
         check_output(out)
+    if store_out.exists() and not is_store(store_out):
+        raise OutputError(
+            f"cannot write {store_out}: it is a {'folder' if store_out.is_dir() else 'file'}, not a result store"
+        )
+    check_output(store_out, folder=True)
     if args.csv:
         check_output(args.csv, folder=True)
     progress = not args.no_progress

@@ -29,15 +29,13 @@ import pandas as pd
 import xarray as xr
 import zarr
 
-from lv3ph.errors import Lv3phError
+from lv3ph.errors import Lv3phError, OutputError
 
 #: Suffix of a store whose run has not finished.
 INCOMPLETE = ".incomplete"
 #: Dimensions a :class:`BlockStore` appends along.
 APPEND_DIMS = ("time", "interval")
 _PROGRESS = "lv3ph_progress.json"
-
-from lv3ph.errors import OutputError
 
 
 def check_output(path: str | Path, *, folder: bool = False) -> None:
@@ -120,6 +118,11 @@ def _join_complex(ds: xr.Dataset) -> xr.Dataset:
 def read_dataset(path: str | Path) -> xr.Dataset:
     """Read a Dataset written by :func:`write_dataset`, joining complex parts."""
     return _join_complex(xr.load_dataset(path, engine="h5netcdf"))
+
+
+def is_store(path: str | Path) -> bool:
+    """True if ``path`` is a zarr store (a folder lv3ph may replace with a new result)."""
+    return (Path(path) / "zarr.json").is_file()
 
 
 def incomplete_path(out: str | Path) -> Path:
@@ -253,6 +256,8 @@ class BlockStore:
         group = zarr.open_group(str(self.path), mode="r+")
         group.attrs["lv3ph_complete"] = 1
         target = Path(out)
+        if target.exists() and not is_store(target):
+            raise OutputError(f"cannot write {target}: it is not a result store (left as it is)")
         if target.exists():
             old = target.with_name(f".{target.name}.old")
             if old.exists():
