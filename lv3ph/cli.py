@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from lv3ph.en50160 import en50160_table
+from lv3ph.en50160 import EN50160_COLUMNS, en50160_table
 from lv3ph.errors import IsolatedCustomerWarning, Lv3phError, OutputError
 from lv3ph.io import check_output, incomplete_path, is_store, open_result, write_csv, write_dataset
 from lv3ph.powerflow import RunSpec, open_feeder
@@ -239,25 +239,8 @@ def cmd_powerflow(args: argparse.Namespace) -> int:
         if viol is not None:
             written += write_tables(ds.load(), viol, folder)
         if "compliant" in ds:
-            written.append(
-                str(
-                    write_csv(
-                        en50160_table(
-                            ds[
-                                [
-                                    "v_within_band_pct",
-                                    "v10_min_v",
-                                    "v10_max_v",
-                                    "vuf_p95_pct",
-                                    "pvur_p95_pct",
-                                    "compliant",
-                                ]
-                            ].load()
-                        ),
-                        folder / "en50160.csv",
-                    )
-                )
-            )
+            table = en50160_table(ds[EN50160_COLUMNS[2:]].load())
+            written.append(str(write_csv(table, folder / "en50160.csv")))
     for line in _summary(ds, viol, args.vne_threshold):
         print(line)
     if netcdf:

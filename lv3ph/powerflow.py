@@ -359,6 +359,8 @@ def head_line(model: FeederModel) -> int:
     """Position of the line that leaves the transformer's LV bus (or the first line)."""
     tx = [e for e in model.elements if e.kind == "transformer"]
     lines = [i for i, e in enumerate(model.elements) if e.kind == "line"]
+    if not lines:
+        raise ModelError(f"{model.path} has no lines")
     if tx:
         lv = tx[0].buses[-1]
         for i in lines:

@@ -153,26 +153,13 @@ def capture_block(
     steps = np.arange(spec.start, spec.start + vt.shape[1])
     with np.errstate(all="ignore"):
         extremes = {
-            "customer_v_min_v": (
-                "time",
-                _nan_reduce(np.fmin, v),
-                {"units": "V", "long_name": "lowest customer voltage"},
-            ),
-            "customer_v_max_v": (
-                "time",
-                _nan_reduce(np.fmax, v),
-                {"units": "V", "long_name": "highest customer voltage"},
-            ),
-            "customer_vuf_max_pct": (
-                "time",
-                _nan_reduce(np.fmax, vuf),
-                {"units": "%", "long_name": "highest customer VUF"},
-            ),
-            "customer_pvur_max_pct": (
-                "time",
-                _nan_reduce(np.fmax, pvur),
-                {"units": "%", "long_name": "highest customer PVUR"},
-            ),
+            f"customer_{name}": ("time", _nan_reduce(op, x), {"units": unit, "long_name": f"{what} (over customers)"})
+            for name, op, x, unit, what in (
+                ("v_min_v", np.fmin, v, "V", "lowest phase-to-neutral voltage"),
+                ("v_max_v", np.fmax, v, "V", "highest phase-to-neutral voltage"),
+                ("vuf_max_pct", np.fmax, vuf, "%", "highest VUF"),
+                ("pvur_max_pct", np.fmax, pvur, "%", "highest PVUR"),
+            )
         }
     if level == "full":
         pf = capture(model, spec, vt, measured)
