@@ -43,8 +43,8 @@ _keep_freed_arrays()
 __version__ = "0.1.0"
 
 from lv3ph.dss import Engine
-from lv3ph.model import FeederModel
 from lv3ph.io import open_result
+from lv3ph.model import FeederModel
 from lv3ph.powerflow import RunSpec, run_powerflow
 
 __all__ = ["Engine", "FeederModel", "RunSpec", "__version__", "open_result", "run_powerflow"]
