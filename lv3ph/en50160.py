@@ -294,6 +294,15 @@ def interval_dataset(
 # ----------------------------------------------------------------------------- periods
 
 
+#: Per-step extremes carried from the intervals into each period: reduction and axes.
+STEP_EXTREMES: dict[str, tuple[Any, tuple[int, ...]]] = {
+    "v_step_min_v": (np.nanmin, (0, 2)),
+    "v_step_max_v": (np.nanmax, (0, 2)),
+    "vuf_step_max_pct": (np.nanmax, (0,)),
+    "pvur_step_max_pct": (np.nanmax, (0,)),
+}
+
+
 def _nearest_rank(x: NDArray[np.float64], q: float) -> float:
     x = x[np.isfinite(x)]
     return float(np.percentile(x, q, method="inverted_cdf")) if x.size else math.nan
@@ -306,7 +315,9 @@ def period_statistics(intervals: xr.Dataset, config: En50160) -> xr.Dataset:
     with ``v_within_band_pct`` (share of the interval voltages within Un +/- band, of the
     customer's worst phase, %), ``v10_min_v``, ``v10_max_v`` (over all its phases, V),
     ``vuf_p95_pct``, ``pvur_p95_pct`` (``percentile``-th percentile, %), ``n_intervals``,
-    ``v_outside_envelope`` (interval values outside +high/-low) and ``compliant``.
+    ``v_outside_envelope`` (interval values outside +high/-low) and ``compliant``; and the
+    per-step extremes of the period, ``week_v_step_min_v``, ``week_v_step_max_v``,
+    ``week_vuf_step_max_pct``, ``week_pvur_step_max_pct``, when ``intervals`` has them.
     Works on lazy (dask) input: it loads one period at a time.
     """
     per_period = round(config.period_s / config.interval_s)
@@ -326,9 +337,15 @@ def period_statistics(intervals: xr.Dataset, config: En50160) -> xr.Dataset:
     outside = np.zeros((weeks.size, nc), dtype=np.int64)
     compliant = np.zeros((weeks.size, nc), dtype=bool)
     q = config.percentile
+    extremes: dict[str, NDArray[np.float64]] = {}
     for w, week in enumerate(weeks):
         sel = np.nonzero(week_of == week)[0]
-        part = intervals[["v10_v", "vuf10_pct", "pvur10_pct"]].isel(interval=slice(sel[0], sel[-1] + 1)).load()
+        names = ["v10_v", "vuf10_pct", "pvur10_pct", *(k for k in STEP_EXTREMES if k in intervals)]
+        part = intervals[names].isel(interval=slice(sel[0], sel[-1] + 1)).load()
+        for k, (op, axes) in STEP_EXTREMES.items():
+            if k in part:
+                with np.errstate(all="ignore"):
+                    extremes.setdefault(k, np.full((weeks.size, nc), np.nan))[w] = op(part[k].values, axis=axes)
         v = np.asarray(part["v10_v"].values)  # (intervals, customer, phase)
         present = np.isfinite(v)
         n = present.sum(axis=0)  # per (customer, phase)
@@ -374,6 +391,14 @@ def period_statistics(intervals: xr.Dataset, config: En50160) -> xr.Dataset:
                 {"long_name": f"interval voltages outside Un +{config.high_pct:g} / -{config.low_pct:g} %"},
             ),
             "compliant": (dims, compliant, {"long_name": "EN 50160 verdict for the period"}),
+            **{
+                f"week_{k}": (
+                    dims,
+                    x,
+                    {"units": "V" if k.endswith("_v") else "%", "long_name": f"per-step extreme: {k}"},
+                )
+                for k, x in extremes.items()
+            },
         },
         coords={"week": weeks + 1, "customer": customers},
         attrs=config.to_attrs(),

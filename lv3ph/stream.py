@@ -36,7 +36,7 @@ import xarray as xr
 from tqdm.auto import tqdm
 
 from lv3ph.dss import Engine
-from lv3ph.en50160 import En50160, customer_quality, interval_dataset, period_statistics
+from lv3ph.en50160 import STEP_EXTREMES, En50160, customer_quality, interval_dataset, period_statistics
 from lv3ph.errors import Lv3phError, ModelError
 from lv3ph.io import BlockStore
 from lv3ph.model import ComplexArray, FeederModel
@@ -347,7 +347,7 @@ def _fill(
             block = capture_block(model, replace(spec, start=k0, steps=vt.shape[1]), vt, measured, level, cfg)
             store.append(block, chunks)
         if per:
-            iv = store.open()[["v10_v", "vuf10_pct", "pvur10_pct"]]
+            iv = store.open()[["v10_v", "vuf10_pct", "pvur10_pct", *STEP_EXTREMES]]
             store.add(period_statistics(iv.sel(customer=[c.name for c in model.customers]), cfg))
     except Lv3phError:
         store.discard()

@@ -105,3 +105,16 @@ def test_customer_quality_against_opendss() -> None:
         volts = np.asarray(dss.Bus.Voltages()).ravel()
         pn = np.abs([volts[nodes.index(t)] - volts[nodes.index(4)] for t in (1, 2, 3)])
         assert pvur[0, j] == pytest.approx(100 * np.max(np.abs(pn - pn.mean())) / pn.mean(), rel=1e-9), c.name
+
+
+def test_period_carries_the_per_step_extremes() -> None:
+    steps = 7 * 1440  # one week of minutes
+    v = np.full((steps, 1, 1), 230.0)
+    v[100, 0, 0] = 190.0  # one minute low: the 10-minute rms stays above 226 V
+    u = np.full((steps, 1), 0.5)
+    u[200, 0] = 2.5
+    _, week = aggregate(v, u, u, start=1, stepsize_s=60.0)
+    assert float(week.week_v_step_min_v[0, 0]) == 190.0 and float(week.week_v_step_max_v[0, 0]) == 230.0
+    assert float(week.week_vuf_step_max_pct[0, 0]) == 2.5
+    assert float(week.v10_min_v[0, 0]) == pytest.approx(np.sqrt((9 * 230.0**2 + 190.0**2) / 10))
+    assert bool(week.compliant[0, 0])  # per-step extremes do not decide EN 50160
