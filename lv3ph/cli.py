@@ -77,6 +77,8 @@ def _open(args: argparse.Namespace):  # type: ignore[no-untyped-def]
 
 def cmd_info(args: argparse.Namespace) -> int:
     """Print what the model contains (and with ``--csv DIR`` write customers.csv, earthing.csv)."""
+    if args.csv:
+        check_output(args.csv, folder=True)
     engine, model = _open(args)
     kinds = pd.Series([e.kind for e in model.elements]).value_counts()
     per_phase = pd.Series([c.phase_letters for c in model.customers]).value_counts().sort_index()

@@ -69,6 +69,20 @@ class HostingSpec:
     source_pu: float | None = None
     pvur: bool = True
     step_kw: float = 0.5
+    criterion: str = "item"
+    basis: str = "step"
+    controls: tuple[str, ...] = ("none",)
+    pv_aware: tuple[bool, ...] = (False,)
+
+    def variants(self, arrangement: str) -> list[tuple[str, bool, str | None]]:
+        """``(label, pv_aware, controls)`` of every run of ``arrangement``: PV-aware
+        planning only changes the re-phased arrangements; ``controls`` ``none`` is None."""
+        out = []
+        for aware in self.pv_aware if arrangement != "as-built" else (False,):
+            for ctl in self.controls:
+                label = arrangement + ("-pv-aware" if aware else "") + ("" if ctl == "none" else f"+{ctl}")
+                out.append((label, aware, None if ctl == "none" else ctl))
+        return out
 
 
 @dataclass(frozen=True)

@@ -529,45 +529,58 @@ def run_hosting_study(
     base = [f"Edit Vsource.source pu={h.source_pu}"] if h.source_pu else []
     results = {}
     for arrangement in spec.arrangement:
-        edits, switching = arrangement_setup(
-            spec.model,
-            arrangement,
-            run=spec.run,
-            vmaxpu=spec.vmaxpu,
-            commands=base,
-            switching={
-                "share": spec.phases.switch_share,
-                "interval_s": spec.phases.interval_s,
-                "max_ops_per_day": spec.phases.max_ops_per_day,
-                "objective": spec.phases.objective,
-                "seed": spec.phases.seed,
-            },
-        )
-        results[arrangement] = hosting_capacity(
-            spec.model,
-            run=spec.run,
-            limits=limits,
-            placements=h.placements,
-            seed=h.seed,
-            kwp_range=h.kwp,
-            step_kw=h.step_kw,
-            vmaxpu=spec.vmaxpu,
-            pme_ohm=spec.pme_ohm[0] or None,
-            commands=base + edits,
-            switching=switching,
-            serial=serial,
-            workers=workers,
-            scheduler=scheduler,
-            progress=progress,
-            label=arrangement,
-        )
+        for label, aware, controls in h.variants(arrangement):
+            edits, switching = arrangement_setup(
+                spec.model,
+                arrangement,
+                run=spec.run,
+                vmaxpu=spec.vmaxpu,
+                commands=base,
+                switching={
+                    "share": spec.phases.switch_share,
+                    "interval_s": spec.phases.interval_s,
+                    "max_ops_per_day": spec.phases.max_ops_per_day,
+                    "objective": spec.phases.objective,
+                    "seed": spec.phases.seed,
+                },
+                pv_aware=aware,
+                expected_kwp=0.5 * (h.kwp[0] + h.kwp[1]),
+            )
+            results[label] = hosting_capacity(
+                spec.model,
+                run=spec.run,
+                limits=limits,
+                placements=h.placements,
+                seed=h.seed,
+                kwp_range=h.kwp,
+                step_kw=h.step_kw,
+                vmaxpu=spec.vmaxpu,
+                pme_ohm=spec.pme_ohm[0] or None,
+                commands=base + edits,
+                switching=switching,
+                pre_existing=h.criterion,
+                basis=h.basis,
+                controls=controls,
+                serial=serial,
+                workers=workers,
+                scheduler=scheduler,
+                progress=progress,
+                label=label,
+            )
     rows = []
     for arrangement, res in results.items():
         write_csv(res.placements, spec.out / f"hosting_{arrangement}.csv")
         write_csv(res.steps, spec.out / f"kept_steps_{arrangement}.csv")
         counts = res.binding_counts()
         rows.append(
-            {"arrangement": arrangement, **res.summary, "binding": ", ".join(f"{k} {v}" for k, v in counts.items())}
+            {
+                "arrangement": arrangement,
+                **res.summary,
+                "criterion": res.settings["pre_existing"],
+                "basis": res.settings["basis"],
+                "curtailed_kwh": float(res.placements["curtailed_kwh"].sum()),
+                "binding": ", ".join(f"{k} {v}" for k, v in counts.items()),
+            }
         )
     summary = pd.DataFrame(rows)
     write_csv(summary, spec.out / "summary.csv")
