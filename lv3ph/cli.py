@@ -12,6 +12,7 @@ import shutil
 import sys
 import warnings
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -82,6 +83,8 @@ def _open(args: argparse.Namespace):  # type: ignore[no-untyped-def]
 
 def cmd_info(args: argparse.Namespace) -> int:
     """Print what the model contains (and with ``--csv DIR`` write customers.csv, earthing.csv)."""
+    if args.csv:
+        check_output(args.csv, folder=True)
     engine, model = _open(args)
     kinds = pd.Series([e.kind for e in model.elements]).value_counts()
     per_phase = pd.Series([c.phase_letters for c in model.customers]).value_counts().sort_index()
@@ -493,6 +496,8 @@ def cmd_study(args: argparse.Namespace) -> int:
     from lv3ph.studyfile import load_study
 
     spec = load_study(args.study)
+    if args.out is not None:
+        spec = replace(spec, out=args.out.resolve())
     if spec.hosting is not None:
         table, report = run_hosting_study(
             spec, serial=args.serial, scheduler=args.scheduler, workers=args.workers, progress=not args.no_progress
@@ -501,7 +506,12 @@ def cmd_study(args: argparse.Namespace) -> int:
         print(f"report     {report}")
         return 0
     _spec, results, report = run_study(
-        args.study, serial=args.serial, scheduler=args.scheduler, workers=args.workers, progress=not args.no_progress
+        args.study,
+        serial=args.serial,
+        scheduler=args.scheduler,
+        workers=args.workers,
+        progress=not args.no_progress,
+        out=args.out,
     )
     summary = pd.DataFrame([r.summary for r in results])
     cols = [
@@ -516,6 +526,25 @@ def cmd_study(args: argparse.Namespace) -> int:
     ]
     with pd.option_context("display.width", 200, "display.max_columns", 20):
         print(summary[cols].round(3).to_string(index=False))
+    print(f"report     {report}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """Draw a study's report again from its result folder (nothing is solved)."""
+    from lv3ph.hosting import HostingResult
+    from lv3ph.report import write_hosting_report, write_report
+    from lv3ph.results import read_hosting, read_metadata, read_results
+
+    out = args.out if args.out is not None else args.results
+    if read_metadata(args.results)["kind"] == "hosting":
+        spec, placements, summary = read_hosting(args.results)
+        empty = pd.DataFrame()
+        results = {a: HostingResult(df, empty, empty, empty, label=a) for a, df in placements.items()}
+        report = write_hosting_report(spec, results, summary, out)
+    else:
+        spec, scenario_results, summary = read_results(args.results)
+        report = write_report(spec, scenario_results, summary, out)
     print(f"report     {report}")
     return 0
 
@@ -681,7 +710,22 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--scheduler", default=None, metavar="ADDRESS", help="use an existing Dask scheduler")
         p.add_argument("--workers", type=int, default=2, help="local Dask workers (default 2)")
         p.add_argument("--no-progress", action="store_true", help="no progress bars")
+        p.add_argument(
+            "--out",
+            type=Path,
+            default=None,
+            metavar="DIR",
+            help="output folder (default: the study file's [study].out)",
+        )
         p.set_defaults(func=cmd_study if name == "study" else cmd_demo)
+    p = sub.add_parser(
+        "report",
+        help="draw a study's report again from its results",
+        description="Re-render report.html and the figures from a result folder of lv3ph study (no power flow is solved).",
+    )
+    p.add_argument("results", type=Path, help="result folder written by lv3ph study (holds study.json)")
+    p.add_argument("--out", type=Path, default=None, metavar="DIR", help="write the report here (default: RESULT_DIR)")
+    p.set_defaults(func=cmd_report)
     return parser
 
 

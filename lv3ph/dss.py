@@ -67,12 +67,17 @@ def _new_context() -> OpenDSSDirect:
     return engine
 
 
+#: Var change (pu) under which InvControl's iterations count as settled (:meth:`Engine.add_inverter_control`).
+VAR_TOLERANCE = 1e-4
+
+
 class Engine:
     """One OpenDSS instance holding one compiled model."""
 
     def __init__(self) -> None:
         self.dss = _new_context()
         self.path: Path | None = None
+        self._controls = False
         #: drop (with a warning) customers no series path reaches, instead of refusing the model
         self.drop_isolated = False
 
@@ -114,6 +119,7 @@ class Engine:
         self.drop_isolated = drop_isolated
         if not p.is_file():
             raise ModelError(f"model file not found: {p}")
+        self._controls = False
         model_files(p)  # a Redirect cycle crashes OpenDSS; a missing file is named with its line
         self.path = None
         self.command("clear")
@@ -159,6 +165,88 @@ class Engine:
                 f"OpenDSS did not converge at {what}{self._of()} "
                 f"({self.dss.Solution.Iterations()} iterations, max {self.dss.Solution.MaxIterations()})"
             )
+        self._check_controls(what)
+
+    def _check_controls(self, what: str) -> None:
+        """With inverter controls (:meth:`add_inverter_control`): the control iterations of
+        the last solve must have settled before OpenDSS's cap (``maxcontroliter``)."""
+        if not self._controls:
+            return
+        sol = self.dss.Solution
+        if sol.ControlIterations() >= sol.MaxControlIterations():
+            raise ConvergenceError(
+                f"inverter controls did not settle at {what} ({sol.ControlIterations()} control iterations)"
+            )
+
+    def add_inverter_control(
+        self,
+        name: str,
+        pv_systems: Sequence[str],
+        *,
+        volt_var: Sequence[tuple[float, float]] | None = None,
+        volt_watt: Sequence[tuple[float, float]] | None = None,
+        max_control_iterations: int = 200,
+    ) -> None:
+        """One OpenDSS ``InvControl`` ``name`` over ``pv_systems`` (PVSystem names).
+
+        ``volt_var``: Q(U) points (voltage pu of the PVSystem's rated kV, reactive power pu
+        of its ``kvarMax`` = kVA rating; positive = supplied), mode ``VOLTVAR``,
+        ``voltage_curvex_ref=rated``, ``RefReactivePower=VARMAX``. ``volt_watt``: P(U)
+        points (voltage pu, active power limit pu of ``Pmpp``), mode ``VOLTWATT``
+        (``VoltwattYAxis=PMPPPU``). Both: ``CombiMode=VV_VW``. Every later solve checks that
+        the control iterations settled (:class:`~lv3ph.errors.ConvergenceError` otherwise).
+
+        The control iterations stop when the var change is below :data:`VAR_TOLERANCE` pu
+        (OpenDSS's default 0.025 pu leaves the result depending on where the iterations
+        started, i.e. on what was solved before: 0.04 kvar on a 4.4 kVA inverter); with no
+        hysteresis and no averaging window the converged state is then a function of the
+        step alone, so steps can be solved in any order.
+        """
+        if not pv_systems or (volt_var is None and volt_watt is None):
+            raise ModelError("add_inverter_control: give PVSystems and a volt-var and/or a volt-watt curve")
+        cmds = []
+
+        def curve(cname: str, points: Sequence[tuple[float, float]]) -> str:
+            xs = " ".join(f"{x:g}" for x, _ in points)
+            ys = " ".join(f"{y:g}" for _, y in points)
+            return f"New XYcurve.{cname} npts={len(points)} xarray=[{xs}] yarray=[{ys}]"
+
+        ders = " ".join(f"PVSystem.{n}" for n in pv_systems)
+        opts = [f"DERList=[{ders}]", "voltage_curvex_ref=rated", f"VarChangeTolerance={VAR_TOLERANCE:g}"]
+        if volt_var is not None:
+            cmds.append(curve(f"{name}_vv", volt_var))
+            opts += [f"vvc_curve1={name}_vv", "RefReactivePower=VARMAX"]
+        if volt_watt is not None:
+            cmds.append(curve(f"{name}_vw", volt_watt))
+            opts += [f"voltwatt_curve={name}_vw", "VoltwattYAxis=PMPPPU"]
+        if volt_var is not None and volt_watt is not None:
+            opts.append("CombiMode=VV_VW")
+        else:
+            opts.append("mode=" + ("VOLTVAR" if volt_var is not None else "VOLTWATT"))
+        cmds.append(f"New InvControl.{name} " + " ".join(opts))
+        cmds.append(f"set maxcontroliter={int(max_control_iterations)}")
+        self.apply(cmds)
+        self._controls = True
+
+    def pv_powers_kw(self, names: Sequence[str]) -> Callable[[], ComplexArray]:
+        """A fast reader of PVSystems' output at the last solve: ``P + jQ`` per PVSystem, kW
+        and kvar, generator convention (delivered positive)."""
+        pv = self.dss.PVsystems
+        idx = []
+        for n in names:
+            pv.Name(n)
+            if pv.Name().lower() != n.lower():
+                raise UnknownItemError(f"no PVSystem {n!r} in the model")
+            idx.append(int(pv.Idx()))
+
+        def read() -> ComplexArray:
+            out = np.empty(len(idx), dtype=np.complex128)
+            for j, i in enumerate(idx):
+                pv.Idx(i)
+                out[j] = complex(pv.kW(), pv.kvar())
+            return out
+
+        return read
 
     # ------------------------------------------------------------------ extraction
     def _active(self, name: str) -> None:
@@ -431,6 +519,7 @@ class Engine:
                 raise ConvergenceError(f"OpenDSS failed at step {k}{self._of()}: {_message(exc)}") from None
             if not converged():
                 raise ConvergenceError(f"OpenDSS did not converge at step {k} (time {k * stepsize_s:g} s){self._of()}")
+            self._check_controls(f"step {k}")
             volts[:, i] = read_v()
             for name, arr in measured.items():
                 d.Circuit.SetActiveElement(name)
@@ -571,8 +660,14 @@ class Engine:
 
         return set_kw
 
-    def pv_setter(self, names: Sequence[str]) -> Callable[[np.ndarray], None]:
-        """A fast setter of PVSystems' size: ``Pmpp`` = kWp and ``kVARated`` = 1.1 x kWp."""
+    def pv_size_setter(self, names: Sequence[str], *, var_limits: bool = False) -> Callable[[int, float], None]:
+        """A fast setter of one PVSystem's size by position in ``names``: ``Pmpp`` = kWp and
+        ``kVARated`` = 1.1 x kWp (API only: the system matrix is kept).
+
+        ``var_limits``: also set ``kvarMax`` and ``kvarMaxAbs`` to the new kVA (an inverter
+        control's reference reactive power, ``RefReactivePower=VARMAX``). OpenDSS has no API
+        for them, so this is a text edit: use it per candidate, not per step.
+        """
         pv = self.dss.PVsystems
         idx = []
         for n in names:
@@ -580,12 +675,29 @@ class Engine:
             if pv.Name().lower() != n.lower():
                 raise UnknownItemError(f"no PVSystem {n!r} in the model")
             idx.append(int(pv.Idx()))
+        text = self.dss.Text.Command
+        lowered = [n.lower() for n in names]
+
+        def set_one(i: int, size: float) -> None:
+            pv.Idx(idx[i])
+            pv.Pmpp(float(size))
+            pv.kVARated(KVA_PER_KWP * float(size))
+            if var_limits:
+                kva = KVA_PER_KWP * float(size)
+                text(f"PVSystem.{lowered[i]}.kvarmax={kva:.9g} kvarmaxabs={kva:.9g}")
+
+        return set_one
+
+    def pv_setter(self, names: Sequence[str], *, var_limits: bool = False) -> Callable[[np.ndarray], None]:
+        """A setter of PVSystems' size: ``Pmpp`` = kWp and ``kVARated`` = 1.1 x kWp
+        (``var_limits``: see :meth:`pv_size_setter`); only changed sizes are sent."""
+        set_one = self.pv_size_setter(names, var_limits=var_limits)
+        last = np.full(len(names), np.nan)
 
         def set_kwp(kwp: np.ndarray) -> None:
-            for i, size in zip(idx, kwp, strict=True):
-                pv.Idx(i)
-                pv.Pmpp(float(size))
-                pv.kVARated(KVA_PER_KWP * float(size))
+            for i in np.nonzero(~(np.asarray(kwp, dtype=float) == last))[0].tolist():
+                set_one(i, float(kwp[i]))
+                last[i] = float(kwp[i])
 
         return set_kwp
 
@@ -642,6 +754,17 @@ class Engine:
             out[f"line.{lines.Name().lower()}"] = float(lines.Length()) * per_km.get(int(lines.Units()), 1.0)
             if not lines.Next():
                 break
+        return out
+
+    def bus_coordinates(self) -> dict[str, tuple[float, float]]:
+        """Coordinates of every bus that has them (OpenDSS ``BusCoords``/``LatLongCoords``),
+        lower-case bus name -> (x, y) in the model's own units; buses without are left out."""
+        d = self.dss
+        out: dict[str, tuple[float, float]] = {}
+        for name in d.Circuit.AllBusNames():
+            d.Circuit.SetActiveBus(name)
+            if d.Bus.Coorddefined():
+                out[name.lower()] = (float(d.Bus.X()), float(d.Bus.Y()))
         return out
 
     # ------------------------------------------------------------------ OpenDSS's own numbers (references)

@@ -32,19 +32,19 @@ from __future__ import annotations
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
+from hashlib import sha256
 from pathlib import Path
 from typing import Final
 
 import numpy as np
 import xarray as xr
-from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 
 from lv3ph.dss import Engine
 from lv3ph.errors import ModelError
 from lv3ph.model import ComplexArray, FeederModel
 from lv3ph.modelpack import ModelPack, local_master, pack_model
-from lv3ph.parallel import run_jobs
+from lv3ph.parallel import run_jobs, single_threaded
 from lv3ph.powerflow import RunSpec, capture, customer_ports, measured_devices, open_feeder
 
 #: Steps solved (and discarded) before each block but the first.
@@ -84,6 +84,7 @@ class _Block:
     """One block's job (picklable): model (path or pack), how to open it, what to solve."""
 
     model: str | ModelPack
+    key: str  # identity of the model's files (digest of the pack, or path, size and mtime)
     vmaxpu: float | None
     commands: tuple[str, ...]
     pme_ohm: float | None
@@ -98,20 +99,36 @@ class _Block:
     repeat_profiles: bool = False
 
 
+_LOCAL = threading.local()
+
+
+def _engine(b: _Block) -> Engine:
+    """This thread's engine for the block's model and options: compiled on first use, then
+    reused by later blocks of the same model (their warm-up steps make up for the state the
+    engine was left in). One per thread: an OpenDSS context must not be shared."""
+    key = (b.key, b.vmaxpu, b.commands, b.pme_ohm, b.pme_customers, b.drop_isolated)
+    cached = getattr(_LOCAL, "engine", None)
+    if cached is None or cached[0] != key:
+        _LOCAL.engine = None
+        with local_master(b.model) as path:
+            engine, _ = open_feeder(
+                path,
+                vmaxpu=b.vmaxpu,
+                commands=b.commands,
+                pme_ohm=b.pme_ohm,
+                pme_customers=list(b.pme_customers) if b.pme_customers is not None else None,
+                drop_isolated=b.drop_isolated,
+            )
+        _LOCAL.engine = cached = (key, engine)
+    return cached[1]
+
+
 def _solve_block(b: _Block) -> tuple[ComplexArray, dict[str, ComplexArray]]:
-    """Dask worker: compile the model (unpacked here if it travelled), solve the block's
-    warm-up steps and steps, keep the block's."""
-    with threadpool_limits(limits=1), local_master(b.model) as path:
-        engine, _ = open_feeder(
-            path,
-            vmaxpu=b.vmaxpu,
-            commands=b.commands,
-            pme_ohm=b.pme_ohm,
-            pme_customers=list(b.pme_customers) if b.pme_customers is not None else None,
-            drop_isolated=b.drop_isolated,
-        )
+    """Dask worker: this worker's engine for the model (compiled from the files sent with the
+    block on first use), the block's warm-up steps and steps; keep the block's."""
+    with single_threaded():
         skip = b.start - b.first
-        vt, measured = engine.run(
+        vt, measured = _engine(b).run(
             b.mode, b.stepsize_s, b.first, skip + b.steps, measure=b.measure, repeat_profiles=b.repeat_profiles
         )
     return vt[:, skip:], {k: v[skip:] for k, v in measured.items()}
@@ -193,6 +210,11 @@ def solve_split_raw(
         raise ModelError("mode snap solves one step: nothing to split (use --workers 1)")
     engine.check_profiles(spec.mode, spec.stepsize_s, spec.start, spec.steps, repeat=spec.repeat_profiles)
     source: str | ModelPack = pack_model(model.path) if scheduler else str(Path(model.path).resolve())
+    if isinstance(source, ModelPack):
+        key = sha256(source.data).hexdigest()
+    else:
+        st = Path(source).stat()
+        key = f"{source}:{st.st_size}:{st.st_mtime_ns}"
     measure = tuple(measured_devices(customer_ports(model)))
     jobs = []
     for first, steps in blocks(spec.start, spec.steps, workers):
@@ -200,6 +222,7 @@ def solve_split_raw(
         jobs.append(
             _Block(
                 model=source,
+                key=key,
                 vmaxpu=vmaxpu,
                 commands=tuple(commands),
                 pme_ohm=pme_ohm,

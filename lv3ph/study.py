@@ -9,7 +9,7 @@ per worker process); a serial run gives identical numbers.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, cast
@@ -28,7 +28,7 @@ from lv3ph.en50160 import aggregate, customer_quality, en50160_table
 from lv3ph.errors import StudyError
 from lv3ph.market import bilateral, bills, community_auction, no_market
 from lv3ph.market.clearing import MarketResult, Preference
-from lv3ph.model import battery_commands, loadshape_command, pv_commands
+from lv3ph.model import Customer, battery_commands, loadshape_command, pv_commands
 from lv3ph.parallel import run_jobs
 from lv3ph.phases import (
     Objective,
@@ -41,13 +41,13 @@ from lv3ph.phases import (
     switching_operations,
     switching_schedule,
 )
-from lv3ph.powerflow import capture, customer_ports, open_feeder, solve_raw
+from lv3ph.powerflow import capture, customer_ports, neutral_conductors, open_feeder, solve_raw
 from lv3ph.prosumers import dispatch_p2p, dispatch_self_consumption, place_pv, pv_profile_kw_per_kwp
-from lv3ph.results import Scenario, ScenarioResult, StudySpec
+from lv3ph.results import Scenario, ScenarioResult, StudySpec, write_metadata
 from lv3ph.stream import write_captured
 from lv3ph.studyfile import load_study, scenarios
 from lv3ph.topology import phase_labels
-from lv3ph.unbalance import phase_neutral_voltage, unbalance, violation_summary, violations
+from lv3ph.unbalance import line_loading_pct, phase_neutral_voltage, unbalance, violation_summary, violations
 
 
 # ---------------------------------------------------------------------------- one scenario
@@ -158,6 +158,7 @@ def _run_scenario(spec: StudySpec, sc: Scenario, *, progress: bool) -> ScenarioR
             engine.apply(edits)
             model = engine.model()
     phases = phase_labels(model)  # network and traced phase(s) of each customer
+    customers = model.customers  # as arranged for the period (dynamic switching starts from these)
     if sc.arrangement == "dynamic":
         switches = choose_switches(model, share=spec.phases.switch_share, seed=spec.phases.seed)
         schedule = switching_schedule(
@@ -232,6 +233,9 @@ def _run_scenario(spec: StudySpec, sc: Scenario, *, progress: bool) -> ScenarioR
     allocation = allocation_table(results, dt_h)
     bill = bills(net_kw, names, times, market.contracts, market.price_eur_kwh, spec.tariffs, dt_h)
     series = _series(model, engine.line_lengths_km(), pf, unb, market, pv_kw, load_kw, bat_kw)
+    series = series.merge(
+        feeder_variables(model, customers, engine.bus_coordinates(), pf, unb, placement, bat_names, dt_h)
+    )
     series["battery_soc_mean"] = (
         "time",
         soc[1:].mean(axis=1) if soc.shape[1] else np.full(run.steps, np.nan),
@@ -369,6 +373,67 @@ def _series(
     return ds.drop_vars([c for c in ds.coords if c not in ("time", "bus", "phase")])
 
 
+def feeder_variables(
+    model: Any,
+    customers: Sequence[Customer],
+    coords: Mapping[str, tuple[float, float]],
+    pf: xr.Dataset,
+    unb: xr.Dataset,
+    pv_kwp: Mapping[str, float],
+    batteries: Sequence[str],
+    dt_h: float,
+) -> xr.Dataset:
+    """What the feeder map draws: bus coordinates, lines, customers, earth electrodes and
+    per bus / per line worst values over the run.
+
+    Dims ``bus`` (``bus_x``, ``bus_y``: OpenDSS BusCoords in the model's units, NaN where
+    not given; ``pvur_bus_max_pct``, ``vuf_bus_max_pct``), ``line`` (``line_bus1``,
+    ``line_bus2``; ``line_neutral_current_max_a``: largest current in a neutral conductor,
+    A; ``line_loading_max_pct``: :func:`lv3ph.unbalance.line_loading_pct`, NaN without a
+    rating; ``line_loss_kwh``: loss over the run), ``customer`` (``customer_bus``,
+    ``customer_phases``: :attr:`~lv3ph.model.Customer.phases` joined, ``customer_pv_kwp``,
+    ``customer_devices``: ``+``-joined ``pv``/``battery``/``generator``), ``electrode``
+    (``electrode_bus``) and ``transformer`` (``transformer_bus``: its last winding's bus).
+    """
+    buses = [str(b) for b in pf.bus.values]
+    lines = [i for i, e in enumerate(model.elements) if e.kind == "line" and len(e.buses) == 2]
+    names = [model.elements[i].name for i in lines]
+    cur = np.abs(pf.current.transpose("time", "element", "conductor").values[:, lines, :])
+    neutral = neutral_conductors(model, cur.shape[2])[lines]
+    i_n = np.where(neutral[None], np.nan_to_num(cur), 0.0).max(axis=(0, 2), initial=0.0)
+    loading = line_loading_pct(pf).max("time").reindex(element=names)
+    devices = []
+    for c in customers:
+        kinds = {"pv" if d.startswith(("pvsystem.", "generator.pv_")) else d.split(".", 1)[0] for d in c.devices[1:]}
+        kinds = {"battery" if k in ("storage",) else k for k in kinds} | ({"pv"} if c.name in pv_kwp else set())
+        if c.name in batteries:
+            kinds = (kinds - {"generator"}) | {"battery"}
+        devices.append("+".join(sorted(kinds)))
+    earth = [e for e in model.elements if e.kind == "earthing"]
+    tx = [e for e in model.elements if e.kind == "transformer"]
+    xy = np.array([coords.get(b, (np.nan, np.nan)) for b in buses], dtype=float).reshape(-1, 2)
+    return xr.Dataset(
+        {
+            "bus_x": ("bus", xy[:, 0], {"long_name": "BusCoords x (model units)"}),
+            "bus_y": ("bus", xy[:, 1], {"long_name": "BusCoords y (model units)"}),
+            "pvur_bus_max_pct": ("bus", unb.pvur_pct.max("time").reindex(bus=buses).values, {"units": "%"}),
+            "vuf_bus_max_pct": ("bus", unb.vuf_pct.max("time").reindex(bus=buses).values, {"units": "%"}),
+            "line_bus1": ("line", [model.elements[i].buses[0] for i in lines]),
+            "line_bus2": ("line", [model.elements[i].buses[1] for i in lines]),
+            "line_neutral_current_max_a": ("line", i_n, {"units": "A"}),
+            "line_loading_max_pct": ("line", loading.values, {"units": "%"}),
+            "line_loss_kwh": ("line", pf.loss_kw.values[:, lines].sum(axis=0) * dt_h, {"units": "kWh"}),
+            "customer_bus": ("customer", [c.bus for c in customers]),
+            "customer_phases": ("customer", ["".join(str(p) for p in c.phases) for c in customers]),
+            "customer_pv_kwp": ("customer", [float(pv_kwp.get(c.name, 0.0)) for c in customers], {"units": "kWp"}),
+            "customer_devices": ("customer", devices),
+            "electrode_bus": ("electrode", [e.buses[0] for e in earth]),
+            "transformer_bus": ("transformer", [e.buses[-1] for e in tx]),
+        },
+        coords={"bus": buses, "line": names, "customer": [c.name for c in customers]},
+    )
+
+
 def bus_distances_km(model: Any, lengths_km: dict[str, float], buses: np.ndarray) -> np.ndarray:
     """Distance of each bus from the transformer's LV bus (or the source) along lines, km."""
     bus_idx = {b: i for i, b in enumerate(buses)}
@@ -483,6 +548,7 @@ def write_outputs(spec: StudySpec, results: list[ScenarioResult]) -> Path:
             write_csv(r.en50160, folder / "en50160.csv")
     summary = summary_table(results)
     write_csv(summary, out / "summary.csv")
+    write_metadata(spec, out, results=results)
     return write_report(spec, results, summary, out)
 
 
@@ -505,48 +571,62 @@ def run_hosting_study(
     base = [f"Edit Vsource.source pu={h.source_pu}"] if h.source_pu else []
     results = {}
     for arrangement in spec.arrangement:
-        edits, switching = arrangement_setup(
-            spec.model,
-            arrangement,
-            run=spec.run,
-            vmaxpu=spec.vmaxpu,
-            commands=base,
-            switching={
-                "share": spec.phases.switch_share,
-                "interval_s": spec.phases.interval_s,
-                "max_ops_per_day": spec.phases.max_ops_per_day,
-                "objective": spec.phases.objective,
-                "seed": spec.phases.seed,
-            },
-        )
-        results[arrangement] = hosting_capacity(
-            spec.model,
-            run=spec.run,
-            limits=limits,
-            placements=h.placements,
-            seed=h.seed,
-            kwp_range=h.kwp,
-            step_kw=h.step_kw,
-            vmaxpu=spec.vmaxpu,
-            pme_ohm=spec.pme_ohm[0] or None,
-            commands=base + edits,
-            switching=switching,
-            serial=serial,
-            workers=workers,
-            scheduler=scheduler,
-            progress=progress,
-            label=arrangement,
-        )
+        for label, aware, controls in h.variants(arrangement):
+            edits, switching = arrangement_setup(
+                spec.model,
+                arrangement,
+                run=spec.run,
+                vmaxpu=spec.vmaxpu,
+                commands=base,
+                switching={
+                    "share": spec.phases.switch_share,
+                    "interval_s": spec.phases.interval_s,
+                    "max_ops_per_day": spec.phases.max_ops_per_day,
+                    "objective": spec.phases.objective,
+                    "seed": spec.phases.seed,
+                },
+                pv_aware=aware,
+                expected_kwp=0.5 * (h.kwp[0] + h.kwp[1]),
+            )
+            results[label] = hosting_capacity(
+                spec.model,
+                run=spec.run,
+                limits=limits,
+                placements=h.placements,
+                seed=h.seed,
+                kwp_range=h.kwp,
+                step_kw=h.step_kw,
+                vmaxpu=spec.vmaxpu,
+                pme_ohm=spec.pme_ohm[0] or None,
+                commands=base + edits,
+                switching=switching,
+                pre_existing=h.criterion,
+                basis=h.basis,
+                controls=controls,
+                serial=serial,
+                workers=workers,
+                scheduler=scheduler,
+                progress=progress,
+                label=label,
+            )
     rows = []
     for arrangement, res in results.items():
         write_csv(res.placements, spec.out / f"hosting_{arrangement}.csv")
         write_csv(res.steps, spec.out / f"kept_steps_{arrangement}.csv")
         counts = res.binding_counts()
         rows.append(
-            {"arrangement": arrangement, **res.summary, "binding": ", ".join(f"{k} {v}" for k, v in counts.items())}
+            {
+                "arrangement": arrangement,
+                **res.summary,
+                "criterion": res.settings["pre_existing"],
+                "basis": res.settings["basis"],
+                "curtailed_kwh": float(res.placements["curtailed_kwh"].sum()),
+                "binding": ", ".join(f"{k} {v}" for k, v in counts.items()),
+            }
         )
     summary = pd.DataFrame(rows)
     write_csv(summary, spec.out / "summary.csv")
+    write_metadata(spec, spec.out, arrangements=tuple(results), summary=summary)
     return summary, write_hosting_report(spec, results, summary, spec.out)
 
 
@@ -557,9 +637,14 @@ def run_study(
     scheduler: str | None = None,
     workers: int = 2,
     progress: bool = True,
+    out: str | Path | None = None,
 ) -> tuple[StudySpec, list[ScenarioResult], Path]:
-    """Load, run and report a study; returns the spec, the results and ``report.html``."""
+    """Load, run and report a study; returns the spec, the results and ``report.html``.
+
+    ``out`` replaces the study file's output folder."""
     spec = load_study(path)
+    if out is not None:
+        spec = replace(spec, out=Path(out).resolve())
     if spec.hosting is not None:
         raise StudyError(f"{path} is a hosting-capacity study: run it with run_hosting_study (lv3ph study does)")
     results = run_scenarios(

@@ -80,7 +80,18 @@ _KEYS: dict[str, set[str]] = {
     "allocation": {"methods"},
     "scenarios": {"pv_share", "market", "battery", "pme_ohm", "arrangement"},
     "phases": {"objective", "switch_share", "interval", "max_ops_per_day", "seed"},
-    "hosting": {"placements", "seed", "kwp", "source_pu", "pvur", "step_kw"},
+    "hosting": {
+        "placements",
+        "seed",
+        "kwp",
+        "source_pu",
+        "pvur",
+        "step_kw",
+        "criterion",
+        "basis",
+        "controls",
+        "pv_aware",
+    },
     "limits": set(),  # checked by Limits.from_dict
 }
 
@@ -260,7 +271,21 @@ def load_study(path: str | Path) -> StudySpec:
             else None,
             pvur=bool(h.get("pvur", True)),
             step_kw=_number(errors, "[hosting].step_kw", h.get("step_kw", 0.5), lo=0.01),
+            criterion=str(h.get("criterion", "item")),
+            basis=str(h.get("basis", "step")),
+            controls=tuple(str(c) for c in _as_list(h.get("controls", ["none"]))),
+            pv_aware=tuple(bool(a) for a in _as_list(h.get("pv_aware", [False]))),
         )
+        from lv3ph.hosting import BASES, CONTROLS, PRE_EXISTING
+
+        for key, values, known in (
+            ("criterion", [hosting.criterion], PRE_EXISTING),
+            ("basis", [hosting.basis], BASES),
+            ("controls", list(hosting.controls), ("none", *CONTROLS)),
+        ):
+            errors.extend(
+                f"[hosting].{key}: unknown {v!r} (known: {', '.join(known)})" for v in values if v not in known
+            )
     if phases.objective not in ("neutral", "pvur"):
         errors.append(f"[phases].objective must be neutral or pvur, got {phases.objective!r}")
     if errors:

@@ -657,6 +657,28 @@ def _element_coord(pf: xr.Dataset, name: str, why: str) -> NDArray[Any]:
     return np.asarray(_require(pf, name, why).values)
 
 
+def line_loading_pct(pf: xr.Dataset, why: str = "line loading") -> xr.DataArray:
+    """Loading of every rated line, % of ``element_normamps``: its most loaded conductor's
+    current magnitude at terminal 1 (NaN where no conductor has a current), dims
+    ``(time, element)`` over the lines with a rating > 0."""
+    cur = _require(pf, "current", why)
+    if set(cur.dims) != {"time", "element", "conductor"}:
+        raise Lv3phError(f"pf['current'] must have dims (time, element, conductor); got {tuple(cur.dims)}")
+    kind = _element_coord(pf, "element_kind", why).astype(str)
+    normamps = _element_coord(pf, "element_normamps", why).astype(np.float64)
+    sel = (kind == "line") & np.isfinite(normamps) & (normamps > 0.0)
+    cur = cur.transpose("time", "element", "conductor")
+    mag = np.abs(np.asarray(cur.values)[:, sel, :])
+    nan = np.isnan(mag)
+    imax = np.where(nan.all(axis=-1), np.nan, np.where(nan, -np.inf, mag).max(axis=-1)) if sel.any() else mag[..., 0]
+    return xr.DataArray(
+        imax / normamps[sel][None, :] * 100.0,
+        dims=("time", "element"),
+        coords={"time": cur["time"].values, "element": np.asarray(cur["element"].values)[sel]},
+        attrs={"units": "%"},
+    )
+
+
 def violations(pf: xr.Dataset, unb: xr.Dataset, limits: Limits) -> pd.DataFrame:
     """All limit violations, one row per (time, item, check).
 
@@ -730,21 +752,11 @@ def violations(pf: xr.Dataset, unb: xr.Dataset, limits: Limits) -> pd.DataFrame:
     # --- line thermal (time, element)
     if limits.line_loading_pct is not None:
         why = "check 'line_thermal' (set line_loading_pct to null to disable)"
-        cur = _require(pf, "current", why)
-        if set(cur.dims) != {"time", "element", "conductor"}:
-            raise Lv3phError(f"pf['current'] must have dims (time, element, conductor); got {tuple(cur.dims)}")
-        kind = _element_coord(pf, "element_kind", why).astype(str)
-        normamps = _element_coord(pf, "element_normamps", why).astype(np.float64)
-        sel = (kind == "line") & np.isfinite(normamps) & (normamps > 0.0)
-        if sel.any():
-            cur = cur.transpose("time", "element", "conductor")
-            elements = np.asarray(cur["element"].values)[sel]
-            mag = np.abs(np.asarray(cur.values)[:, sel, :])
-            nan = np.isnan(mag)
-            imax = np.where(nan.all(axis=-1), np.nan, np.where(nan, -np.inf, mag).max(axis=-1))
-            loading = imax / normamps[sel][None, :] * 100.0
+        loading = line_loading_pct(pf, why)
+        if loading.sizes["element"]:
             lim = limits.line_loading_pct
-            rows.add("line_thermal", loading, loading > lim, pf_times, elements, lim, "%")
+            values = np.asarray(loading.values)
+            rows.add("line_thermal", values, values > lim, pf_times, np.asarray(loading["element"].values), lim, "%")
 
     # --- transformer thermal (time, element)
     if limits.transformer_loading_pct is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import json
 import types
 from pathlib import Path
 from typing import Any
@@ -229,14 +230,16 @@ def test_write_report(study: types.ModuleType, spec: Any, tmp_path: Path) -> Non
     for name in report.PLOT_FILES:
         data = (out / name).read_bytes()
         assert data.startswith(PNG_MAGIC) and len(data) > 1000, name
+    # these hand-made results carry no feeder geometry: no feeder_map.png
     assert sorted(p.name for p in out.iterdir()) == sorted([*report.PLOT_FILES, "report.html"])
     assert leftovers(out) == []
     page = path.read_text(encoding="utf-8")
-    assert page.count("data:image/png;base64,") == len(report.PLOT_FILES)
-    assert "http://" not in page and "https://" not in page and "<link" not in page and "<script" not in page
+    # self-contained: plotly.js inline, nothing to fetch
+    assert "<link" not in page and "<script src" not in page and "<img" not in page
+    assert page.count('<div class="plot"') == len(report_html.COMPARISON_PLOTS) + len(report_html.SCENARIO_PLOTS)
     assert "tiny_study" in page and "Master.dss" in page
     for r in results:
-        assert r.scenario.name in page
+        assert f">{r.scenario.name}</option>" in page  # the scenario picker
     # headline numbers, rounded
     assert ">42.1<" in page  # traded kWh
     assert ">3.14<" in page  # losses kWh
@@ -244,13 +247,20 @@ def test_write_report(study: types.ModuleType, spec: Any, tmp_path: Path) -> Non
     assert ">120<" in page  # violation minutes
     assert ">12.34<" in page  # bill savings EUR
     assert ">30<" in page  # PV share %
-    # findings and notes
-    assert "42.1 kWh were traded locally" in page
-    assert "phase-only under-charges them by 20.0 %" in page
-    assert "pro-rata over-charges them by 10.0 %" in page
-    assert "No P2P contracts were formed" in page
-    assert "3 contract rows scaled down" in page
-    assert "kW &lt; 0 dropped &amp; logged" in page  # text is escaped
+    data = json.loads(page.split('<script type="application/json" id="lv3ph-data">')[1].split("</script>")[0])
+    texts = [sc["finding"] for sc in data["scenarios"]]
+    assert "42.1 kWh were traded locally" in texts[0]
+    assert "phase-only under-charges them by 20.0 %" in texts[0]
+    assert "pro-rata over-charges them by 10.0 %" in texts[0]
+    assert "No P2P contracts were formed" in texts[1]
+    assert data["scenarios"][0]["notes"] == [
+        "3 contract rows scaled down to the measured export/import",
+        "rows with kW < 0 dropped & logged",
+    ]
+    # findings: differences between scenarios, in the page as escaped text
+    assert "Going from no PV to PV on 30 % of customers (1 pair of scenarios)" not in page  # markets differ too
+    assert "<li>Every scenario exceeds" not in page
+    assert "kW &lt; 0" not in page  # notes are data, drawn as text by the script
 
 
 def test_finding_numbers(study: types.ModuleType, spec: Any) -> None:
@@ -334,3 +344,47 @@ def test_write_failure_leaves_no_report(
         report.write_report(spec, results, summary_table(results), tmp_path)
     assert not (tmp_path / "report.html").exists()
     assert leftovers(tmp_path) == []
+
+
+def test_findings_are_differences_between_scenarios(spec: Any) -> None:
+    """A 2 x 3 grid with hand-set numbers: each sentence states the difference it should."""
+    rows = []
+    for pv in (0.0, 0.6):
+        for market, loss_exact, loss_phase in (
+            ("none", 0.0, 0.0),
+            ("community-auction", 0.4, 0.3),
+            ("bilateral:same-phase-first", 0.2, 0.15),
+        ):
+            traded = 40.0 if pv and market != "none" else 0.0
+            rows.append(
+                summary_of(
+                    f"pv{pv}_{market}",
+                    pv,
+                    market,
+                    vmax_v=257.0 if pv else 250.0,
+                    loss_kwh=3.0 if pv else 2.0,
+                    traded_kwh=traded,
+                    contract_loss_exact_kwh=loss_exact if traded else 0.0,
+                    **{
+                        "contract_loss_phase-only_kwh": loss_phase if traded else 0.0,
+                        "contract_loss_pro-rata_kwh": loss_exact if traded else 0.0,
+                    },
+                )
+            )
+    found = report.findings(spec, pd.DataFrame(rows))
+    assert found[0] == "3 of 6 scenarios exceed the upper voltage limit (253.0 V): highest voltage 250.0 to 257.0 V."
+    pv = next(f for f in found if f.startswith("Going from no PV to PV on 60 % of customers (3 pairs of scenarios)"))
+    assert "raises the highest voltage by 7.0 V, losses by 1.00 kWh or 50 %" in pv
+    assert "energy traded locally by 40.0 kWh (0.0 to 40.0)" in pv
+    assert "leaves the lowest voltage" in pv and "unchanged." in pv
+    auction = next(f for f in found if f.startswith("Going from no market to the community auction (2 pairs"))
+    assert "raises energy traded locally by 20.0 kWh (0.0 to 40.0)" in auction  # median of 0 and 40
+    assert "leaves the highest voltage, the lowest voltage, losses," in auction
+    assert (
+        "With bilateral contracts (same-phase-first) the contracts cause 50 % less loss per kWh traded than with "
+        "the community auction (1 pair; 5.0 Wh per kWh, exact method)." in found
+    )
+    assert found[-1] == (
+        "Over the 2 scenarios with contracts, phase-only charges the contracts 25 % less than exact; "
+        "pro-rata charges the contracts the same as exact."
+    )

@@ -202,3 +202,28 @@ def test_bad_output_and_basis_are_reported(tmp_path: Path) -> None:
     msg = str(err.value)
     for part in ("[time].repeat_profiles", "[output].capture", "[output].block_steps", "limits.basis", "[en50160]"):
         assert part in msg, part
+
+
+def test_hosting_study_variants(tmp_path: Path) -> None:
+    """[hosting] criterion / basis / controls / pv_aware: one run per variant, labelled;
+    PV-aware planning does not apply to the as-built arrangement."""
+    body = f"""
+[study]
+name = "h"
+model = "{IEEE_4W}"
+[hosting]
+placements = 3
+criterion = "item"
+basis = "en50160"
+controls = ["none", "qu"]
+pv_aware = [false, true]
+[scenarios]
+arrangement = ["as-built", "dynamic"]
+"""
+    spec = load_study(study_file(tmp_path, body))
+    h = spec.hosting
+    assert h is not None and h.basis == "en50160" and h.criterion == "item"
+    assert [v[0] for v in h.variants("as-built")] == ["as-built", "as-built+qu"]
+    assert [v[0] for v in h.variants("dynamic")] == ["dynamic", "dynamic+qu", "dynamic-pv-aware", "dynamic-pv-aware+qu"]
+    with pytest.raises(StudyError, match=r"\[hosting\].basis: unknown 'hourly'"):
+        load_study(study_file(tmp_path, body.replace('"en50160"', '"hourly"')))

@@ -1,21 +1,27 @@
-"""The study and hosting reports: findings and a self-contained ``report.html``.
+"""The study, hosting and fleet pages: one self-contained, interactive ``report.html``.
 
+:func:`write_report` writes the study report: the findings (differences between scenarios,
+:mod:`lv3ph.report.findings`), comparison charts over all scenarios, one scenario at a time
+(picked in the page) with its feeder map, voltage envelope, time series and allocated
+losses, and the headline table. The plots are plotly, drawn in the browser from the numbers
+embedded in the page (:mod:`lv3ph.report.interactive`): the file works offline and from
+``file://``. The static PNG figures of :mod:`lv3ph.report.plots` and the feeder map
+(``feeder_map.png``) are written beside it.
 
 Everything is drawn into memory first; files are written only when every figure and the
 page have been produced, each to a temporary file that is then renamed
-(:func:`lv3ph.io.write_atomic`). A failure therefore leaves no ``report.html`` (and no
-temporary files) behind.
+(:func:`lv3ph.io.write_atomic`), ``report.html`` last. A failure therefore leaves no
+``report.html`` (and no temporary files) behind.
 
-Figures use :class:`matplotlib.figure.Figure` with the Agg canvas directly (no pyplot
+:func:`write_hosting_report` and :func:`fleet_report` write the same kind of page for a
+hosting-capacity study and for a ranked table of feeders.
 """
 
 from __future__ import annotations
 
-import base64
 import functools
 import html
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,21 +30,16 @@ import numpy as np
 import pandas as pd
 
 from lv3ph.io import write_atomic
+from lv3ph.report.findings import findings, scenario_finding
+from lv3ph.report.interactive import fleet_payload, hosting_payload, page, study_payload
+from lv3ph.report.map import QUANTITIES, map_data, plot_feeder_map
 from lv3ph.report.plots import (
     PLOT_FILES,
-    _clock,
-    _contracts,
     _finite,
     _fmt,
-    _lv_envelope,
     _methods,
-    _nanargmax,
-    _nanmax,
-    _num,
-    _pct_of,
     _png,
     _reference,
-    _values,
     plot_allocation,
     plot_head_neutral_current,
     plot_hosting,
@@ -50,152 +51,7 @@ from lv3ph.report.plots import (
 if TYPE_CHECKING:
     from lv3ph.results import ScenarioResult, StudySpec
 
-
-# ---------------------------------------------------------------------------- findings
-def _describe(sc: Any) -> str:
-    share = float(sc.pv_share)
-    pv = "no PV" if share == 0 else f"{_fmt(100 * share, 0)} % of customers on PV"
-    market = str(sc.market)
-    if market == "none":
-        mk = "no local market"
-    elif market == "community-auction":
-        mk = "a community auction"
-    elif market.startswith("bilateral:"):
-        mk = f"bilateral contracts ({market.split(':', 1)[1]} partner choice)"
-    elif market.startswith("file:"):
-        mk = f"contracts from {Path(market[5:]).name}"
-    else:
-        mk = f"market {market}"
-    bat = {
-        "off": "no batteries",
-        "self-consumption": "batteries for self-consumption",
-        "p2p": "batteries dispatched for P2P trading",
-    }.get(str(sc.battery), f"battery strategy {sc.battery}")
-    return f"With {pv}, {mk} and {bat}"
-
-
-@dataclass(frozen=True)
-class _Worst:
-    value: float
-    item: str | None
-    time: float | None
-
-
-def _worst_violation(r: ScenarioResult, check: str) -> tuple[int, _Worst | None]:
-    """Number of items violating ``check`` and the worst of them (from the violation summary)."""
-    v = r.violations
-    if v is None or len(v) == 0 or "check" not in v.columns:
-        return 0, None
-    rows = v[v["check"] == check]
-    if rows.empty or "worst_value" not in rows.columns:
-        return len(rows), None
-    vals = pd.to_numeric(rows["worst_value"], errors="coerce").to_numpy(dtype=float)
-    if not np.isfinite(vals).any():
-        return len(rows), None
-    i = int(np.nanargmin(vals) if check == "voltage_low" else np.nanargmax(vals))
-    row = rows.iloc[i]
-    t = row.get("worst_time")
-    return len(rows), _Worst(float(vals[i]), str(row.get("item")), _num(t) if _finite(t) else None)
-
-
-def scenario_finding(spec: StudySpec, r: ScenarioResult) -> str:
-    """One paragraph of plain text stating a scenario's numbers (no judgement words)."""
-    s = r.summary
-    lim = spec.limits
-    step_h = spec.run.stepsize_s / 3600.0
-    parts = [f"{_describe(r.scenario)}"]
-    pv = s.get("pv_kwh")
-    pv_txt = f" (PV produced {_fmt(pv, 1)} kWh)" if _finite(pv) and _num(pv) > 0 else ""
-    traded = s.get("traded_kwh")
-    parts[0] += (
-        f"{pv_txt}, {_fmt(traded, 1)} kWh were traded locally and self-sufficiency was {_fmt(s.get('self_sufficiency_pct'), 1)} %."
-    )
-    loss = s.get("loss_kwh")
-    parts.append(
-        f"Losses were {_fmt(loss, 2)} kWh ({_fmt(_pct_of(s.get('loss_neutral_kwh'), loss), 1)} % in the neutral, "
-        f"{_fmt(_pct_of(s.get('loss_earth_kwh'), loss), 1)} % in earth)."
-    )
-    # unbalance: worst over the whole feeder (series), and at the checked buses (violations)
-    pvur = _values(r.series, "pvur_max_pct")
-    k = _nanargmax(pvur)
-    when = f" at {_clock(float(r.series['time'].values[k]) * step_h)}" if k is not None else ""
-    lim_txt = f"limit {_fmt(lim.pvur_pct, 1)} %" if lim.pvur_pct is not None else "no limit set"
-    parts.append(
-        f"The worst PVUR over the feeder was {_fmt(s.get('pvur_max_pct', _nanmax(pvur)), 2)} %{when} ({lim_txt})"
-    )
-    n_pvur, worst = _worst_violation(r, "pvur")
-    if n_pvur and worst is not None:
-        at = f" at {_clock(worst.time * step_h)}" if worst.time is not None else ""
-        parts[-1] += (
-            f"; {n_pvur} checked bus{'es' if n_pvur != 1 else ''} exceeded the limit, the worst being bus {worst.item} with {_fmt(worst.value, 2)} %{at}"
-        )
-    vuf_lim = f"limit {_fmt(lim.vuf_pct, 1)} %" if lim.vuf_pct is not None else "no limit set"
-    parts[-1] += f"; the worst VUF was {_fmt(s.get('vuf_max_pct'), 2)} % ({vuf_lim})."
-    env = _lv_envelope(r.series)
-    if env is not None and env[0].size and np.isfinite(env[1]).any():
-        band = f"band {_fmt(lim.v_low_v, 0)}-{_fmt(lim.v_high_v, 0)} V" if lim.v_low_v is not None else "no band set"
-        parts.append(
-            f"Phase-to-neutral voltages at LV buses ranged from {_fmt(np.nanmin(env[1]), 1)} V to {_fmt(_nanmax(env[2]), 1)} V ({band})."
-        )
-    minutes = s.get("violation_minutes")
-    if _finite(minutes) and _num(minutes) > 0:
-        raw = [
-            (c, s.get(f"violations_{c}"))
-            for c in ("voltage_high", "voltage_low", "vuf", "pvur", "vne", "line_thermal", "transformer_thermal")
-        ]
-        counts = [(c, int(_num(n))) for c, n in raw if _finite(n) and _num(n) > 0]
-        listed = ", ".join(f"{c.replace('_', ' ')}: {n}" for c, n in counts)
-        detail = f" ({listed} item-steps)" if counts else ""
-        parts.append(f"{_fmt(minutes, 0)} minutes had at least one violation{detail}.")
-    elif _finite(minutes):
-        parts.append("No limit was violated.")
-    ineu = _values(r.series, "head_neutral_current_a")
-    k = _nanargmax(ineu)
-    if k is not None:
-        parts.append(
-            f"The neutral current at the feeder head peaked at {_fmt(ineu[k], 1)} A at {_clock(float(r.series['time'].values[k]) * step_h)}."
-        )
-    sav = s.get("bill_savings_eur")
-    if _finite(sav) and str(r.scenario.market) != "none":
-        verb = "saved customers" if _num(sav) >= 0 else "cost customers"
-        parts.append(f"Against trading only with the grid, the market {verb} EUR {_fmt(abs(_num(sav)), 2)} in total.")
-    contracts = _contracts(r.allocation)
-    methods = _methods(spec, contracts) if len(contracts) else []
-    ref = _reference(methods)
-    if ref is None or len(contracts) == 0:
-        parts.append("No P2P contracts were formed, so no loss was allocated to contracts.")
-    else:
-        ref_total = float(np.nansum(pd.to_numeric(contracts[f"{ref}_kwh"], errors="coerce")))
-        txt = f"Over {len(contracts)} contracts, the {ref} method charges {_fmt(ref_total, 3)} kWh of loss"
-        comp = []
-        for m in methods:
-            if m == ref:
-                continue
-            tot = float(np.nansum(pd.to_numeric(contracts[f"{m}_kwh"], errors="coerce")))
-            d = _pct_of(tot - ref_total, ref_total)
-            if _finite(d):
-                word = "over-charges" if d > 0 else "under-charges" if d < 0 else "matches"
-                comp.append(
-                    f"{m} {word} them by {_fmt(abs(d), 1)} % ({_fmt(tot, 3)} kWh)"
-                    if word != "matches"
-                    else f"{m} charges the same"
-                )
-            else:
-                comp.append(f"{m} charges {_fmt(tot, 3)} kWh")
-        parts.append(txt + ("; " + ", ".join(comp) if comp else "") + ".")
-    alloc = r.allocation
-    grid = (
-        alloc[alloc["contract"].astype(str).str.startswith("grid:")]
-        if alloc is not None and "contract" in alloc.columns
-        else None
-    )
-    grid_ref = _reference(_methods(spec, grid)) if grid is not None and len(grid) else None
-    if grid is not None and grid_ref is not None:
-        g = float(np.nansum(pd.to_numeric(grid[f"{grid_ref}_kwh"], errors="coerce")))
-        parts.append(
-            f"Exchanges with the grid ({len(grid)} rows) are charged {_fmt(g, 3)} kWh by the {grid_ref} method."
-        )
-    return " ".join(parts)
+MAP_FILE = "feeder_map.png"
 
 
 # ---------------------------------------------------------------------------- HTML
@@ -225,9 +81,11 @@ table{border-collapse:collapse;font-size:.82em;margin:.6em 0}
 th,td{border:1px solid #d0d0d0;padding:.25em .5em}th{background:#f1f3f5;text-align:left;vertical-align:bottom}
 td.num{text-align:right;font-variant-numeric:tabular-nums}tr:nth-child(even) td{background:#fafafa}
 .scroll{overflow-x:auto}
-figure{margin:1em 0}figure img{max-width:100%;height:auto;border:1px solid #eee}figcaption{color:#444;font-size:.9em}
-.finding h3{font-size:1em;margin-bottom:.2em;font-family:ui-monospace,Menlo,Consolas,monospace}
-.finding p{margin-top:.2em}.notes{color:#7a4b00;font-size:.9em}
+.notes{color:#7a4b00;font-size:.9em}.findings li{margin:.3em 0}
+.plot{min-height:200px;margin:.6em 0;border:1px solid #eee}
+.grid{display:grid;grid-template-columns:repeat(auto-fit,minmax(520px,1fr));gap:.6em}
+.picker{background:#f1f3f5;padding:.6em .8em;border-radius:4px;position:sticky;top:0;z-index:10}
+.picker select{font-size:1em;margin:0 1.2em 0 .3em;max-width:32em}
 """
 
 
@@ -265,19 +123,7 @@ def _table(summary: pd.DataFrame, columns: Sequence[tuple[str, str, int]]) -> st
     return f'<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table></div>'
 
 
-CAPTIONS = {
-    "voltage_envelope.png": "Lowest (down triangles) and highest (up triangles) phase-to-neutral voltage of the run at every LV bus, against its distance from the transformer, by phase. Dashed lines: the EN 50160 band.",
-    "unbalance.png": "Worst PVUR and worst VUF over all buses at each time step, per scenario. Dashed lines: limits.",
-    "head_neutral_current.png": "Neutral current leaving the transformer into the feeder, per scenario; below, phase and neutral currents of the scenario with the highest neutral current.",
-    "allocation.png": "Loss allocated to the contracts of the scenario with the most contracts, per method (top: largest contracts by the reference method), and each method's difference from the reference, in % of the reference total over all contracts.",
-    "scenarios.png": "Per scenario: losses by part (stacked), energy traded locally, self-sufficiency, minutes with at least one limit violation, and worst PVUR.",
-}
-
-
-def render_html(
-    spec: StudySpec, results: Sequence[ScenarioResult], summary: pd.DataFrame, images: dict[str, bytes]
-) -> str:
-    """The report page (self-contained: images as data URIs, inline CSS)."""
+def _how(spec: StudySpec) -> str:
     e = html.escape
     lim = spec.limits
     run = spec.run
@@ -286,7 +132,7 @@ def render_html(
     band = f"{_fmt(lim.v_low_v, 0)}-{_fmt(lim.v_high_v, 0)} V" if lim.v_low_v is not None else "not checked"
     pvur = f"{_fmt(lim.pvur_pct, 1)} %" if lim.pvur_pct is not None else "not checked"
     vuf = f"{_fmt(lim.vuf_pct, 1)} %" if lim.vuf_pct is not None else "not checked"
-    how = (
+    return (
         f"Each scenario combines a share of customers with PV, a local market and a battery strategy, and was solved "
         f"as an unbalanced four-wire power flow over {run.steps} steps of {_fmt(run.stepsize_s / 60.0, 0)} min ({e(run.mode)} mode). "
         f"Losses are split into phase conductors, the neutral and earth paths. PVUR is the largest deviation of a phase "
@@ -295,46 +141,73 @@ def render_html(
         f"checked item (bus, line or transformer) exceeds a limit, and the counts per check are (item, step) pairs. Bill savings compare each scenario's bills with the same customers buying and "
         f"selling only at the grid tariffs (import EUR {_fmt(spec.tariffs.grid_import_eur_kwh, 2)}/kWh, export EUR "
         f"{_fmt(spec.tariffs.grid_export_eur_kwh, 2)}/kWh). Loss allocation charges the network loss to P2P contracts with "
-        f"the methods {e(methods)}; {e(ref)} is the reference the others are compared with. Time is in hours from the "
+        f"the methods {e(methods)}; {e(ref)} is the reference the others are compared with. On the map a customer's "
+        f"allocated loss is its grid exchange's share plus half of each contract it is in. Time is in hours from the "
         f"start of the run."
     )
-    fig_html = []
-    for name in PLOT_FILES:
-        if name in images:
-            data = base64.b64encode(images[name]).decode("ascii")
-            fig_html.append(
-                f'<figure id="{e(name[:-4])}"><img src="data:image/png;base64,{data}" alt="{e(name)}">'
-                f"<figcaption>{e(CAPTIONS.get(name, name))} (<code>{e(name)}</code>)</figcaption></figure>"
-            )
-    findings = []
-    for r in results:
-        notes = "".join(f"<li>{e(str(n))}</li>" for n in (r.notes or []))
-        notes_html = f'<ul class="notes">{notes}</ul>' if notes else ""
-        findings.append(
-            f'<div class="finding"><h3>{e(r.scenario.name)}</h3><p>{e(scenario_finding(spec, r))}</p>{notes_html}</div>'
-        )
-    all_cols = [(c, c, -1 if c in ("scenario", "market", "battery") else _decimals(c)) for c in summary.columns]
+
+
+def _plots(ids: Sequence[str]) -> str:
+    return "".join(f'<div class="plot" id="{i}"></div>' for i in ids)
+
+
+COMPARISON_PLOTS = ("cmp-losses", "cmp-voltage", "cmp-unbalance", "cmp-market", "cmp-violations")
+SCENARIO_PLOTS = ("sc-map", "sc-envelope", "sc-unbalance", "sc-currents", "sc-power", "sc-allocation")
+
+
+def render_html(spec: StudySpec, results: Sequence[ScenarioResult], summary: pd.DataFrame) -> str:
+    """The study page (self-contained: plotly.js, numbers and CSS inline)."""
+    e = html.escape
+    run = spec.run
+    found = findings(spec, summary)
+    text = [scenario_finding(spec, r) for r in results]
+    options = "".join(f'<option value="{i}">{e(r.scenario.name)}</option>' for i, r in enumerate(results))
+    quantities = "".join(f'<option value="{k}">{e(q.label)} ({e(q.unit)})</option>' for k, q in QUANTITIES.items())
+    items = "".join(f"<li>{e(f)}</li>" for f in found) or "<li>Only one scenario: nothing to compare.</li>"
+    all_cols = [
+        (c, c, -1 if c in ("scenario", "market", "battery", "arrangement") else _decimals(c)) for c in summary.columns
+    ]
     stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
-    return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
-<title>{e(spec.name)}: lv3ph study report</title><style>{CSS}</style></head>
-<body>
-<h1>{e(spec.name)}</h1>
+    files = ", ".join(f"<code>{e(n)}</code>" for n in (*PLOT_FILES, MAP_FILE, "summary.csv"))
+    body = f"""<h1>{e(spec.name)}</h1>
 <p class="meta">Model <code>{e(spec.model.name)}</code> (<code>{e(str(spec.model))}</code>) &middot; {len(results)} scenario{"s" if len(results) != 1 else ""} &middot; {run.steps} steps of {_fmt(run.stepsize_s, 0)} s from step {run.start} &middot; written {e(stamp)}</p>
-<h2>How to read this report</h2>
-<p>{how}</p>
+<h2>Findings</h2>
+<ul class="findings" id="findings">{items}</ul>
+<h2>Scenario comparison</h2>
+<div class="grid">{_plots(COMPARISON_PLOTS)}</div>
+<h2>One scenario</h2>
+<div class="picker"><label>Scenario <select id="scenario-picker">{options}</select></label>
+<label>Colour the map by <select id="map-quantity">{quantities}</select></label></div>
+<p id="sc-finding"></p><ul class="notes" id="sc-notes"></ul>
+{_plots(SCENARIO_PLOTS[:1])}
+<div class="grid">{_plots(SCENARIO_PLOTS[1:])}</div>
 <h2>Headline numbers</h2>
 {_table(summary, HEADLINE)}
 <details><summary>All summary columns</summary>{_table(summary, all_cols)}</details>
-<h2>Findings per scenario</h2>
-{"".join(findings)}
-<h2>Plots</h2>
-{"".join(fig_html)}
-</body></html>
+<h2>How to read this report</h2>
+<p>{_how(spec)}</p>
+<p class="meta">Static figures beside this file: {files}; per scenario a folder with <code>series.nc</code> and CSV tables.
+<code>lv3ph report {e(str(spec.out))}</code> draws this page again from them.</p>
 """
+    data = study_payload(spec, results, summary, found, text)
+    return page(f"{spec.name}: lv3ph study report", "study", body, data, CSS)
 
 
-# ---------------------------------------------------------------------------- entry point
+def map_figure(spec: StudySpec, results: Sequence[ScenarioResult]) -> Any:
+    """Static feeder map of the scenario with the highest voltage, coloured by it (None
+    when the results carry no feeder geometry)."""
+    if not results:
+        return None
+    vmax = [float(r.summary.get("vmax_v", np.nan)) if _finite(r.summary.get("vmax_v")) else -np.inf for r in results]
+    r = results[int(np.argmax(vmax))]
+    data = map_data(
+        r.series, r.allocation, _reference(_methods(spec, r.allocation)) if r.allocation is not None else None
+    )
+    if data is None:
+        return None
+    return plot_feeder_map(data, "vmax_v", title=r.scenario.name, limit=spec.limits.v_high_v)
+
+
 def write_report(spec: StudySpec, results: list[ScenarioResult], summary: pd.DataFrame, out: Path) -> Path:
     """Write the plots and ``report.html`` into ``out``; return the path of ``report.html``.
 
@@ -351,13 +224,16 @@ def write_report(spec: StudySpec, results: list[ScenarioResult], summary: pd.Dat
         ("head_neutral_current.png", lambda: plot_head_neutral_current(spec, results)),
         ("allocation.png", lambda: plot_allocation(spec, results)),
         ("scenarios.png", lambda: plot_scenarios(spec, results, summary)),
+        (MAP_FILE, lambda: map_figure(spec, results)),
     )
     for name, draw in drawers:
-        images[name] = _png(draw())
-    page = render_html(spec, results, summary, images).encode("utf-8")
+        fig = draw()
+        if fig is not None:
+            images[name] = _png(fig)
+    page_bytes = render_html(spec, results, summary).encode("utf-8")
     for name, data in images.items():
         write_atomic(out / name, functools.partial(_write_bytes, data=data))
-    return write_atomic(out / "report.html", lambda tmp: _write_bytes(tmp, page))
+    return write_atomic(out / "report.html", functools.partial(_write_bytes, data=page_bytes))
 
 
 def _write_bytes(tmp: Path, data: bytes) -> None:
@@ -365,9 +241,10 @@ def _write_bytes(tmp: Path, data: bytes) -> None:
 
 
 def write_hosting_report(spec: StudySpec, results: Mapping[str, Any], summary: pd.DataFrame, out: Path) -> Path:
-    """``hosting.png`` (distribution per arrangement) and a short ``report.html``."""
-    plot = plot_hosting(results, out / "hosting.png")
-    data = base64.b64encode(plot.read_bytes()).decode("ascii")
+    """``hosting.png`` (distribution per arrangement) and an interactive ``report.html``.
+
+    ``results`` maps each arrangement to its :class:`lv3ph.hosting.HostingResult` (only
+    ``placements`` and ``summary`` are used)."""
     h = spec.hosting
     e = html.escape
     checks = "voltage band, line and transformer thermal, VUF, neutral-to-earth voltage" + (
@@ -375,15 +252,65 @@ def write_hosting_report(spec: StudySpec, results: Mapping[str, Any], summary: p
     )
     cols = [(c, c, -1 if c in ("arrangement", "binding") else 1) for c in summary.columns]
     low, high = h.kwp if h else (0.0, 0.0)
-    page = f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>{e(spec.name)}: hosting capacity</title><style>{CSS}</style></head>
-<body><h1>{e(spec.name)}: PV hosting capacity</h1>
+    body = f"""<h1>{e(spec.name)}: PV hosting capacity</h1>
 <p class="meta">Model <code>{e(str(spec.model))}</code> &middot; {h.placements if h else 0} random placements per arrangement
 &middot; {spec.run.steps} steps of {_fmt(spec.run.stepsize_s, 0)} s</p>
 <p>For each placement customers get PV one by one in a random order and size ({_fmt(low, 1)}-{_fmt(high, 1)} kWp),
 until the first violation of: {e(checks)}. The hosting capacity is the installed kWp just below it.</p>
 {_table(summary, cols)}
-<figure><img src="data:image/png;base64,{data}" alt="hosting.png"><figcaption>Distribution of the hosting capacity per arrangement.</figcaption></figure>
-</body></html>
+<div class="grid">{_plots(("hc-hist", "hc-ecdf"))}</div>
+{_plots(("hc-binding",))}
+<p class="meta">Static figure beside this file: <code>hosting.png</code>.</p>
 """
-    return write_atomic(out / "report.html", functools.partial(_write_bytes, data=page.encode("utf-8")))
+    data = hosting_payload({k: r.placements for k, r in results.items()})
+    text = page(f"{spec.name}: hosting capacity", "hosting", body, data, CSS).encode("utf-8")
+    plot_hosting(results, out / "hosting.png")
+    return write_atomic(out / "report.html", functools.partial(_write_bytes, data=text))
+
+
+def fleet_page(
+    df: pd.DataFrame,
+    kpi: str,
+    *,
+    label: str | None = None,
+    title: str = "Fleet",
+    ascending: bool = False,
+    top: int | None = None,
+    columns: Sequence[str] | None = None,
+    notes: Sequence[str] = (),
+) -> str:
+    """A ranked table and bar chart of ``kpi`` over the rows of ``df``, as a self-contained
+    interactive HTML page (largest first; ``ascending`` for smallest first).
+
+    ``label`` names each row (default: the first column); ``columns`` are the table's
+    columns after rank, label and KPI (default: all); ``top`` keeps the first rows only;
+    ``notes`` are listed under the table (e.g. feeders that could not run).
+    """
+    from lv3ph.errors import Lv3phError
+
+    label = label or str(df.columns[0])
+    for c in (kpi, label, *(columns or ())):
+        if c not in df.columns:
+            raise Lv3phError(f"fleet report: no column {c!r} (columns: {', '.join(map(str, df.columns))})")
+    ranked = df.assign(_v=pd.to_numeric(df[kpi], errors="coerce"))
+    ranked = ranked.sort_values("_v", ascending=ascending, na_position="last").drop(columns="_v")
+    ranked = ranked.head(top) if top is not None else ranked
+    ranked.insert(0, "rank", np.arange(1, len(ranked) + 1))
+    rest = [c for c in (columns if columns is not None else ranked.columns) if c not in ("rank", label, kpi)]
+    order = ["rank", label, kpi, *rest]
+    cols = [(c, c, -1 if not pd.api.types.is_numeric_dtype(ranked[c]) else _decimals(str(c))) for c in order]
+    items = "".join(f"<li>{html.escape(str(n))}</li>" for n in notes)
+    shown = f"the first {len(ranked)} of {len(df)}" if len(ranked) < len(df) else f"{len(df)}"
+    body = f"""<h1>{html.escape(title)}</h1>
+<p class="meta">{shown} rows ranked by <code>{html.escape(kpi)}</code>, {"smallest" if ascending else "largest"} first.</p>
+{_plots(("fleet-bar",))}
+{_table(ranked[order], cols)}
+{f'<ul class="notes">{items}</ul>' if items else ""}
+"""
+    return page(f"{title}: {kpi}", "fleet", body, fleet_payload(ranked, kpi, label, ascending=ascending), CSS)
+
+
+def fleet_report(df: pd.DataFrame, kpi: str, path: str | Path, **options: Any) -> Path:
+    """:func:`fleet_page` written atomically to ``path`` (options as for it)."""
+    text = fleet_page(df, kpi, **options).encode("utf-8")
+    return write_atomic(path, functools.partial(_write_bytes, data=text))
