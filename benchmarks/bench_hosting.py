@@ -85,6 +85,7 @@ def main() -> None:
     parser.add_argument("--serial-placements", type=int, default=20)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--serial", action="store_true", help="compare: run in this process (no Dask)")
+    parser.add_argument("--only", nargs="*", default=None, help="compare: only these run labels")
     parser.add_argument("--plot", type=Path, default=ROOT / "out" / "bench_hosting.png")
     args = parser.parse_args()
     print(f"model {MODEL.relative_to(ROOT)}, source 1.05 pu, {RUN.steps} x {RUN.stepsize_s:g} s, seed 2024, {CRITERIA}")
@@ -129,6 +130,8 @@ def main() -> None:
         ):
             for controls in (None, "qu"):
                 label = arrangement + ("-pv-aware" if aware else "") + (f"+{controls}" if controls else "")
+                if args.only is not None and label not in args.only:
+                    continue
                 res, wall, _ = run(
                     label,
                     arrangement,
