@@ -99,18 +99,20 @@ def _passes(e: Element) -> bool:
     return e.n_terminals == 2 and e.cls in ("line", "reactor")
 
 
-def _series_pairs(e: Element) -> list[tuple[int, int]]:
-    """(node at terminal 1, node at terminal 2) of each closed series conductor of ``e``."""
+def _series_pairs(e: Element) -> list[tuple[int, int, int]]:
+    """(node at terminal 1, node at terminal 2, conductor) of each closed series conductor of ``e``."""
     k = e.n_conductors
-    t1, t2 = e.nodes[:k], e.nodes[k:]
+    nodes = e.nodes.tolist()
+    t1, t2 = nodes[:k], nodes[k:]
+    closed = e.closed.tolist() if e.closed.size else [True] * (2 * k)
     out = []
     for j in range(k):
-        a, b = int(t1[j]), int(t2[j])
-        if a < 0 or b < 0 or not (e.closed[j] and e.closed[k + j]):
+        a, b = t1[j], t2[j]
+        if a < 0 or b < 0 or not (closed[j] and closed[k + j]):
             continue
-        if np.count_nonzero(t1 == a) > 1 or np.count_nonzero(t2 == b) > 1:
+        if t1.count(a) > 1 or t2.count(b) > 1:
             continue  # a star point: this terminal is a shunt connection, not a path
-        out.append((a, b))
+        out.append((a, b, j))
     return out
 
 
@@ -124,7 +126,7 @@ def trace_roles(node_names: Sequence[str], elements: Sequence[Element], sources:
     comp = _Components(n)
     series = [e for e in elements if _passes(e)]
     for e in series:
-        for a, b in _series_pairs(e):
+        for a, b, _ in _series_pairs(e):
             comp.union(a, b)
     groups: list[str] = []
     role_of: dict[int, tuple[int, int]] = {}  # component root -> (role, group)
@@ -255,9 +257,7 @@ def _line_ends(model: FeederModel) -> dict[int, list[tuple[int, int, int]]]:
     for i, e in enumerate(model.elements):
         if not _passes(e):
             continue
-        k = e.n_conductors
-        for a, b in _series_pairs(e):
-            j = int(np.nonzero(e.nodes[:k] == a)[0][0])
+        for a, b, j in _series_pairs(e):
             out.setdefault(a, []).append((i, 0, j))
             out.setdefault(b, []).append((i, 1, j))
     return out
