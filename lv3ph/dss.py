@@ -228,9 +228,8 @@ class Engine:
         self.apply(cmds)
         self._controls = True
 
-    def pv_powers_kw(self, names: Sequence[str]) -> Callable[[], ComplexArray]:
-        """A fast reader of PVSystems' output at the last solve: ``P + jQ`` per PVSystem, kW
-        and kvar, generator convention (delivered positive)."""
+    def _pv_indices(self, names: Sequence[str]) -> list[int]:
+        """API indices of PVSystems ``names`` (:class:`~lv3ph.errors.UnknownItemError` if one is missing)."""
         pv = self.dss.PVsystems
         idx = []
         for n in names:
@@ -238,6 +237,13 @@ class Engine:
             if pv.Name().lower() != n.lower():
                 raise UnknownItemError(f"no PVSystem {n!r} in the model")
             idx.append(int(pv.Idx()))
+        return idx
+
+    def pv_powers_kw(self, names: Sequence[str]) -> Callable[[], ComplexArray]:
+        """A fast reader of PVSystems' output at the last solve: ``P + jQ`` per PVSystem, kW
+        and kvar, generator convention (delivered positive)."""
+        pv = self.dss.PVsystems
+        idx = self._pv_indices(names)
 
         def read() -> ComplexArray:
             out = np.empty(len(idx), dtype=np.complex128)
@@ -404,10 +410,13 @@ class Engine:
         return {n: nodes for n, (_, nodes) in self._devices().items() if n not in owned}
 
     # ------------------------------------------------------------------ time series
-    def check_profiles(self, mode: str, stepsize_s: float, start: int, steps: int) -> None:
+    def check_profiles(self, mode: str, stepsize_s: float, start: int, steps: int, *, repeat: bool = False) -> None:
         """Raise :class:`ProfileError` if a load shape used by the run has NaN values or
         does not cover the run (yearly mode: ``(start + steps - 1) * stepsize`` must not
-        pass the end of the shape, where OpenDSS would silently wrap around)."""
+        pass the end of the shape, where OpenDSS would silently wrap around).
+
+        ``repeat=True`` allows shapes shorter than the run: OpenDSS then cycles them (a
+        1440-point 1-minute shape repeats every day)."""
         if mode == "snap":
             return
         d = self.dss
@@ -440,10 +449,10 @@ class Engine:
             if bad.size:
                 raise ProfileError(f"load shape {shape} (used by {user}) has NaN at point {bad[0] + 1}")
             interval_h = float(d.LoadShape.HrInterval())
-            if mode == "yearly" and interval_h > 0 and end_h > npts * interval_h + 1e-9:
+            if not repeat and mode == "yearly" and interval_h > 0 and end_h > npts * interval_h + 1e-9:
                 raise ProfileError(
                     f"load shape {shape} (used by {user}) covers {npts * interval_h:g} h "
-                    f"but the run ends at {end_h:g} h"
+                    f"but the run ends at {end_h:g} h (repeat_profiles / --repeat-profiles cycles it)"
                 )
 
     def run(
@@ -456,12 +465,18 @@ class Engine:
         before_step: Callable[[int], None] | None = None,
         measure: Sequence[str] = (),
         on_step: Callable[[int], None] | None = None,
+        repeat_profiles: bool = False,
     ) -> tuple[ComplexArray, dict[str, ComplexArray]]:
         """Solve ``steps`` steps of OpenDSS's own time mode and return node voltages.
 
         Step ``k`` (``start <= k < start + steps``) is solved at time ``k * stepsize_s``
         (OpenDSS advances the clock before each solve), so ``start=566, steps=1`` at
         60 s is minute 566 of the day.
+
+        Every call starts OpenDSS's iteration afresh (setting the mode resets the solution),
+        so a run solved in several calls gives, call by call, the same numbers bit for bit
+        whatever was solved before in this engine or in another one (resuming and splitting
+        runs rely on it). Within a call each step starts from the previous step's solution.
 
         Args:
             mode: ``snap`` (one solve at base values, ``steps`` must be 1), ``daily`` or ``yearly``.
@@ -473,6 +488,7 @@ class Engine:
             measure: elements whose terminal currents are read at every step (the
                 rare customers that share a node with another one).
             on_step: called with the step index after each solve (progress).
+            repeat_profiles: allow load shapes shorter than the run (OpenDSS cycles them).
 
         Returns:
             ``(V, I)``: complex node voltages in V, node-major, shape
@@ -489,7 +505,7 @@ class Engine:
             raise ModelError(f"start={start}, steps={steps}: need start >= 1 and steps >= 1")
         if mode == "snap" and steps != 1:
             raise ModelError("mode snap solves one step: use --steps 1")
-        self.check_profiles(mode, stepsize_s, start, steps)
+        self.check_profiles(mode, stepsize_s, start, steps, repeat=repeat_profiles)
         n = int(d.Circuit.NumNodes())
         volts = np.empty((n, steps), dtype=np.complex128)
         measured = {}
@@ -659,12 +675,7 @@ class Engine:
         for them, so this is a text edit: use it per candidate, not per step.
         """
         pv = self.dss.PVsystems
-        idx = []
-        for n in names:
-            pv.Name(n)
-            if pv.Name().lower() != n.lower():
-                raise UnknownItemError(f"no PVSystem {n!r} in the model")
-            idx.append(int(pv.Idx()))
+        idx = self._pv_indices(names)
         text = self.dss.Text.Command
         lowered = [n.lower() for n in names]
 

@@ -20,7 +20,10 @@ Conventions
 
 from __future__ import annotations
 
+import weakref
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 import numpy as np
 import scipy.sparse as sp
@@ -315,6 +318,26 @@ def network_y(model: FeederModel) -> sp.csc_matrix:
     (and orphan devices') currents (A).
     """
     return assemble_y(model, model.elements + model.sources)
+
+
+_T = TypeVar("_T")
+_MEMO: dict[int, tuple[weakref.ref[Any], dict[str, Any]]] = {}
+
+
+def memo(model: FeederModel, key: str, build: Callable[[], _T]) -> _T:
+    """``build()`` once per model object (matrices that every block of a long run reuses).
+
+    The model is immutable; the entry goes when the model is garbage-collected.
+    """
+    key_id = id(model)
+    entry = _MEMO.get(key_id)
+    if entry is None or entry[0]() is not model:
+        entry = (weakref.ref(model, lambda _r: _MEMO.pop(key_id, None)), {})
+        _MEMO[key_id] = entry
+    cache = entry[1]
+    if key not in cache:
+        cache[key] = build()
+    return cache[key]
 
 
 def earth_electrode_command(name: str, bus: str, terminal: int, r_ohm: float) -> str:

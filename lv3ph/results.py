@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from lv3ph.en50160 import En50160
 from lv3ph.errors import StudyError
 from lv3ph.flex.devices import FlexSpec
 from lv3ph.io import read_dataset, write_atomic
@@ -110,6 +111,9 @@ class StudySpec:
     hosting: HostingSpec | None = None
     vmaxpu: float | None = None
     seed: int = 1
+    en50160: En50160 = field(default_factory=En50160)
+    capture: str | None = None
+    block_steps: int | None = None
     flex_modes: tuple[str, ...] = ("none",)
     market_spec: MarketSpec = field(default_factory=MarketSpec)
     flex: FlexSpec = field(default_factory=FlexSpec)
@@ -144,6 +148,8 @@ class ScenarioResult:
             <method>_kwh``).
         bills: per customer energy and bills (see :func:`lv3ph.market.bills`).
         violations: violation summary per (check, item).
+        en50160: EN 50160 verdict per customer and week (:func:`lv3ph.en50160.en50160_table`),
+            empty when the step size does not divide the aggregation interval.
         notes: remarks for the report.
         timings_s: wall-clock seconds of parts of the run (``powerflow``: the final
             OpenDSS run; a market design's ``clearing`` and ``reference_solve``); not part
@@ -157,6 +163,7 @@ class ScenarioResult:
     bills: pd.DataFrame
     violations: pd.DataFrame
     notes: list[str] = field(default_factory=list)
+    en50160: pd.DataFrame = field(default_factory=pd.DataFrame)
     timings_s: dict[str, float] = field(default_factory=dict)
 
 

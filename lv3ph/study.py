@@ -25,6 +25,7 @@ from threadpoolctl import threadpool_limits
 from lv3ph.allocation.audit import allocate_method
 from lv3ph.allocation.contracts import assert_valid_contracts, contract_shares, read_contracts
 from lv3ph.allocation.exact import loss_network
+from lv3ph.en50160 import aggregate, customer_quality, en50160_table
 from lv3ph.errors import StudyError
 from lv3ph.flex import Fleet, ev_fleet
 from lv3ph.market import bilateral, bills, community_auction, no_market
@@ -46,6 +47,7 @@ from lv3ph.phases import (
 from lv3ph.powerflow import capture, customer_ports, neutral_conductors, open_feeder, solve_raw
 from lv3ph.prosumers import dispatch_p2p, dispatch_self_consumption, place_pv, pv_profile_kw_per_kwp
 from lv3ph.results import Scenario, ScenarioResult, StudySpec, write_metadata
+from lv3ph.stream import write_captured
 from lv3ph.studyfile import DESIGN_MARKETS, load_study, scenarios
 from lv3ph.topology import phase_labels
 from lv3ph.unbalance import line_loading_pct, phase_neutral_voltage, unbalance, violation_summary, violations
@@ -206,7 +208,25 @@ def _run_scenario(spec: StudySpec, sc: Scenario, *, progress: bool) -> ScenarioR
     t_pf = time.perf_counter() - t_pf
     pf = capture(model, run, vt, measured)
     unb = unbalance(pf)
-    viol = violations(pf, unb, spec.limits)
+    viol = violations(pf, unb, spec.limits.per_step())
+    quality = pd.DataFrame()
+    if spec.en50160.steps_per_interval(run.stepsize_s):
+        v, vuf, pvur = customer_quality(model, vt)
+        _, weeks = aggregate(
+            v, vuf, pvur, start=run.start, stepsize_s=run.stepsize_s, customers=names, config=spec.en50160
+        )
+        quality = en50160_table(weeks)
+    if spec.capture is not None:
+        write_captured(
+            model,
+            run,
+            vt,
+            measured,
+            spec.out / sc.name / "powerflow.zarr",
+            capture_level=spec.capture,
+            block_steps=spec.block_steps,
+            config=spec.en50160,
+        )
     shares = contract_shares(contracts, pf.customer_p_kw.values, ports.names, times, oversold="scale")
     results: dict[str, xr.Dataset] = {}
     for m in sorted(spec.methods, key=lambda x: x != "exact"):  # exact first: phase-only reuses it
@@ -239,6 +259,9 @@ def _run_scenario(spec: StudySpec, sc: Scenario, *, progress: bool) -> ScenarioR
         {"units": "1", "long_name": "mean state of charge of the batteries at the end of each step"},
     )
     summary = summarise(sc, pf, unb, viol, market, net_kw, pv_kw, bill, allocation, spec.methods, dt_h)
+    summary |= en50160_summary(quality)
+    summary["limits_basis"] = spec.limits.basis
+    summary["repeat_profiles"] = "yes" if run.repeat_profiles else "no"
     if outcome is not None:
         summary["flex"] = sc.flex
         summary.update(design_summary(outcome, sc.market, viol, bill, allocation, spec.market_spec, dt_h))
@@ -251,6 +274,8 @@ def _run_scenario(spec: StudySpec, sc: Scenario, *, progress: bool) -> ScenarioR
             {"units": "kW", "long_name": "shifted minus base shiftable demand"},
         )
     notes = []
+    if run.repeat_profiles:
+        notes.append("load shapes shorter than the run were repeated (repeat_profiles = true)")
     if schedule is not None:
         ops = int(switching_operations(schedule, stepsize_s=run.stepsize_s, start=run.start).sum())
         summary["switch_operations"] = ops
@@ -266,6 +291,7 @@ def _run_scenario(spec: StudySpec, sc: Scenario, *, progress: bool) -> ScenarioR
         bills=bill,
         violations=violation_summary(viol),
         notes=notes,
+        en50160=quality,
         timings_s={"powerflow": t_pf, **(outcome.timings_s if outcome is not None else {})},
     )
 
@@ -337,6 +363,20 @@ def _design_inputs(
         solve=solve,
         seed=sc.seed,
     )
+
+
+def en50160_summary(table: pd.DataFrame) -> dict[str, float | int | str]:
+    """Headline EN 50160 numbers of a scenario from its per-customer, per-week table."""
+    if table.empty:
+        return {"en50160_noncompliant_customers": "not computed"}
+    bad = table[table.compliant == "no"].customer.unique()
+    return {
+        "en50160_noncompliant_customers": int(bad.size),
+        "en50160_worst_v_within_band_pct": float(table.v_within_band_pct.min()),
+        "en50160_v10_min_v": float(table.v10_min_v.min()),
+        "en50160_v10_max_v": float(table.v10_max_v.max()),
+        "en50160_worst_vuf_p95_pct": float(table.vuf_p95_pct.max()),
+    }
 
 
 def _battery_setter(engine: Any, names: list[str], charge_kw: np.ndarray, start: int) -> Callable[[int], None]:
@@ -602,6 +642,8 @@ def write_outputs(spec: StudySpec, results: list[ScenarioResult]) -> Path:
         write_csv(r.allocation, folder / "allocation.csv")
         write_csv(r.bills.reset_index(), folder / "bills.csv")
         write_csv(r.violations, folder / "violations.csv")
+        if not r.en50160.empty:
+            write_csv(r.en50160, folder / "en50160.csv")
     summary = summary_table(results)
     write_csv(summary, out / "summary.csv")
     write_metadata(spec, out, results=results)

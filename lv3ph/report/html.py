@@ -123,15 +123,6 @@ def _table(summary: pd.DataFrame, columns: Sequence[tuple[str, str, int]]) -> st
     return f'<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table></div>'
 
 
-CAPTIONS = {
-    "voltage_envelope.png": "Lowest (down triangles) and highest (up triangles) phase-to-neutral voltage of the run at every LV bus, against its distance from the transformer, by phase. Dashed lines: the EN 50160 band.",
-    "unbalance.png": "Worst PVUR and worst VUF over all buses at each time step, per scenario. Dashed lines: limits.",
-    "head_neutral_current.png": "Neutral current leaving the transformer into the feeder, per scenario; below, phase and neutral currents of the scenario with the highest neutral current.",
-    "allocation.png": "Loss allocated to the contracts of the scenario with the most contracts, per method (top: largest contracts by the reference method), and each method's difference from the reference, in % of the reference total over all contracts.",
-    "scenarios.png": "Per scenario: losses by part (stacked), energy traded locally, self-sufficiency, minutes with at least one limit violation, and worst PVUR.",
-}
-
-
 def _how(spec: StudySpec) -> str:
     e = html.escape
     lim = spec.limits

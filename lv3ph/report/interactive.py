@@ -24,15 +24,22 @@ import numpy as np
 import pandas as pd
 
 from lv3ph.report.map import device_meta, map_data, map_payload, quantity_meta
-from lv3ph.report.plots import PHASE_COLOURS, _contracts, _hours, _lv_envelope, _methods, _reference, _var
+from lv3ph.report.plots import (
+    PHASE_COLOURS,
+    TOP_CONTRACTS,
+    _contracts,
+    _hours,
+    _lv_envelope,
+    _methods,
+    _reference,
+    _var,
+)
 
 if TYPE_CHECKING:
     from lv3ph.results import ScenarioResult, StudySpec
 
 __all__ = ["fleet_payload", "hosting_payload", "page", "plotly_js", "study_payload"]
 
-#: Contracts per scenario shown in the allocation chart.
-TOP_CONTRACTS = 20
 #: Headline numbers drawn in the comparison charts: (column, label).
 COMPARE: tuple[tuple[str, str], ...] = (
     ("loss_phase_kwh", "phase conductors"),
