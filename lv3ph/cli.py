@@ -417,7 +417,9 @@ def cmd_hosting(args: argparse.Namespace) -> int:
     base = [f"Edit Vsource.source pu={args.source_pu}"] if args.source_pu else []
     results = {}
     for arrangement in args.arrangement.split(","):
-        edits, switching = arrangement_setup(args.model, arrangement, run=run, vmaxpu=args.vmaxpu, commands=base)
+        edits, switching = arrangement_setup(
+            args.model, arrangement, run=run, vmaxpu=args.vmaxpu, commands=base, pv_aware=args.pv_aware
+        )
         results[arrangement] = hosting_capacity(
             args.model,
             run=run,
@@ -429,6 +431,9 @@ def cmd_hosting(args: argparse.Namespace) -> int:
             pme_ohm=args.pme,
             commands=base + edits,
             switching=switching,
+            pre_existing=args.criterion,
+            basis=args.basis,
+            controls=None if args.controls == "none" else args.controls,
             serial=args.serial,
             workers=args.workers,
             progress=not args.no_progress,
@@ -672,6 +677,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--arrangement", default="as-built", help="comma list: as-built, static-rebalanced, dynamic")
     p.add_argument("--source-pu", type=float, default=None, help="set the source voltage (pu) before the study")
     p.add_argument("--no-pvur", action="store_true", help="do not check PVUR")
+    p.add_argument(
+        "--criterion",
+        default="item",
+        choices=["item", "worsened", "exclude", "count"],
+        help="violations without PV: item = base-relative per item (default), count = absolute limits",
+    )
+    p.add_argument(
+        "--basis", default="step", choices=["step", "en50160"], help="limits per step or on 10-minute values"
+    )
+    p.add_argument("--controls", default="none", choices=["none", "qu", "vw", "qu+vw"], help="PV inverter controls")
+    p.add_argument("--pv-aware", action="store_true", help="re-phasing/switching planned with the PV")
     p.add_argument("--serial", action="store_true", help="no Dask")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--out", type=Path, default=Path("out/hosting"), help="output folder (CSV, PNG)")

@@ -25,9 +25,10 @@ EN 50160 judges voltage quality: the quadratic mean of the steps in each clock-a
 10-minute interval (steps ``k`` with the same ``floor((k - 1) x stepsize / 600 s)``) of each
 phase-to-neutral voltage magnitude (then the lowest/highest phase), of VUF, PVUR and the
 neutral-to-earth voltage, and of each element's loading. EN 50160's 95 % share applies over a
-week; a one-day run has no week, so every 10-minute value must meet the limit.
-(:class:`Aggregation` is this module's own 10-minute mean; the streaming EN 50160 module of
-the long-runs work can replace it behind the same two methods.) The basis used is in
+week; a one-day run has no week, so every 10-minute value must meet the limit. The
+intervals and the aggregation are those of :mod:`lv3ph.en50160` (:func:`~lv3ph.en50160.interval_index`,
+:func:`~lv3ph.en50160.interval_values`, ``rms`` as IEC 61000-4-30); :class:`Aggregation`
+applies them to the steps a candidate solves. The basis used is in
 ``HostingResult.settings["basis"]``.
 
 Night steps (PV profile 0) never count: the PV injects nothing, so the network is the one
@@ -46,6 +47,7 @@ import numpy as np
 import pandas as pd
 from numpy.typing import NDArray
 
+from lv3ph.en50160 import interval_index, interval_values
 from lv3ph.model import FeederModel, branch_rows
 from lv3ph.unbalance import Limits, pvur_pct, vuf_pct
 
@@ -241,10 +243,11 @@ class Aggregation:
     def __init__(self, window: NDArray[np.int64], stepsize_s: float, basis: str) -> None:
         self.basis = basis
         self.window = window
+        self.stepsize_s = float(stepsize_s)
         if basis == "step":
             row = np.arange(window.size)
         else:
-            interval = np.floor((window - 1) * float(stepsize_s) / AGGREGATION_S + 1e-9).astype(np.int64)
+            interval = interval_index(window, self.stepsize_s, AGGREGATION_S)
             row = interval - interval[0]
         self.row = row  # row of each window position
         self.n_rows = int(row[-1]) + 1
@@ -271,12 +274,12 @@ class Aggregation:
             return rows, None
         r = self.row[steps - self.window[0]]
         first = np.nonzero(np.r_[True, np.diff(r) != 0])[0]
-        n = self.count[rows][:, None]
         if np.any(np.diff(np.r_[first, r.size]) != self.count[rows]):
             raise ValueError("aggregated values need every step of each interval")
+        stepsize = self.stepsize_s
 
         def reduce(x: NDArray[np.float64]) -> NDArray[np.float64]:
-            return np.sqrt(np.add.reduceat(np.square(x), first, axis=0) / n)
+            return interval_values(x, steps, stepsize, AGGREGATION_S, "rms")[2]
 
         return rows, reduce
 
