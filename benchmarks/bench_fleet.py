@@ -11,9 +11,10 @@
 2. **One long run**: 1440 steps of the four-wire twin (``vmaxpu=1.5``). OpenDSS's own serial
    ``solve mode=yearly number=1440`` (nothing read; as ``bench_powerflow.py``) against lv3ph
    serial (solve loop + capture) and ``lv3ph.splitrun.solve_split`` with 2 blocks: this
-   process solves the first while one Dask worker compiles the model and solves the second
-   (warm: an already running worker; cold: a fresh ``LocalCluster``, as
-   ``lv3ph powerflow --workers 2`` does). Results checked against the serial run.
+   process solves the first while another process compiles the model and solves the second
+   (warm: an already running Dask worker that compiled the model before; cold: a freshly
+   spawned local process, as ``lv3ph powerflow --workers 2`` does). Results checked against
+   the serial run.
 
 Every time is the best of ``--repeat``. The machine is shared with other jobs: numbers move
 by tens of percent from run to run.
@@ -170,7 +171,7 @@ def bench_split(repeat: int, steps: int) -> None:
     print(f"  {'OpenDSS yearly solve (serial, nothing read)':<48} {t_native:6.2f} s   1.00x")
     print(f"  {'lv3ph serial (solve loop + capture)':<48} {t_serial:6.2f} s   {t_serial / t_native:.2f}x")
     print(f"  {'lv3ph --workers 2, warm worker':<48} {t_warm:6.2f} s   {t_warm / t_native:.2f}x")
-    print(f"  {'lv3ph --workers 2, cold (LocalCluster start)':<48} {t_cold:6.2f} s   {t_cold / t_native:.2f}x")
+    print(f"  {'lv3ph --workers 2, cold (spawns a local process)':<48} {t_cold:6.2f} s   {t_cold / t_native:.2f}x")
     print(f"  split vs serial: max |dV| / max |V| = {err:.1e}   (moonshot: warm <= 0.70x)")
 
 
