@@ -98,6 +98,7 @@ class _Block:
     start: int  # first step kept
     steps: int  # steps kept
     measure: tuple[str, ...]
+    repeat_profiles: bool = False
 
 
 _LOCAL = threading.local()
@@ -129,7 +130,9 @@ def _solve_block(b: _Block) -> tuple[ComplexArray, dict[str, ComplexArray]]:
     block on first use), the block's warm-up steps and steps; keep the block's."""
     with single_threaded():
         skip = b.start - b.first
-        vt, measured = _engine(b).run(b.mode, b.stepsize_s, b.first, skip + b.steps, measure=b.measure)
+        vt, measured = _engine(b).run(
+            b.mode, b.stepsize_s, b.first, skip + b.steps, measure=b.measure, repeat_profiles=b.repeat_profiles
+        )
     return vt[:, skip:], {k: v[skip:] for k, v in measured.items()}
 
 
@@ -147,7 +150,40 @@ def solve_split(
     scheduler: str | None = None,
     progress: bool = True,
 ) -> xr.Dataset:
-    """Solve ``spec`` in ``workers`` contiguous blocks in parallel and capture it as one run.
+    """Solve ``spec`` in ``workers`` contiguous blocks in parallel and capture it as one run
+    (:func:`solve_split_raw`, then :func:`lv3ph.powerflow.capture`)."""
+    vt, measured = solve_split_raw(
+        engine,
+        model,
+        spec,
+        workers=workers,
+        vmaxpu=vmaxpu,
+        commands=commands,
+        pme_ohm=pme_ohm,
+        pme_customers=pme_customers,
+        drop_isolated=drop_isolated,
+        scheduler=scheduler,
+        progress=progress,
+    )
+    return capture(model, spec, vt, measured)
+
+
+def solve_split_raw(
+    engine: Engine,
+    model: FeederModel,
+    spec: RunSpec,
+    *,
+    workers: int,
+    vmaxpu: float | None = None,
+    commands: Sequence[str] = (),
+    pme_ohm: float | None = None,
+    pme_customers: Sequence[str] | None = None,
+    drop_isolated: bool = False,
+    scheduler: str | None = None,
+    progress: bool = True,
+) -> tuple[ComplexArray, dict[str, ComplexArray]]:
+    """Solve ``spec`` in ``workers`` contiguous blocks in parallel: node voltages
+    (n_nodes, steps) and measured currents, as :func:`lv3ph.powerflow.solve_raw`.
 
     ``engine``/``model``: the feeder freshly compiled here with the same options (``vmaxpu``,
     ``commands``, ``pme_ohm``, ``pme_customers``, ``drop_isolated`` as
@@ -173,7 +209,7 @@ def solve_split(
         )
     if spec.mode == "snap":
         raise ModelError("mode snap solves one step: nothing to split (use --workers 1)")
-    engine.check_profiles(spec.mode, spec.stepsize_s, spec.start, spec.steps)
+    engine.check_profiles(spec.mode, spec.stepsize_s, spec.start, spec.steps, repeat=spec.repeat_profiles)
     source: str | ModelPack = pack_model(model.path) if scheduler else str(Path(model.path).resolve())
     if isinstance(source, ModelPack):
         key = sha256(source.data).hexdigest()
@@ -199,12 +235,13 @@ def solve_split(
                 start=first,
                 steps=steps,
                 measure=measure,
+                repeat_profiles=spec.repeat_profiles,
             )
         )
     parts = _solve_blocks(engine, jobs, workers=workers, scheduler=scheduler, progress=progress)
     vt = np.concatenate([p[0] for p in parts], axis=1)
     measured = {name: np.concatenate([p[1][name] for p in parts], axis=0) for name in measure}
-    return capture(model, spec, vt, measured)
+    return vt, measured
 
 
 def _solve_blocks(
@@ -256,6 +293,7 @@ def _solve_blocks(
                 first.steps,
                 measure=first.measure,
                 on_step=lambda _k: bar.update(),
+                repeat_profiles=first.repeat_profiles,
             )
         rest.extend(f.result() for f in futures)
     finally:
