@@ -65,7 +65,6 @@ unreachable) is retried ``retries`` times. Every job runs with BLAS single-threa
 
 from __future__ import annotations
 
-import html
 import json
 import math
 import os
@@ -754,10 +753,12 @@ def run_fleet(
 
 # ----------------------------------------------------------------------------- summary page
 def fleet_html(table: pd.DataFrame, errors: pd.DataFrame, *, rank: str, title: str, top: int = 50) -> str:
-    """A small self-contained HTML page: feeders ranked by ``rank`` (largest first; smallest
-    first for ``hosting_*``), a few KPIs beside it, and the feeders that could not run."""
-    ascending = rank.startswith("hosting_")
-    cols = ["feeder", rank] + [
+    """The summary page (:func:`lv3ph.report.html.fleet_page`): feeders ranked by ``rank``
+    (largest first; smallest first for ``hosting_*``), a few KPIs beside it, and the feeders
+    that could not run."""
+    from lv3ph.report.html import fleet_page
+
+    shown = [
         c
         for c in (
             "customers",
@@ -772,22 +773,14 @@ def fleet_html(table: pd.DataFrame, errors: pd.DataFrame, *, rank: str, title: s
         )
         if c in table.columns and c != rank
     ]
-    body = "<p>no feeder finished</p>"
-    if len(table) and rank in table.columns:
-        ranked = table.sort_values(rank, ascending=ascending, na_position="last").head(top)[cols]
-        ranked.insert(0, "rank", np.arange(1, len(ranked) + 1))
-        body = ranked.to_html(index=False, float_format=lambda x: f"{x:.3f}", na_rep="-", border=0)
-    errs = "".join(
-        f"<li><b>{html.escape(str(r.feeder))}</b>: {html.escape(str(r.error))}</li>" for r in errors.itertuples()
-    )
-    order = "smallest" if ascending else "largest"
-    return (
-        "<!doctype html><html><head><meta charset='utf-8'>"
-        f"<title>{html.escape(title)}</title><style>body{{font-family:sans-serif;margin:2em}}"
-        "table{border-collapse:collapse}td,th{padding:3px 8px;text-align:right;border-bottom:1px solid #ddd}"
-        "td:nth-child(2),th:nth-child(2){text-align:left}</style></head><body>"
-        f"<h1>{html.escape(title)}</h1><p>{len(table)} feeders ranked by <code>{html.escape(rank)}</code> "
-        f"({order} first); full table in fleet.csv / fleet.parquet.</p>{body}"
-        + (f"<h2>{len(errors)} feeders could not run</h2><ul>{errs}</ul>" if len(errors) else "")
-        + "</body></html>"
+    df = table if len(table) and rank in table.columns else pd.DataFrame(columns=["feeder", rank])
+    return fleet_page(
+        df,
+        rank,
+        label="feeder",
+        title=title,
+        ascending=rank.startswith("hosting_"),
+        top=top,
+        columns=[c for c in shown if c in df.columns],
+        notes=[f"could not run: {r.feeder}: {r.error}" for r in errors.itertuples()],
     )
