@@ -141,6 +141,26 @@ class Engine:
             self.command(c)
         self.command("set mode=snap")
         self._solve_checked("the initial snapshot")
+        self._check_energised()
+
+    def _check_energised(self) -> None:
+        """Raise :class:`ModelError` when the solved circuit has no voltage anywhere (OpenDSS
+        "converges" to 0 V when its sources run at another frequency than the solution)."""
+        d = self.dss
+        if d.Circuit.NumNodes() and np.abs(np.asarray(d.Circuit.YNodeVArray())).max() > 0:
+            return
+        hz = float(d.Solution.Frequency())
+        off = []
+        for name in d.Vsources.AllNames():
+            d.Vsources.Name(name)
+            if float(d.Vsources.Frequency()) != hz:
+                off.append(f"vsource.{name.lower()} is at {float(d.Vsources.Frequency()):g} Hz")
+        why = (
+            f": {', '.join(off)} but the solution runs at {hz:g} Hz (is 'set defaultbasefreq' after 'New Circuit'?)"
+            if off
+            else ": no source drives it"
+        )
+        raise ModelError(f"OpenDSS solved {self.path} to 0 V at every node{why}")
 
     def apply(self, commands: Sequence[str]) -> None:
         """Run model edits (e.g. earth electrodes) on the compiled circuit and re-solve it."""

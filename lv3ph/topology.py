@@ -11,13 +11,17 @@ connections):
   join conductor ``k`` of terminal 1 to conductor ``k`` of terminal 2, so both nodes get
   the same role (a service cable ``bus1=t5.2.4 bus2=c7.1.2`` makes ``c7.1`` phase b and
   ``c7.2`` the neutral). A conductor opened in OpenDSS (``open line.sw``) or a disabled
-  element joins nothing. A terminal whose conductors meet in one node (a star point,
-  ``bus2=x.4.4.4``) is a shunt, not a path.
+  element joins nothing. A Reactor terminal whose conductors meet in one node (a star
+  point, ``bus2=x.4.4.4``) is a shunt, not a path; a Line's conductors always join (a
+  six-wire cable ending on ``b2.1.2.3.4.4.4`` bonds its three neutral cores at ``b2``, a
+  three-phase switch written ``bus2=x2.2`` joins OpenDSS's default nodes ``x2.2.2.3``).
 * **Transformers by winding connection.** Once one winding is reached, every other
   winding's conductor ``k`` is phase ``k`` (for a single- or two-phase transformer: the
   phase of the reached winding's conductor ``k``), and a wye winding's star point
   (conductor ``phases + 1``) is that transformer's neutral. Delta windings have no
-  neutral.
+  neutral. A single-phase wye winding whose phase end is earthed and whose star point
+  is not (``bus=x.0.2``, the reversed half of a split-phase secondary) carries the phase
+  on its star-point node.
 * **Neutrals alongside phases.** A conductor no source reaches but that runs in a series
   element beside a traced phase (the fourth core of a cable whose star point is only
   bonded through an earthing Reactor, as in the ENWL feeders) is a neutral of that
@@ -110,8 +114,8 @@ def _series_pairs(e: Element) -> list[tuple[int, int, int]]:
         a, b = t1[j], t2[j]
         if a < 0 or b < 0 or not (closed[j] and closed[k + j]):
             continue
-        if t1.count(a) > 1 or t2.count(b) > 1:
-            continue  # a star point: this terminal is a shunt connection, not a path
+        if e.cls != "line" and (t1.count(a) > 1 or t2.count(b) > 1):
+            continue  # a reactor's star point: this terminal is a shunt connection, not a path
         out.append((a, b, j))
     return out
 
@@ -185,7 +189,9 @@ def trace_roles(node_names: Sequence[str], elements: Sequence[Element], sources:
                         assign(int(wn[j]), ph, g, t.name)
                 conn = t.conns[w] if w < len(t.conns) else "wye"
                 if conn == "wye" and k > nph and wn[nph] >= 0:
-                    assign(int(wn[nph]), NEUTRAL, g, t.name)
+                    reversed_half = nph == 1 and wn[0] < 0
+                    ph = up_roles[0] if reversed_half and 1 <= up_roles[0] <= 3 else 1
+                    assign(int(wn[nph]), ph if reversed_half else NEUTRAL, g, t.name)
     # conductors beside a traced phase in a series element are its neutrals
     for e in series:
         k = e.n_conductors
