@@ -220,6 +220,14 @@ class Engine:
             conns=conns,
         )
 
+    def pd_element_names(self) -> list[str]:
+        """Every power-delivery element: OpenDSS's ``PDElements`` list plus its Fault
+        elements, which that list leaves out although they are in the system matrix (a
+        Fault from a neutral to earth is an earth electrode)."""
+        d = self.dss
+        d.Circuit.SetActiveClass("fault")
+        return list(d.PDElements.AllNames()) + [f"Fault.{n}" for n in d.ActiveClass.AllNames()]
+
     def model(self) -> FeederModel:
         """Extract the compiled circuit as a :class:`FeederModel`."""
         d = self.dss
@@ -231,7 +239,7 @@ class Engine:
         node_bus = np.array([n.rsplit(".", 1)[0] for n in nodes])
         node_terminal = np.array([int(n.rsplit(".", 1)[1]) for n in nodes], dtype=np.int64)
         raw = []
-        for name in d.PDElements.AllNames():
+        for name in self.pd_element_names():
             self._active(name)
             if d.CktElement.Enabled():
                 raw.append(self._element(name, "other"))
@@ -669,7 +677,7 @@ class Engine:
     def element_losses_w(self) -> dict[str, complex]:
         """OpenDSS's own losses (W + j var) of every enabled PD element, at the last solve."""
         out = {}
-        for name in self.dss.PDElements.AllNames():
+        for name in self.pd_element_names():
             self._active(name)
             if self.dss.CktElement.Enabled():
                 out[name.lower()] = complex(self.dss.CktElement.Losses())
