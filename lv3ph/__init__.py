@@ -3,6 +3,8 @@
 Public API (everything else may move):
 
 * :func:`run_powerflow` -- time-series power flow captured as an ``xarray.Dataset``.
+* :func:`open_result` -- a result store (``lv3ph powerflow``, :mod:`lv3ph.stream`) as a lazy
+  dask-backed ``xarray.Dataset``.
 * :func:`unbalance` -- PVUR, LVUR, VUF, neutral-to-earth voltage per bus and step.
 * :class:`Engine`, :class:`FeederModel` -- an OpenDSS instance and the feeder as arrays.
 """
@@ -41,7 +43,8 @@ _keep_freed_arrays()
 __version__ = "0.1.0"
 
 from lv3ph.dss import Engine
+from lv3ph.io import open_result
 from lv3ph.model import FeederModel
 from lv3ph.powerflow import RunSpec, run_powerflow
 
-__all__ = ["Engine", "FeederModel", "RunSpec", "__version__", "run_powerflow"]
+__all__ = ["Engine", "FeederModel", "RunSpec", "__version__", "open_result", "run_powerflow"]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 import warnings
 from collections.abc import Callable, Sequence
@@ -18,15 +19,20 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from lv3ph.errors import IsolatedCustomerWarning, Lv3phError
-from lv3ph.io import check_output, write_csv, write_dataset
-from lv3ph.powerflow import RunSpec, open_feeder, solve
+from lv3ph.en50160 import EN50160_COLUMNS, en50160_table
+from lv3ph.errors import IsolatedCustomerWarning, Lv3phError, OutputError
+from lv3ph.io import check_output, incomplete_path, is_store, open_result, write_csv, write_dataset
+from lv3ph.powerflow import RunSpec, open_feeder
+from lv3ph.stream import CAPTURES, Feeder, resume, run_streamed, write_captured
 from lv3ph.topology import ISOLATED, customers_table, earthing_table, role_label
-from lv3ph.unbalance import Limits, unbalance, violations
+from lv3ph.unbalance import Limits, violations
 
 
-def _model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", type=Path, help="OpenDSS master file")
+def _model_args(p: argparse.ArgumentParser, *, optional: bool = False) -> None:
+    if optional:
+        p.add_argument("model", type=Path, nargs="?", default=None, help="OpenDSS master file (not with --resume)")
+    else:
+        p.add_argument("model", type=Path, help="OpenDSS master file")
     p.add_argument(
         "--vmaxpu",
         type=float,
@@ -77,6 +83,8 @@ def _open(args: argparse.Namespace):  # type: ignore[no-untyped-def]
 
 def cmd_info(args: argparse.Namespace) -> int:
     """Print what the model contains (and with ``--csv DIR`` write customers.csv, earthing.csv)."""
+    if args.csv:
+        check_output(args.csv, folder=True)
     engine, model = _open(args)
     kinds = pd.Series([e.kind for e in model.elements]).value_counts()
     per_phase = pd.Series([c.phase_letters for c in model.customers]).value_counts().sort_index()
@@ -107,30 +115,68 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
-def _summary(pf: xr.Dataset, unb: xr.Dataset, viol: pd.DataFrame, vne_threshold: float) -> list[str]:
-    hours = float(pf.attrs["stepsize_s"]) / 3600.0
-    energy = {k: float(pf[f"loss_{k}_kw"].sum()) * hours for k in ("phase", "neutral", "earth")}
-    total = float(pf.loss_total_kw.sum()) * hours
+def _summary(ds: xr.Dataset, viol: pd.DataFrame | None, vne_threshold: float) -> list[str]:
+    """Summary lines of a finished run (read lazily from its store)."""
+    a = ds.attrs
+    hours = float(a["stepsize_s"]) / 3600.0
+    sums = ds[["loss_total_kw", "loss_phase_total_kw", "loss_neutral_total_kw", "loss_earth_total_kw"]].sum().compute()
+    loss = ds.loss_total_kw.values
+    peak = int(np.argmax(loss))
+    times = ds.time.values
     lines = [
-        f"steps      {pf.sizes['time']} ({pf.attrs['mode']}, {pf.attrs['stepsize_s']:g} s, from step {pf.attrs['start']})",
-        f"wiring     {pf.attrs['wiring']}",
-        f"losses     {total:.4f} kWh: phase {energy['phase']:.4f}, neutral {energy['neutral']:.4f}, earth {energy['earth']:.4f}"
-        f"   (peak {float(pf.loss_total_kw.max()):.4f} kW at step {int(pf.time.values[int(np.argmax(pf.loss_total_kw.values))])})",
+        f"steps      {ds.sizes['time']} ({a['mode']}, {float(a['stepsize_s']):g} s, from step {a['start']}), "
+        f"capture {a['capture']}, blocks of {a['block_steps']} steps"
+        + (", load shapes repeated" if int(a.get("repeat_profiles", 0)) else ""),
+        f"wiring     {a['wiring']}",
+        f"losses     {float(sums.loss_total_kw) * hours:.4f} kWh: phase {float(sums.loss_phase_total_kw) * hours:.4f}, "
+        f"neutral {float(sums.loss_neutral_total_kw) * hours:.4f}, earth {float(sums.loss_earth_total_kw) * hours:.4f}"
+        f"   (peak {float(loss[peak]):.4f} kW at step {int(times[peak])})",
     ]
+    for var, label, low in (
+        ("customer_v_min_v", "lowest customer V", True),
+        ("customer_v_max_v", "highest customer V", False),
+        ("customer_vuf_max_pct", "worst customer VUF", False),
+        ("customer_pvur_max_pct", "worst customer PVUR", False),
+    ):
+        x = ds[var].values
+        if np.isfinite(x).any():
+            k = int(np.nanargmin(x) if low else np.nanargmax(x))
+            unit = "V" if var.endswith("_v") else "%"
+            lines.append(f"{label:<20} {float(x[k]):.3f} {unit} at step {int(times[k])} (per step)")
+    if "compliant" in ds:
+        weeks = ds[["compliant", "v10_min_v", "v10_max_v", "vuf_p95_pct", "v_within_band_pct"]].load()
+        ok = weeks.compliant.all("week")
+        lines.append(
+            f"EN 50160   {int(ok.sum())} of {ok.size} customers compliant in all {weeks.sizes['week']} week(s) "
+            f"(10-min V {float(weeks.v10_min_v.min()):.1f}..{float(weeks.v10_max_v.max()):.1f} V, "
+            f"worst share in band {float(weeks.v_within_band_pct.min()):.1f} %, worst VUF p95 {float(weeks.vuf_p95_pct.max()):.3f} %)"
+        )
+    else:
+        lines.append("EN 50160   not computed: the aggregation interval is not a multiple of the step size")
+    if a["capture"] == "full" and viol is not None:
+        lines += _full_lines(ds, viol, vne_threshold)
+    return lines
+
+
+def _full_lines(ds: xr.Dataset, viol: pd.DataFrame, vne_threshold: float) -> list[str]:
+    """The per-bus lines only a full capture can give."""
+    lines = []
     for var, label in (("pvur_pct", "PVUR"), ("vuf_pct", "VUF"), ("vne_v", "V n-e")):
-        da = unb[var]
-        if bool(da.notnull().any()):
-            pos = np.unravel_index(int(np.nanargmax(da.values)), da.shape)
+        da = ds[var]
+        mx = da.max("time").compute()
+        if bool(mx.notnull().any()):
+            b = int(np.nanargmax(mx.values))
+            series = da.isel(bus=b).values
+            k = int(np.nanargmax(series))
             unit = "V" if var == "vne_v" else "%"
             lines.append(
-                f"worst {label:<5} {float(da.values[pos]):.3f} {unit} at bus {unb.bus.values[pos[1]]}, step {int(unb.time.values[pos[0]])}"
+                f"worst {label:<5} {float(series[k]):.3f} {unit} at bus {ds.bus.values[b]}, step {int(ds.time.values[k])}"
             )
-    dep = pf.customer_pq_departure_pct
-    n_dep = int((np.abs(dep) > 1.0).any(dim="time").sum())
+    n_dep = int((np.abs(ds.customer_pq_departure_pct) > 1.0).any(dim="time").sum())
     lines.append(
         f"PQ loads   {n_dep} customers drew >1 % off their set-point (OpenDSS constant-Z outside vminpu/vmaxpu)"
     )
-    n_vne = int((unb.vne_v > vne_threshold).any(dim="time").sum())
+    n_vne = int((ds.vne_v > vne_threshold).any(dim="time").sum())
     lines.append(f"V n-e      {n_vne} buses above {vne_threshold:g} V")
     if viol.empty:
         lines.append("violations none")
@@ -140,47 +186,99 @@ def _summary(pf: xr.Dataset, unb: xr.Dataset, viol: pd.DataFrame, vne_threshold:
     return lines
 
 
+def _block_violations(ds: xr.Dataset, limits: Limits) -> pd.DataFrame:
+    """Per-step violations of a full capture, read block by block (bounded memory)."""
+    step = int(ds.attrs["block_steps"])
+    frames = []
+    unb_vars = ["pvur_pct", "lvur_pct", "vuf_pct", "v0uf_pct", "vne_v", "vmin_pn_v", "vmax_pn_v"]
+    for i in range(0, ds.sizes["time"], step):
+        part = ds[["current", "winding_s_kva", *unb_vars]].assign_coords(customer_bus=ds.customer_bus)
+        part = part.isel(time=slice(i, i + step)).load()
+        frames.append(violations(part, part[unb_vars], limits))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
 def cmd_powerflow(args: argparse.Namespace) -> int:
-    """Run a time-series power flow and write the Dataset (and CSV tables)."""
-    spec = RunSpec.parse(args.mode, args.stepsize, args.start, args.steps)
-    check_output(args.out)
+    """Run a time-series power flow into a store (and CSV tables)."""
+    out = Path(args.out)
+    netcdf = out.suffix == ".nc"
+    store_out = out.with_name(out.name + ".zarr") if netcdf else out
+    if netcdf:
+        check_output(out)
+    if store_out.exists() and not is_store(store_out):
+        raise OutputError(
+            f"cannot write {store_out}: it is a {'folder' if store_out.is_dir() else 'file'}, not a result store"
+        )
+    check_output(store_out, folder=True)
     if args.csv:
         check_output(args.csv, folder=True)
-    engine, model = _open(args)
-    if args.workers > 1:
-        from lv3ph.splitrun import solve_split
-
-        pf = solve_split(
-            engine,
-            model,
-            spec,
-            workers=args.workers,
-            vmaxpu=args.vmaxpu,
-            pme_ohm=args.pme,
-            pme_customers=args.pme_customers.split(",") if args.pme_customers else None,
-            drop_isolated=args.drop_isolated,
-            scheduler=args.scheduler,
-            progress=not args.no_progress,
-        )
+    progress = not args.no_progress
+    if args.resume:
+        if not incomplete_path(store_out).is_dir():
+            raise Lv3phError(f"--resume: no unfinished run at {incomplete_path(store_out)}")
+        path = resume(store_out, progress=progress)
     else:
-        pf = solve(engine, model, spec, progress=not args.no_progress)
-    unb = unbalance(pf)
-    limits = Limits()
-    viol = violations(pf, unb, limits)
-    vne_threshold = args.vne_threshold
-    write_dataset(xr.merge([pf, unb], compat="override"), args.out)
-    written = [str(args.out)]
+        if args.model is None:
+            raise Lv3phError("powerflow needs a MODEL (or --resume)")
+        spec = RunSpec.parse(args.mode, args.stepsize, args.start, args.steps, repeat_profiles=args.repeat_profiles)
+        if args.workers > 1:
+            path = _split_run(args, spec, store_out)
+        else:
+            feeder = Feeder(
+                str(args.model),
+                vmaxpu=args.vmaxpu,
+                pme_ohm=args.pme,
+                pme_customers=tuple(args.pme_customers.split(",")) if args.pme_customers else None,
+                drop_isolated=args.drop_isolated,
+            )
+            path = run_streamed(
+                feeder, spec, store_out, capture_level=args.capture, block_steps=args.block_steps, progress=progress
+            )
+    ds = open_result(path)
+    viol = _block_violations(ds, Limits()) if ds.attrs["capture"] == "full" else None
+    written = [str(out)]
     if args.csv:
-        written += write_tables(pf, unb, viol, Path(args.csv))
-    for line in _summary(pf, unb, viol, vne_threshold):
+        folder = Path(args.csv)
+        if viol is not None:
+            written += write_tables(ds.load(), viol, folder)
+        if "compliant" in ds:
+            table = en50160_table(ds[EN50160_COLUMNS[2:]].load())
+            written.append(str(write_csv(table, folder / "en50160.csv")))
+    for line in _summary(ds, viol, args.vne_threshold):
         print(line)
+    if netcdf:
+        write_dataset(ds, out)
+        shutil.rmtree(path)
     print("wrote      " + ", ".join(written))
     return 0
 
 
-def write_tables(pf: xr.Dataset, unb: xr.Dataset, viol: pd.DataFrame, folder: Path) -> list[str]:
+def _split_run(args: argparse.Namespace, spec: RunSpec, store_out: Path) -> Path:
+    """``--workers N``: the window solved in N blocks in parallel (:mod:`lv3ph.splitrun`), in
+    memory, then written as a store at the chosen capture level."""
+    from lv3ph.splitrun import solve_split_raw
+
+    engine, model = _open(args)
+    vt, measured = solve_split_raw(
+        engine,
+        model,
+        spec,
+        workers=args.workers,
+        vmaxpu=args.vmaxpu,
+        pme_ohm=args.pme,
+        pme_customers=args.pme_customers.split(",") if args.pme_customers else None,
+        drop_isolated=args.drop_isolated,
+        scheduler=args.scheduler,
+        progress=not args.no_progress,
+    )
+    return write_captured(
+        model, spec, vt, measured, store_out, capture_level=args.capture, block_steps=args.block_steps
+    )
+
+
+def write_tables(pf: xr.Dataset, viol: pd.DataFrame, folder: Path) -> list[str]:
     """voltages.csv (with each node's traced ``role``: a, b, c, neutral), unbalance.csv,
-    losses.csv and violations.csv into ``folder``."""
+    losses.csv and violations.csv of a full capture into ``folder``."""
     v = pf.voltage.stack(row=("time", "bus", "terminal")).dropna("row")
     volt = pd.DataFrame(
         {
@@ -192,7 +290,7 @@ def write_tables(pf: xr.Dataset, unb: xr.Dataset, viol: pd.DataFrame, folder: Pa
             "vang_deg": np.degrees(np.angle(v.values)),
         }
     )
-    unb_df = unb[["pvur_pct", "lvur_pct", "vuf_pct", "v0uf_pct", "vne_v"]].to_dataframe().reset_index()
+    unb_df = pf[["pvur_pct", "lvur_pct", "vuf_pct", "v0uf_pct", "vne_v"]].to_dataframe().reset_index()
     loss = pf[["loss_phase_kw", "loss_neutral_kw", "loss_earth_kw", "loss_kw"]].to_dataframe().reset_index()
     loss = loss[["time", "element", "loss_phase_kw", "loss_neutral_kw", "loss_earth_kw", "loss_kw"]]
     loss.columns = ["time", "element", "phase_kw", "neutral_kw", "earth_kw", "total_kw"]
@@ -476,16 +574,43 @@ def build_parser() -> argparse.ArgumentParser:
         help="time-series power flow to netCDF/CSV",
         description="Solve with OpenDSS's own time modes and capture voltages, currents, losses and unbalance.",
     )
-    _model_args(p)
+    _model_args(p, optional=True)
     _drop_arg(p)
     _run_args(p)
-    p.add_argument("--out", type=Path, default=Path("results.nc"), help="netCDF output (default results.nc)")
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=Path("results.zarr"),
+        help="result store (zarr folder; default results.zarr); a name ending in .nc is converted to netCDF at the end",
+    )
+    p.add_argument(
+        "--capture",
+        default="full",
+        metavar="|".join(CAPTURES),
+        help="full: every bus, element and customer per step; customers: customer points, head and losses per "
+        "element; stats: totals per step and EN 50160 statistics only (default full)",
+    )
+    p.add_argument(
+        "--block-steps",
+        type=int,
+        default=None,
+        metavar="N",
+        help="steps solved and written per block (memory is bounded by the block; default one day)",
+    )
+    p.add_argument(
+        "--repeat-profiles", action="store_true", help="cycle load shapes shorter than the run instead of failing"
+    )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="finish the unfinished run of --out (left by a killed run) with its own settings",
+    )
     p.add_argument(
         "--csv",
         type=Path,
         default=None,
         metavar="DIR",
-        help="also write voltages.csv, unbalance.csv, losses.csv, violations.csv",
+        help="also write en50160.csv and, with --capture full, voltages.csv, unbalance.csv, losses.csv, violations.csv",
     )
     p.add_argument(
         "--vne-threshold",

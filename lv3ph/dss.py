@@ -67,12 +67,17 @@ def _new_context() -> OpenDSSDirect:
     return engine
 
 
+#: Var change (pu) under which InvControl's iterations count as settled (:meth:`Engine.add_inverter_control`).
+VAR_TOLERANCE = 1e-4
+
+
 class Engine:
     """One OpenDSS instance holding one compiled model."""
 
     def __init__(self) -> None:
         self.dss = _new_context()
         self.path: Path | None = None
+        self._controls = False
         #: drop (with a warning) customers no series path reaches, instead of refusing the model
         self.drop_isolated = False
 
@@ -114,6 +119,7 @@ class Engine:
         self.drop_isolated = drop_isolated
         if not p.is_file():
             raise ModelError(f"model file not found: {p}")
+        self._controls = False
         model_files(p)  # a Redirect cycle crashes OpenDSS; a missing file is named with its line
         self.path = None
         self.command("clear")
@@ -179,6 +185,88 @@ class Engine:
                 f"OpenDSS did not converge at {what}{self._of()} "
                 f"({self.dss.Solution.Iterations()} iterations, max {self.dss.Solution.MaxIterations()})"
             )
+        self._check_controls(what)
+
+    def _check_controls(self, what: str) -> None:
+        """With inverter controls (:meth:`add_inverter_control`): the control iterations of
+        the last solve must have settled before OpenDSS's cap (``maxcontroliter``)."""
+        if not self._controls:
+            return
+        sol = self.dss.Solution
+        if sol.ControlIterations() >= sol.MaxControlIterations():
+            raise ConvergenceError(
+                f"inverter controls did not settle at {what} ({sol.ControlIterations()} control iterations)"
+            )
+
+    def add_inverter_control(
+        self,
+        name: str,
+        pv_systems: Sequence[str],
+        *,
+        volt_var: Sequence[tuple[float, float]] | None = None,
+        volt_watt: Sequence[tuple[float, float]] | None = None,
+        max_control_iterations: int = 200,
+    ) -> None:
+        """One OpenDSS ``InvControl`` ``name`` over ``pv_systems`` (PVSystem names).
+
+        ``volt_var``: Q(U) points (voltage pu of the PVSystem's rated kV, reactive power pu
+        of its ``kvarMax`` = kVA rating; positive = supplied), mode ``VOLTVAR``,
+        ``voltage_curvex_ref=rated``, ``RefReactivePower=VARMAX``. ``volt_watt``: P(U)
+        points (voltage pu, active power limit pu of ``Pmpp``), mode ``VOLTWATT``
+        (``VoltwattYAxis=PMPPPU``). Both: ``CombiMode=VV_VW``. Every later solve checks that
+        the control iterations settled (:class:`~lv3ph.errors.ConvergenceError` otherwise).
+
+        The control iterations stop when the var change is below :data:`VAR_TOLERANCE` pu
+        (OpenDSS's default 0.025 pu leaves the result depending on where the iterations
+        started, i.e. on what was solved before: 0.04 kvar on a 4.4 kVA inverter); with no
+        hysteresis and no averaging window the converged state is then a function of the
+        step alone, so steps can be solved in any order.
+        """
+        if not pv_systems or (volt_var is None and volt_watt is None):
+            raise ModelError("add_inverter_control: give PVSystems and a volt-var and/or a volt-watt curve")
+        cmds = []
+
+        def curve(cname: str, points: Sequence[tuple[float, float]]) -> str:
+            xs = " ".join(f"{x:g}" for x, _ in points)
+            ys = " ".join(f"{y:g}" for _, y in points)
+            return f"New XYcurve.{cname} npts={len(points)} xarray=[{xs}] yarray=[{ys}]"
+
+        ders = " ".join(f"PVSystem.{n}" for n in pv_systems)
+        opts = [f"DERList=[{ders}]", "voltage_curvex_ref=rated", f"VarChangeTolerance={VAR_TOLERANCE:g}"]
+        if volt_var is not None:
+            cmds.append(curve(f"{name}_vv", volt_var))
+            opts += [f"vvc_curve1={name}_vv", "RefReactivePower=VARMAX"]
+        if volt_watt is not None:
+            cmds.append(curve(f"{name}_vw", volt_watt))
+            opts += [f"voltwatt_curve={name}_vw", "VoltwattYAxis=PMPPPU"]
+        if volt_var is not None and volt_watt is not None:
+            opts.append("CombiMode=VV_VW")
+        else:
+            opts.append("mode=" + ("VOLTVAR" if volt_var is not None else "VOLTWATT"))
+        cmds.append(f"New InvControl.{name} " + " ".join(opts))
+        cmds.append(f"set maxcontroliter={int(max_control_iterations)}")
+        self.apply(cmds)
+        self._controls = True
+
+    def pv_powers_kw(self, names: Sequence[str]) -> Callable[[], ComplexArray]:
+        """A fast reader of PVSystems' output at the last solve: ``P + jQ`` per PVSystem, kW
+        and kvar, generator convention (delivered positive)."""
+        pv = self.dss.PVsystems
+        idx = []
+        for n in names:
+            pv.Name(n)
+            if pv.Name().lower() != n.lower():
+                raise UnknownItemError(f"no PVSystem {n!r} in the model")
+            idx.append(int(pv.Idx()))
+
+        def read() -> ComplexArray:
+            out = np.empty(len(idx), dtype=np.complex128)
+            for j, i in enumerate(idx):
+                pv.Idx(i)
+                out[j] = complex(pv.kW(), pv.kvar())
+            return out
+
+        return read
 
     # ------------------------------------------------------------------ extraction
     def _active(self, name: str) -> None:
@@ -344,10 +432,13 @@ class Engine:
         return {n: nodes for n, (_, nodes) in self._devices().items() if n not in owned}
 
     # ------------------------------------------------------------------ time series
-    def check_profiles(self, mode: str, stepsize_s: float, start: int, steps: int) -> None:
+    def check_profiles(self, mode: str, stepsize_s: float, start: int, steps: int, *, repeat: bool = False) -> None:
         """Raise :class:`ProfileError` if a load shape used by the run has NaN values or
         does not cover the run (yearly mode: ``(start + steps - 1) * stepsize`` must not
-        pass the end of the shape, where OpenDSS would silently wrap around)."""
+        pass the end of the shape, where OpenDSS would silently wrap around).
+
+        ``repeat=True`` allows shapes shorter than the run: OpenDSS then cycles them (a
+        1440-point 1-minute shape repeats every day)."""
         if mode == "snap":
             return
         d = self.dss
@@ -380,10 +471,10 @@ class Engine:
             if bad.size:
                 raise ProfileError(f"load shape {shape} (used by {user}) has NaN at point {bad[0] + 1}")
             interval_h = float(d.LoadShape.HrInterval())
-            if mode == "yearly" and interval_h > 0 and end_h > npts * interval_h + 1e-9:
+            if not repeat and mode == "yearly" and interval_h > 0 and end_h > npts * interval_h + 1e-9:
                 raise ProfileError(
                     f"load shape {shape} (used by {user}) covers {npts * interval_h:g} h "
-                    f"but the run ends at {end_h:g} h"
+                    f"but the run ends at {end_h:g} h (repeat_profiles / --repeat-profiles cycles it)"
                 )
 
     def run(
@@ -396,12 +487,18 @@ class Engine:
         before_step: Callable[[int], None] | None = None,
         measure: Sequence[str] = (),
         on_step: Callable[[int], None] | None = None,
+        repeat_profiles: bool = False,
     ) -> tuple[ComplexArray, dict[str, ComplexArray]]:
         """Solve ``steps`` steps of OpenDSS's own time mode and return node voltages.
 
         Step ``k`` (``start <= k < start + steps``) is solved at time ``k * stepsize_s``
         (OpenDSS advances the clock before each solve), so ``start=566, steps=1`` at
         60 s is minute 566 of the day.
+
+        Every call starts OpenDSS's iteration afresh (setting the mode resets the solution),
+        so a run solved in several calls gives, call by call, the same numbers bit for bit
+        whatever was solved before in this engine or in another one (resuming and splitting
+        runs rely on it). Within a call each step starts from the previous step's solution.
 
         Args:
             mode: ``snap`` (one solve at base values, ``steps`` must be 1), ``daily`` or ``yearly``.
@@ -413,6 +510,7 @@ class Engine:
             measure: elements whose terminal currents are read at every step (the
                 rare customers that share a node with another one).
             on_step: called with the step index after each solve (progress).
+            repeat_profiles: allow load shapes shorter than the run (OpenDSS cycles them).
 
         Returns:
             ``(V, I)``: complex node voltages in V, node-major, shape
@@ -429,7 +527,7 @@ class Engine:
             raise ModelError(f"start={start}, steps={steps}: need start >= 1 and steps >= 1")
         if mode == "snap" and steps != 1:
             raise ModelError("mode snap solves one step: use --steps 1")
-        self.check_profiles(mode, stepsize_s, start, steps)
+        self.check_profiles(mode, stepsize_s, start, steps, repeat=repeat_profiles)
         n = int(d.Circuit.NumNodes())
         volts = np.empty((n, steps), dtype=np.complex128)
         measured = {}
@@ -449,6 +547,7 @@ class Engine:
                 raise ConvergenceError(f"OpenDSS failed at step {k}{self._of()}: {_message(exc)}") from None
             if not converged():
                 raise ConvergenceError(f"OpenDSS did not converge at step {k} (time {k * stepsize_s:g} s){self._of()}")
+            self._check_controls(f"step {k}")
             volts[:, i] = read_v()
             for name, arr in measured.items():
                 d.Circuit.SetActiveElement(name)
@@ -589,8 +688,14 @@ class Engine:
 
         return set_kw
 
-    def pv_setter(self, names: Sequence[str]) -> Callable[[np.ndarray], None]:
-        """A fast setter of PVSystems' size: ``Pmpp`` = kWp and ``kVARated`` = 1.1 x kWp."""
+    def pv_size_setter(self, names: Sequence[str], *, var_limits: bool = False) -> Callable[[int, float], None]:
+        """A fast setter of one PVSystem's size by position in ``names``: ``Pmpp`` = kWp and
+        ``kVARated`` = 1.1 x kWp (API only: the system matrix is kept).
+
+        ``var_limits``: also set ``kvarMax`` and ``kvarMaxAbs`` to the new kVA (an inverter
+        control's reference reactive power, ``RefReactivePower=VARMAX``). OpenDSS has no API
+        for them, so this is a text edit: use it per candidate, not per step.
+        """
         pv = self.dss.PVsystems
         idx = []
         for n in names:
@@ -598,12 +703,29 @@ class Engine:
             if pv.Name().lower() != n.lower():
                 raise UnknownItemError(f"no PVSystem {n!r} in the model")
             idx.append(int(pv.Idx()))
+        text = self.dss.Text.Command
+        lowered = [n.lower() for n in names]
+
+        def set_one(i: int, size: float) -> None:
+            pv.Idx(idx[i])
+            pv.Pmpp(float(size))
+            pv.kVARated(KVA_PER_KWP * float(size))
+            if var_limits:
+                kva = KVA_PER_KWP * float(size)
+                text(f"PVSystem.{lowered[i]}.kvarmax={kva:.9g} kvarmaxabs={kva:.9g}")
+
+        return set_one
+
+    def pv_setter(self, names: Sequence[str], *, var_limits: bool = False) -> Callable[[np.ndarray], None]:
+        """A setter of PVSystems' size: ``Pmpp`` = kWp and ``kVARated`` = 1.1 x kWp
+        (``var_limits``: see :meth:`pv_size_setter`); only changed sizes are sent."""
+        set_one = self.pv_size_setter(names, var_limits=var_limits)
+        last = np.full(len(names), np.nan)
 
         def set_kwp(kwp: np.ndarray) -> None:
-            for i, size in zip(idx, kwp, strict=True):
-                pv.Idx(i)
-                pv.Pmpp(float(size))
-                pv.kVARated(KVA_PER_KWP * float(size))
+            for i in np.nonzero(~(np.asarray(kwp, dtype=float) == last))[0].tolist():
+                set_one(i, float(kwp[i]))
+                last[i] = float(kwp[i])
 
         return set_kwp
 

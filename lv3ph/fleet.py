@@ -82,12 +82,11 @@ from typing import Any, Final
 import numpy as np
 import pandas as pd
 import xarray as xr
-from threadpoolctl import threadpool_limits
 
 from lv3ph.errors import Lv3phError, StudyError
 from lv3ph.model import FeederModel
 from lv3ph.modelpack import ModelPack, local_master, pack_model
-from lv3ph.parallel import run_jobs
+from lv3ph.parallel import run_jobs, single_threaded
 from lv3ph.powerflow import RunSpec, open_feeder, solve
 from lv3ph.unbalance import Limits, unbalance, violations
 
@@ -499,7 +498,7 @@ def run_feeder(task: _Task) -> dict[str, Any]:
     """
     t0 = time.perf_counter()
     try:
-        with threadpool_limits(limits=1), local_master(task.source) as path:
+        with single_threaded(), local_master(task.source) as path:
             engine, model = open_feeder(path, vmaxpu=task.job.vmaxpu, pme_ohm=task.job.pme_ohm)
             row, outputs = _JOB_FUNCS[task.job.job](path, task.job, model, engine)
             row = {"feeder": task.feeder, "master": task.master, **info_kpis(model), **row}

@@ -20,7 +20,10 @@ Conventions
 
 from __future__ import annotations
 
+import weakref
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 import numpy as np
 import scipy.sparse as sp
@@ -317,6 +320,26 @@ def network_y(model: FeederModel) -> sp.csc_matrix:
     return assemble_y(model, model.elements + model.sources)
 
 
+_T = TypeVar("_T")
+_MEMO: dict[int, tuple[weakref.ref[Any], dict[str, Any]]] = {}
+
+
+def memo(model: FeederModel, key: str, build: Callable[[], _T]) -> _T:
+    """``build()`` once per model object (matrices that every block of a long run reuses).
+
+    The model is immutable; the entry goes when the model is garbage-collected.
+    """
+    key_id = id(model)
+    entry = _MEMO.get(key_id)
+    if entry is None or entry[0]() is not model:
+        entry = (weakref.ref(model, lambda _r: _MEMO.pop(key_id, None)), {})
+        _MEMO[key_id] = entry
+    cache = entry[1]
+    if key not in cache:
+        cache[key] = build()
+    return cache[key]
+
+
 def earth_electrode_command(name: str, bus: str, terminal: int, r_ohm: float) -> str:
     """OpenDSS command for an earth electrode: a Reactor from ``bus.terminal`` to earth, R in ohm."""
     return f"New Reactor.{name} phases=1 bus1={bus}.{terminal} bus2={bus}.0 R={r_ohm:.12g} X=0"
@@ -384,15 +407,27 @@ def pv_commands(model: FeederModel, kwp: dict[str, float], shape: str, kv: float
     factor, inverter rated 1.1 x kWp, no cut-in/cut-out, constant power over 0.5-1.5 pu.
     """
     index = model.customer_index()
-    out = []
-    for name, size in kwp.items():
-        c = model.customers[index[name]]
-        out.append(
-            f"New PVSystem.pv_{name} phases=1 bus1={_device_bus(model, c)} kv={kv:g} kva={KVA_PER_KWP * size:.6g} "
-            f"pmpp={size:.6g} irradiance=1 %cutin=0 %cutout=0 yearly={shape} daily={shape} "
-            "vminpu=0.5 vmaxpu=1.5"
-        )
-    return out
+    return [
+        pvsystem_command(f"pv_{name}", _device_bus(model, model.customers[index[name]]), size, shape, kv)
+        for name, size in kwp.items()
+    ]
+
+
+def pvsystem_command(name: str, bus1: str, kwp: float, shape: str, kv: float = 0.23) -> str:
+    """One single-phase PVSystem ``name`` of ``kwp`` kWp on ``bus1`` (``bus.phase.neutral``),
+    as :func:`pv_commands` describes it."""
+    return (
+        f"New PVSystem.{name} phases=1 bus1={bus1} kv={kv:g} kva={KVA_PER_KWP * kwp:.6g} "
+        f"pmpp={kwp:.6g} irradiance=1 %cutin=0 %cutout=0 yearly={shape} daily={shape} "
+        "vminpu=0.5 vmaxpu=1.5"
+    )
+
+
+def node_bus1(model: FeederModel, phase_node: int, neutral_node: int) -> str:
+    """``bus.t1.t2`` between two nodes of one bus (``neutral_node`` -1: earth, ``.0``),
+    from the nodes' own terminal numbers."""
+    t2 = int(model.node_terminal[neutral_node]) if neutral_node >= 0 else 0
+    return f"{model.node_bus[phase_node]}.{int(model.node_terminal[phase_node])}.{t2}"
 
 
 def pv_generator_commands(model: FeederModel, customers: list[str]) -> list[str]:

@@ -13,8 +13,8 @@ abbreviated as OpenDSS allows, e.g. ``red`` for ``Redirect``, ``c`` for ``Compil
 
 - scripts: ``Redirect FILE``, ``Compile FILE`` (also ``file=FILE``); a name without an
   extension that does not exist is tried with ``.dss``, as OpenDSS does;
-- bus coordinates: ``BusCoords``, ``LatLongCoords``, ``GISCoords`` (``[file=]FILE``);
-  ``UUIDs FILE``;
+- bus coordinates: ``BusCoords``, ``LatLongCoords``, ``GISCoords`` (``[file=]FILE``; a
+  missing GISCoords file is not an error, OpenDSS ignores it); ``UUIDs FILE``;
 - data in object properties (``New``, ``Edit``, ``More`` / ``M`` / ``~``, ``BatchEdit``,
   ``Set`` and ``Class.name.property=value`` lines): the properties ``CSVFile``,
   ``PQCSVFile``, ``SngFile`` and ``DblFile`` (LoadShape, TShape, PriceShape, XYcurve,
@@ -33,8 +33,10 @@ containing ``*/`` (the rest of that line is ignored too); values may be quoted w
 ``"..."`` / ``'...'`` or bracketed with ``(...)``, ``[...]``, ``{...}``; parameters are
 separated by blanks or commas, ``name = value`` may have blanks around ``=``.
 
-Not followed: script variables (``var @x=...``), files named through ``@`` variables,
-and output files (``Export``, ``Save``, ``Show``, ``Distribute ... file=`` write, not read).
+Script variables (``var @x=file.dss`` then ``Redirect @x``) are substituted where a whole
+value is a variable, as OpenDSS does; a name starting with an undefined ``@`` variable is not
+followed. Output files (``Export``, ``Save``, ``Show``, ``Distribute ... file=``) are
+written, not read, and are not listed.
 """
 
 from __future__ import annotations
@@ -65,12 +67,14 @@ COMMAND_PREFIX = {
     "latlongcoords": 2,
     "batchedit": 2,
     "giscoords": 2,
+    "var": 3,
 }
 _SCRIPTS = ("redirect", "compile")
 _ONE_FILE = ("buscoords", "latlongcoords", "giscoords", "uuids")
-_MOVES = (*_SCRIPTS, *_ONE_FILE, "cd")  # commands that name a file or a directory
+_MOVES = (*_SCRIPTS, *_ONE_FILE, "cd", "var")  # commands that name a file or a directory
 _PROPERTIES = ("new", "edit", "more", "m", "~", "batchedit", "set")
 _FILE_PROPERTIES = ("csvfile", "pqcsvfile", "sngfile", "dblfile")
+_USER_DATA = ("dynadata", "userdata")  # handed to a user-written DLL as is: not OpenDSS's to read
 _ARRAY_FILE_KEYS = ("file", "sngfile", "dblfile")
 _CLOSE = {'"': '"', "'": "'", "(": ")", "[": "]", "{": "}"}
 
@@ -140,6 +144,7 @@ class _Walker:
         self.cwd = master.parent
         self.refs: list[Reference] = []
         self.problems: list[str] = []
+        self.vars: dict[str, str] = {}  # script variables (var @name=value), names lower case
 
     def run(self) -> list[Reference]:
         self._script(self.master, [self.master])
@@ -155,17 +160,22 @@ class _Walker:
             return
         for number, tokens in _statements(text):
             command = _command(tokens[0]) if tokens[0][0] is None else None
-            if command in _SCRIPTS and len(tokens) > 1:
+            tokens = [(k, self.vars.get(v.lower(), v)) for k, v in tokens]  # OpenDSS substitutes whole values
+            if command == "var":
+                self.vars.update({k.lower(): v for k, v in tokens[1:] if k and k.startswith("@")})
+            elif command in _SCRIPTS and len(tokens) > 1:
                 self._enter(command, tokens[1][1], path, number, stack)
             elif command in _ONE_FILE and len(tokens) > 1:
-                self._data(tokens[1][1], "coordinates" if command != "uuids" else "data", path, number)
-            elif command == "cd" and len(tokens) > 1 and "@" not in tokens[1][1]:
+                name = tokens[1][1]
+                if command != "giscoords" or self._path(name).is_file():  # DSS C-API ignores a missing one
+                    self._data(name, "coordinates" if command != "uuids" else "data", path, number)
+            elif command == "cd" and len(tokens) > 1 and not tokens[1][1].startswith("@"):
                 self.cwd = self._path(tokens[1][1])
             elif command in _PROPERTIES or (command is None and tokens[0][0] is not None):
                 self._properties(tokens if command is None else tokens[1:], command, path, number)
 
     def _enter(self, kind: str, name: str, source: Path, number: int, stack: list[Path]) -> None:
-        if "@" in name:  # a script variable: not followed
+        if name.startswith("@"):  # a script variable this walker does not know: not followed
             return
         target = self._path(name)
         if not target.exists() and not target.suffix:
@@ -187,17 +197,17 @@ class _Walker:
     def _properties(self, tokens: list[tuple[str | None, str]], command: str | None, source: Path, n: int) -> None:
         for key, value in tokens:
             prop = (key or "").rsplit(".", 1)[-1].lower()
-            if command == "set" and prop == "datapath" and value and "@" not in value:
+            if command == "set" and prop == "datapath" and value and not value.startswith("@"):
                 self.cwd = self._path(value)
             elif prop in _FILE_PROPERTIES and value:
                 self._data(value, "data", source, n)
-            else:
+            elif prop not in _USER_DATA:
                 name = _array_file(value)
                 if name:
-                    self._data(name, "data", source, n)
+                    self._data(self.vars.get(name.lower(), name), "data", source, n)
 
     def _data(self, name: str, kind: str, source: Path, number: int) -> None:
-        if "@" in name:
+        if name.startswith("@"):
             return
         target = self._path(name)
         if self._check(target, kind, name, source, number):

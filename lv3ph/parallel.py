@@ -9,7 +9,8 @@ that every larger array comes fresh from the kernel (measured 1.7x slower per jo
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
 from tqdm.auto import tqdm
@@ -85,6 +86,26 @@ def run_jobs(
     finally:
         if cluster is not None:
             cluster.close()
+
+
+@contextlib.contextmanager
+def single_threaded() -> Iterator[None]:
+    """BLAS/OpenMP and numba's parallel kernels on one thread inside the block.
+
+    A job on a worker started by ``dask worker`` (not by lv3ph, so without
+    :data:`WORKER_ENV`) would otherwise start one BLAS and one numba thread per core in every
+    worker process: N workers x N threads on N cores.
+    """
+    import numba
+    from threadpoolctl import threadpool_limits
+
+    before = numba.get_num_threads()
+    numba.set_num_threads(1)
+    try:
+        with threadpool_limits(limits=1):
+            yield
+    finally:
+        numba.set_num_threads(before)
 
 
 def _call(

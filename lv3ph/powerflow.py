@@ -54,6 +54,7 @@ from lv3ph.model import (
     assemble_y,
     branch_rows,
     is_series,
+    memo,
     network_y,
     pme_commands,
     series_rows,
@@ -62,16 +63,26 @@ from lv3ph.model import (
 
 @dataclass(frozen=True)
 class RunSpec:
-    """What to solve: OpenDSS mode, step size (s), first step and number of steps."""
+    """What to solve: OpenDSS mode, step size (s), first step and number of steps;
+    ``repeat_profiles`` lets load shapes shorter than the run repeat (OpenDSS cycles them)."""
 
     mode: str = "yearly"
     stepsize_s: float = 60.0
     start: int = 1
     steps: int = 1440
+    repeat_profiles: bool = False
 
     @classmethod
-    def parse(cls, mode: str, stepsize: str | float, start: int, steps: int) -> RunSpec:
-        return cls(mode=mode, stepsize_s=parse_stepsize(stepsize), start=int(start), steps=int(steps))
+    def parse(
+        cls, mode: str, stepsize: str | float, start: int, steps: int, *, repeat_profiles: bool = False
+    ) -> RunSpec:
+        return cls(
+            mode=mode,
+            stepsize_s=parse_stepsize(stepsize),
+            start=int(start),
+            steps=int(steps),
+            repeat_profiles=bool(repeat_profiles),
+        )
 
 
 @dataclass(frozen=True)
@@ -148,7 +159,9 @@ def customer_injections(
     used = np.unique(ports.nodes[:, : ports.nodes.shape[1]][ports.nodes >= 0])
     where = np.full(model.n_nodes, -1)
     where[used] = np.arange(used.size)
-    residual = (network_y(model).tocsr()[used] @ vt).T  # injection at used nodes, (steps, used)
+    residual = (
+        memo(model, "network_y_csr", lambda: network_y(model).tocsr())[used] @ vt
+    ).T  # injection at used nodes, (steps, used)
     inj = np.zeros((steps, len(ports.names), ports.nodes.shape[1]), dtype=np.complex128)
     for i, devices in ports.measured.items():
         missing = [d for d in devices if d not in measured]
@@ -213,28 +226,17 @@ def capture(
     max_cond = flows.p_cond.shape[1]
     conductors = np.arange(1, max_cond + 1)
     current = np.moveaxis(flows.current, 2, 0)
-    p_cond = flows.p_cond
-    neutral_cond = neutral_conductors(model, max_cond)
-    kinds = model.kinds()
-    loss_total = p_cond.sum(axis=1).T
-    loss_neutral = np.einsum("ec,ect->te", neutral_cond.astype(float), p_cond)
-    loss_earth = np.where((kinds == "earthing")[None], loss_total, 0)
-    loss_neutral = np.where(np.isin(kinds, ["earthing", "transformer"])[None], 0, loss_neutral)
-    loss_phase = loss_total - loss_neutral - loss_earth
+    loss_total, loss_phase, loss_neutral, loss_earth = loss_parts(model, flows)
     winding = np.full((steps, n_el), np.nan)
     winding[:, flows.transformers] = flows.winding_s_kva.T
     # ---- sources and customers (only the node rows that are needed)
-    src_nodes = np.unique(np.concatenate([s.nodes[s.nodes >= 0] for s in model.sources]))
-    j_src = assemble_y(model, model.elements)[src_nodes] @ vt  # current the PD network draws
-    s_src = (vt[src_nodes] * np.conj(j_src)).sum(axis=0) / 1000.0
+    s_src = source_power_kva(model, vt)
     ports = customer_ports(model)
     inj = customer_injections(model, ports, vt, measured or {})
     v_ports = port_voltages(vt, ports.nodes)
     s_cust = -(v_ports * np.conj(inj)).sum(axis=2) / 1000.0
     v_cust = customer_voltages(v_ports, ports.n_phases)
     departure = pq_departure_pct(model, vt)
-    port_names = np.where(ports.nodes >= 0, np.array(model.nodes + ("earth",))[ports.nodes], "")
-    element_names = model.element_names()
     ds = xr.Dataset(
         data_vars={
             "voltage": (("time", "bus", "terminal"), vgrid, {"units": "V", "long_name": "node-to-earth voltage"}),
@@ -270,38 +272,187 @@ def capture(
             "customer_pq_departure_pct": (("time", "customer"), departure, {"units": "%"}),
         },
         coords={
-            "time": ("time", time, {"long_name": "step index", "stepsize_s": spec.stepsize_s}),
-            "time_s": ("time", time * spec.stepsize_s, {"units": "s"}),
+            **_time_coords(spec, time),
             "bus": list(model.buses),
             "terminal": terminals,
             "terminal_role": (("bus", "terminal"), role_grid, {"long_name": "traced role: 1-3 phase a-c, 0 neutral"}),
-            "element": element_names,
-            "element_kind": ("element", kinds),
-            "element_normamps": ("element", np.array([e.normamps for e in model.elements]), {"units": "A"}),
-            "element_kva": ("element", np.array([e.kva for e in model.elements]), {"units": "kVA"}),
+            **_element_coords(model),
             "conductor": conductors,
-            "customer": list(ports.names),
-            "customer_kind": ("customer", list(ports.kinds)),
-            "customer_bus": ("customer", [_bus_of(model, p) for p in ports.nodes]),
-            "customer_phases": (
-                "customer",
-                [_phases_of(model, p, n) for p, n in zip(ports.nodes, ports.n_phases, strict=True)],
-            ),
-            "port": np.arange(1, ports.nodes.shape[1] + 1),
-            "customer_port_node": (("customer", "port"), port_names),
+            **_customer_coords(model, ports),
         },
-        attrs={
-            "model": model.path,
-            "wiring": model.wiring,
-            "mode": spec.mode,
-            "stepsize_s": spec.stepsize_s,
-            "start": spec.start,
-            "steps": steps,
-            "lv3ph_version": __version__,
-            "sign_convention": "customer power: drawn positive (load convention); injection currents: into the network",
-        },
+        attrs=run_attrs(model, spec, steps),
     )
     return ds
+
+
+def run_attrs(model: FeederModel, spec: RunSpec, steps: int) -> dict[str, str | float | int]:
+    """Attributes of a result Dataset: model, wiring, run, version, sign convention."""
+    return {
+        "model": model.path,
+        "wiring": model.wiring,
+        "mode": spec.mode,
+        "stepsize_s": spec.stepsize_s,
+        "start": spec.start,
+        "steps": steps,
+        "lv3ph_version": __version__,
+        "sign_convention": "customer power: drawn positive (load convention); injection currents: into the network",
+    }
+
+
+def _time_coords(spec: RunSpec, time: IntArray) -> dict[str, tuple[str, np.ndarray, dict[str, str | float]]]:
+    return {
+        "time": ("time", time, {"long_name": "step index", "stepsize_s": spec.stepsize_s}),
+        "time_s": ("time", time * spec.stepsize_s, {"units": "s"}),
+    }
+
+
+def _element_coords(model: FeederModel) -> dict[str, object]:
+    return {
+        "element": model.element_names(),
+        "element_kind": ("element", model.kinds()),
+        "element_normamps": ("element", np.array([e.normamps for e in model.elements]), {"units": "A"}),
+        "element_kva": ("element", np.array([e.kva for e in model.elements]), {"units": "kVA"}),
+    }
+
+
+def _customer_coords(model: FeederModel, ports: CustomerPorts) -> dict[str, object]:
+    port_names = np.where(ports.nodes >= 0, np.array(model.nodes + ("earth",))[ports.nodes], "")
+    return {
+        "customer": list(ports.names),
+        "customer_kind": ("customer", list(ports.kinds)),
+        "customer_bus": ("customer", [_bus_of(model, p) for p in ports.nodes]),
+        "customer_phases": (
+            "customer",
+            [_phases_of(model, p, n) for p, n in zip(ports.nodes, ports.n_phases, strict=True)],
+        ),
+        "port": np.arange(1, ports.nodes.shape[1] + 1),
+        "customer_port_node": (("customer", "port"), port_names),
+    }
+
+
+def loss_parts(model: FeederModel, flows: ElementFlows) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Element losses by part, kW, each (steps, elements): ``(total, phase, neutral, earth)``.
+
+    Conductors on neutral nodes go to the neutral part, earthing elements wholly to the
+    earth part, transformers wholly to the phase part (see the module docstring).
+    """
+    p_cond = flows.p_cond
+    neutral_cond = memo(model, "neutral_conductors", lambda: neutral_conductors(model, p_cond.shape[1]))
+    kinds = model.kinds()
+    loss_total = p_cond.sum(axis=1).T
+    loss_neutral = np.einsum("ec,ect->te", neutral_cond.astype(float), p_cond)
+    loss_earth = np.where((kinds == "earthing")[None], loss_total, 0)
+    loss_neutral = np.where(np.isin(kinds, ["earthing", "transformer"])[None], 0, loss_neutral)
+    loss_phase = loss_total - loss_neutral - loss_earth
+    return loss_total, loss_phase, loss_neutral, loss_earth
+
+
+def source_power_kva(model: FeederModel, vt: ComplexArray) -> ComplexArray:
+    """Complex power into the network from the sources per step, kW + j kvar."""
+    src_nodes = np.unique(np.concatenate([s.nodes[s.nodes >= 0] for s in model.sources]))
+    y_src = memo(model, "y_src", lambda: assemble_y(model, model.elements).tocsr()[src_nodes])
+    j_src = y_src @ vt  # current the PD network draws
+    return np.asarray((vt[src_nodes] * np.conj(j_src)).sum(axis=0) / 1000.0)
+
+
+def head_line(model: FeederModel) -> int:
+    """Position of the line that leaves the transformer's LV bus (or the first line)."""
+    tx = [e for e in model.elements if e.kind == "transformer"]
+    lines = [i for i, e in enumerate(model.elements) if e.kind == "line"]
+    if not lines:
+        raise ModelError(f"{model.path} has no lines")
+    if tx:
+        lv = tx[0].buses[-1]
+        for i in lines:
+            if model.elements[i].buses[0] == lv:
+                return i
+    return lines[0]
+
+
+def feeder_totals(model: FeederModel, spec: RunSpec, vt: ComplexArray) -> tuple[ElementFlows, xr.Dataset]:
+    """Element flows and the feeder's per-step totals (Dataset over ``time``).
+
+    ``loss_total_kw`` and its parts ``loss_phase_total_kw``, ``loss_neutral_total_kw``,
+    ``loss_earth_total_kw`` (summed over all elements), ``source_p_kw``, ``source_q_kvar``.
+    """
+    flows = element_flows(model, vt)
+    total, phase, neutral, earth = loss_parts(model, flows)
+    s_src = source_power_kva(model, vt)
+    time = np.arange(spec.start, spec.start + vt.shape[1])
+    ds = xr.Dataset(
+        {
+            "loss_total_kw": ("time", total.sum(axis=1), {"units": "kW"}),
+            "loss_phase_total_kw": ("time", phase.sum(axis=1), {"units": "kW"}),
+            "loss_neutral_total_kw": ("time", neutral.sum(axis=1), {"units": "kW"}),
+            "loss_earth_total_kw": ("time", earth.sum(axis=1), {"units": "kW"}),
+            "source_p_kw": ("time", s_src.real, {"units": "kW", "long_name": "power into the network from sources"}),
+            "source_q_kvar": ("time", s_src.imag, {"units": "kvar"}),
+        },
+        coords=_time_coords(spec, time),
+    )
+    return flows, ds
+
+
+def capture_customers(
+    model: FeederModel, spec: RunSpec, vt: ComplexArray, measured: dict[str, ComplexArray] | None = None
+) -> xr.Dataset:
+    """The ``customers`` capture: what a DSO needs at the supply terminals and the head.
+
+    Per step: ``customer_voltage`` (time, customer, port; phase against the customer's
+    neutral, V, complex, as :func:`capture`) and
+    ``customer_injection`` (A) at every customer port, ``customer_p_kw`` /
+    ``customer_q_kvar`` (drawn), ``head_voltage`` / ``head_current`` (time, conductor) at
+    terminal 1 of the line leaving the transformer, the losses by part per element
+    (``loss_kw``, ``loss_phase_kw``, ``loss_neutral_kw``, ``loss_earth_kw``, kW) and the
+    feeder totals of :func:`feeder_totals`. Same values as :func:`capture` (same arithmetic).
+    """
+    flows, totals = feeder_totals(model, spec, vt)
+    total, phase, neutral, earth = loss_parts(model, flows)
+    ports = customer_ports(model)
+    inj = customer_injections(model, ports, vt, measured or {})
+    v_ports = port_voltages(vt, ports.nodes)
+    s_cust = -(v_ports * np.conj(inj)).sum(axis=2) / 1000.0
+    head = head_line(model)
+    el = model.elements[head]
+    n_cond = el.n_conductors
+    dims_e = ("time", "element")
+    ds = totals.assign(
+        {
+            "customer_voltage": (
+                ("time", "customer", "port"),
+                customer_voltages(v_ports, ports.n_phases),
+                {"units": "V", "long_name": "phase port voltage against the customer's neutral (earth if none)"},
+            ),
+            "customer_injection": (
+                ("time", "customer", "port"),
+                inj,
+                {"units": "A", "long_name": "current injected into the network"},
+            ),
+            "customer_p_kw": (
+                ("time", "customer"),
+                s_cust.real,
+                {"units": "kW", "long_name": "drawn active power (export negative)"},
+            ),
+            "customer_q_kvar": (("time", "customer"), s_cust.imag, {"units": "kvar"}),
+            "head_voltage": (
+                ("time", "conductor"),
+                vt[el.nodes[:n_cond]].T,
+                {"units": "V", "long_name": f"node-to-earth voltage at terminal 1 of {el.name}"},
+            ),
+            "head_current": (
+                ("time", "conductor"),
+                flows.current[head, :n_cond].T,
+                {"units": "A", "long_name": f"current into terminal 1 of {el.name}", "element": el.name},
+            ),
+            "loss_kw": (dims_e, total, {"units": "kW"}),
+            "loss_phase_kw": (dims_e, phase, {"units": "kW"}),
+            "loss_neutral_kw": (dims_e, neutral, {"units": "kW"}),
+            "loss_earth_kw": (dims_e, earth, {"units": "kW"}),
+        }
+    )
+    return ds.assign_coords(
+        {**_element_coords(model), "conductor": np.arange(1, n_cond + 1), **_customer_coords(model, ports)}
+    ).assign_attrs(run_attrs(model, spec, vt.shape[1]))
 
 
 @dataclass(frozen=True)
@@ -325,7 +476,7 @@ def _empty_flows(model: FeederModel, steps: int) -> tuple[ComplexArray, np.ndarr
     max_cond = max(e.n_conductors for e in model.elements)
     current = np.full((n_el, max_cond, steps), np.nan + 1j * np.nan)
     p_cond = np.zeros((n_el, max_cond, steps))
-    series = np.array([is_series(e) for e in model.elements], dtype=bool)
+    series = memo(model, "series", lambda: np.array([is_series(e) for e in model.elements], dtype=bool))
     return current, p_cond, series
 
 
@@ -334,7 +485,7 @@ def _general_flows(
 ) -> ElementFlows:
     """Fill ``current``/``p_cond`` for the non-series elements (transformers, shunts)."""
     steps = vt.shape[1]
-    gr = branch_rows(model, np.nonzero(~series)[0])
+    gr = memo(model, "general_rows", lambda: branch_rows(model, np.nonzero(~series)[0]))
     i_rows = gr.yv @ vt
     s_rows = (gr.incidence @ vt) * np.conj(i_rows)
     first = gr.terminal == 1
@@ -369,6 +520,15 @@ def element_flows(model: FeederModel, vt: ComplexArray) -> ElementFlows:
     """As :func:`element_flows_reference`, series elements through a fused numba kernel
     (no full-size temporaries: on a 1440-step run they cost more than the arithmetic)."""
     current, p_cond, series = _empty_flows(model, vt.shape[1])
+    node1, node2, offsets, yser, pos = memo(model, "series_kernel", lambda: _series_kernel_args(model, series))
+    series_flows(vt, node1, node2, offsets, yser, pos, current, p_cond)
+    return _general_flows(model, vt, series, current, p_cond)
+
+
+def _series_kernel_args(
+    model: FeederModel, series: np.ndarray
+) -> tuple[IntArray, IntArray, IntArray, ComplexArray, IntArray]:
+    """Flattened node pairs, offsets and series admittances of the series elements for the kernel."""
     pos = np.nonzero(series)[0]
     elems = [model.elements[i] for i in pos]
     ks = np.array([e.n_conductors for e in elems], dtype=np.int64)
@@ -378,8 +538,7 @@ def element_flows(model: FeederModel, vt: ComplexArray) -> ElementFlows:
     yser = np.concatenate(
         [e.yprim[: e.n_conductors, : e.n_conductors].ravel() for e in elems] or [np.zeros(0, complex)]
     )
-    series_flows(vt, node1, node2, offsets, yser, pos.astype(np.int64), current, p_cond)
-    return _general_flows(model, vt, series, current, p_cond)
+    return node1, node2, offsets, yser, pos.astype(np.int64)
 
 
 def neutral_conductors(model: FeederModel, max_cond: int) -> np.ndarray:
@@ -450,6 +609,7 @@ def solve_raw(
             measure=measure,
             before_step=before_step,
             on_step=lambda _k: bar.update(),
+            repeat_profiles=spec.repeat_profiles,
         )
 
 

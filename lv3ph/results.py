@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from lv3ph.en50160 import En50160
 from lv3ph.errors import StudyError
 from lv3ph.io import read_dataset, write_atomic
 from lv3ph.market import Tariffs
@@ -69,6 +70,20 @@ class HostingSpec:
     source_pu: float | None = None
     pvur: bool = True
     step_kw: float = 0.5
+    criterion: str = "item"
+    basis: str = "step"
+    controls: tuple[str, ...] = ("none",)
+    pv_aware: tuple[bool, ...] = (False,)
+
+    def variants(self, arrangement: str) -> list[tuple[str, bool, str | None]]:
+        """``(label, pv_aware, controls)`` of every run of ``arrangement``: PV-aware
+        planning only changes the re-phased arrangements; ``controls`` ``none`` is None."""
+        out = []
+        for aware in self.pv_aware if arrangement != "as-built" else (False,):
+            for ctl in self.controls:
+                label = arrangement + ("-pv-aware" if aware else "") + ("" if ctl == "none" else f"+{ctl}")
+                out.append((label, aware, None if ctl == "none" else ctl))
+        return out
 
 
 @dataclass(frozen=True)
@@ -94,6 +109,9 @@ class StudySpec:
     hosting: HostingSpec | None = None
     vmaxpu: float | None = None
     seed: int = 1
+    en50160: En50160 = field(default_factory=En50160)
+    capture: str | None = None
+    block_steps: int | None = None
 
 
 @dataclass(frozen=True)
@@ -124,6 +142,8 @@ class ScenarioResult:
             <method>_kwh``).
         bills: per customer energy and bills (see :func:`lv3ph.market.bills`).
         violations: violation summary per (check, item).
+        en50160: EN 50160 verdict per customer and week (:func:`lv3ph.en50160.en50160_table`),
+            empty when the step size does not divide the aggregation interval.
     """
 
     scenario: Scenario
@@ -133,6 +153,7 @@ class ScenarioResult:
     bills: pd.DataFrame
     violations: pd.DataFrame
     notes: list[str] = field(default_factory=list)
+    en50160: pd.DataFrame = field(default_factory=pd.DataFrame)
 
 
 # ---------------------------------------------------------------------------- result folders
@@ -194,10 +215,15 @@ def spec_from_dict(d: dict[str, Any]) -> StudySpec:
 
 
 def write_metadata(
-    spec: StudySpec, out: Path, *, results: list[ScenarioResult] | None = None, arrangements: tuple[str, ...] = ()
+    spec: StudySpec,
+    out: Path,
+    *,
+    results: list[ScenarioResult] | None = None,
+    arrangements: tuple[str, ...] = (),
+    summary: pd.DataFrame | None = None,
 ) -> Path:
     """``study.json`` in ``out``: the spec and each scenario (definition, summary, notes),
-    or the hosting arrangements; written atomically."""
+    or the hosting arrangements and their summary rows; written atomically."""
     meta: dict[str, Any] = {
         "kind": "hosting" if spec.hosting is not None else "scenarios",
         "spec": spec_to_dict(spec),
@@ -206,6 +232,7 @@ def write_metadata(
             for r in results or []
         ],
         "arrangements": list(arrangements),
+        "summary": _plain(summary.to_dict(orient="records")) if summary is not None else [],
     }
     text = json.dumps(meta, indent=1, default=str)
     return write_atomic(out / METADATA, lambda tmp: tmp.write_text(text, encoding="utf-8"))
@@ -270,4 +297,4 @@ def read_hosting(folder: str | Path) -> tuple[StudySpec, dict[str, pd.DataFrame]
     if meta["kind"] != "hosting":
         raise StudyError(f"{folder}: holds a {meta['kind']} study, not hosting capacity")
     placements = {a: pd.read_csv(_need(folder / f"hosting_{a}.csv")) for a in meta["arrangements"]}
-    return meta["spec"], placements, pd.read_csv(_need(folder / "summary.csv"))
+    return meta["spec"], placements, pd.DataFrame(meta["summary"])

@@ -32,19 +32,19 @@ from __future__ import annotations
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
+from hashlib import sha256
 from pathlib import Path
 from typing import Final
 
 import numpy as np
 import xarray as xr
-from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 
 from lv3ph.dss import Engine
 from lv3ph.errors import ModelError
 from lv3ph.model import ComplexArray, FeederModel
 from lv3ph.modelpack import ModelPack, local_master, pack_model
-from lv3ph.parallel import run_jobs
+from lv3ph.parallel import run_jobs, single_threaded
 from lv3ph.powerflow import RunSpec, capture, customer_ports, measured_devices, open_feeder
 
 #: Steps solved (and discarded) before each block but the first.
@@ -84,6 +84,7 @@ class _Block:
     """One block's job (picklable): model (path or pack), how to open it, what to solve."""
 
     model: str | ModelPack
+    key: str  # identity of the model's files (digest of the pack, or path, size and mtime)
     vmaxpu: float | None
     commands: tuple[str, ...]
     pme_ohm: float | None
@@ -95,22 +96,41 @@ class _Block:
     start: int  # first step kept
     steps: int  # steps kept
     measure: tuple[str, ...]
+    repeat_profiles: bool = False
+
+
+_LOCAL = threading.local()
+
+
+def _engine(b: _Block) -> Engine:
+    """This thread's engine for the block's model and options: compiled on first use, then
+    reused by later blocks of the same model (their warm-up steps make up for the state the
+    engine was left in). One per thread: an OpenDSS context must not be shared."""
+    key = (b.key, b.vmaxpu, b.commands, b.pme_ohm, b.pme_customers, b.drop_isolated)
+    cached = getattr(_LOCAL, "engine", None)
+    if cached is None or cached[0] != key:
+        _LOCAL.engine = None
+        with local_master(b.model) as path:
+            engine, _ = open_feeder(
+                path,
+                vmaxpu=b.vmaxpu,
+                commands=b.commands,
+                pme_ohm=b.pme_ohm,
+                pme_customers=list(b.pme_customers) if b.pme_customers is not None else None,
+                drop_isolated=b.drop_isolated,
+            )
+        _LOCAL.engine = cached = (key, engine)
+    return cached[1]
 
 
 def _solve_block(b: _Block) -> tuple[ComplexArray, dict[str, ComplexArray]]:
-    """Dask worker: compile the model (unpacked here if it travelled), solve the block's
-    warm-up steps and steps, keep the block's."""
-    with threadpool_limits(limits=1), local_master(b.model) as path:
-        engine, _ = open_feeder(
-            path,
-            vmaxpu=b.vmaxpu,
-            commands=b.commands,
-            pme_ohm=b.pme_ohm,
-            pme_customers=list(b.pme_customers) if b.pme_customers is not None else None,
-            drop_isolated=b.drop_isolated,
-        )
+    """Dask worker: this worker's engine for the model (compiled from the files sent with the
+    block on first use), the block's warm-up steps and steps; keep the block's."""
+    with single_threaded():
         skip = b.start - b.first
-        vt, measured = engine.run(b.mode, b.stepsize_s, b.first, skip + b.steps, measure=b.measure)
+        vt, measured = _engine(b).run(
+            b.mode, b.stepsize_s, b.first, skip + b.steps, measure=b.measure, repeat_profiles=b.repeat_profiles
+        )
     return vt[:, skip:], {k: v[skip:] for k, v in measured.items()}
 
 
@@ -128,7 +148,40 @@ def solve_split(
     scheduler: str | None = None,
     progress: bool = True,
 ) -> xr.Dataset:
-    """Solve ``spec`` in ``workers`` contiguous blocks in parallel and capture it as one run.
+    """Solve ``spec`` in ``workers`` contiguous blocks in parallel and capture it as one run
+    (:func:`solve_split_raw`, then :func:`lv3ph.powerflow.capture`)."""
+    vt, measured = solve_split_raw(
+        engine,
+        model,
+        spec,
+        workers=workers,
+        vmaxpu=vmaxpu,
+        commands=commands,
+        pme_ohm=pme_ohm,
+        pme_customers=pme_customers,
+        drop_isolated=drop_isolated,
+        scheduler=scheduler,
+        progress=progress,
+    )
+    return capture(model, spec, vt, measured)
+
+
+def solve_split_raw(
+    engine: Engine,
+    model: FeederModel,
+    spec: RunSpec,
+    *,
+    workers: int,
+    vmaxpu: float | None = None,
+    commands: Sequence[str] = (),
+    pme_ohm: float | None = None,
+    pme_customers: Sequence[str] | None = None,
+    drop_isolated: bool = False,
+    scheduler: str | None = None,
+    progress: bool = True,
+) -> tuple[ComplexArray, dict[str, ComplexArray]]:
+    """Solve ``spec`` in ``workers`` contiguous blocks in parallel: node voltages
+    (n_nodes, steps) and measured currents, as :func:`lv3ph.powerflow.solve_raw`.
 
     ``engine``/``model``: the feeder freshly compiled here with the same options (``vmaxpu``,
     ``commands``, ``pme_ohm``, ``pme_customers``, ``drop_isolated`` as
@@ -155,8 +208,13 @@ def solve_split(
         )
     if spec.mode == "snap":
         raise ModelError("mode snap solves one step: nothing to split (use --workers 1)")
-    engine.check_profiles(spec.mode, spec.stepsize_s, spec.start, spec.steps)
+    engine.check_profiles(spec.mode, spec.stepsize_s, spec.start, spec.steps, repeat=spec.repeat_profiles)
     source: str | ModelPack = pack_model(model.path) if scheduler else str(Path(model.path).resolve())
+    if isinstance(source, ModelPack):
+        key = sha256(source.data).hexdigest()
+    else:
+        st = Path(source).stat()
+        key = f"{source}:{st.st_size}:{st.st_mtime_ns}"
     measure = tuple(measured_devices(customer_ports(model)))
     jobs = []
     for first, steps in blocks(spec.start, spec.steps, workers):
@@ -164,6 +222,7 @@ def solve_split(
         jobs.append(
             _Block(
                 model=source,
+                key=key,
                 vmaxpu=vmaxpu,
                 commands=tuple(commands),
                 pme_ohm=pme_ohm,
@@ -175,12 +234,13 @@ def solve_split(
                 start=first,
                 steps=steps,
                 measure=measure,
+                repeat_profiles=spec.repeat_profiles,
             )
         )
     parts = _solve_blocks(engine, jobs, workers=workers, scheduler=scheduler, progress=progress)
     vt = np.concatenate([p[0] for p in parts], axis=1)
     measured = {name: np.concatenate([p[1][name] for p in parts], axis=0) for name in measure}
-    return capture(model, spec, vt, measured)
+    return vt, measured
 
 
 def _solve_blocks(
@@ -225,6 +285,7 @@ def _solve_blocks(
             first.steps,
             measure=first.measure,
             on_step=lambda _k: bar.update(),
+            repeat_profiles=first.repeat_profiles,
         )
     if len(jobs) > 1:
         background.join()

@@ -24,6 +24,7 @@ from threadpoolctl import threadpool_limits
 from lv3ph.allocation.audit import allocate_method
 from lv3ph.allocation.contracts import assert_valid_contracts, contract_shares, read_contracts
 from lv3ph.allocation.exact import loss_network
+from lv3ph.en50160 import aggregate, customer_quality, en50160_table
 from lv3ph.errors import StudyError
 from lv3ph.market import bilateral, bills, community_auction, no_market
 from lv3ph.market.clearing import MarketResult, Preference
@@ -43,6 +44,7 @@ from lv3ph.phases import (
 from lv3ph.powerflow import capture, customer_ports, neutral_conductors, open_feeder, solve_raw
 from lv3ph.prosumers import dispatch_p2p, dispatch_self_consumption, place_pv, pv_profile_kw_per_kwp
 from lv3ph.results import Scenario, ScenarioResult, StudySpec, write_metadata
+from lv3ph.stream import write_captured
 from lv3ph.studyfile import load_study, scenarios
 from lv3ph.topology import phase_labels
 from lv3ph.unbalance import line_loading_pct, phase_neutral_voltage, unbalance, violation_summary, violations
@@ -189,7 +191,25 @@ def _run_scenario(spec: StudySpec, sc: Scenario, *, progress: bool) -> ScenarioR
         )
     pf = capture(model, run, vt, measured)
     unb = unbalance(pf)
-    viol = violations(pf, unb, spec.limits)
+    viol = violations(pf, unb, spec.limits.per_step())
+    quality = pd.DataFrame()
+    if spec.en50160.steps_per_interval(run.stepsize_s):
+        v, vuf, pvur = customer_quality(model, vt)
+        _, weeks = aggregate(
+            v, vuf, pvur, start=run.start, stepsize_s=run.stepsize_s, customers=names, config=spec.en50160
+        )
+        quality = en50160_table(weeks)
+    if spec.capture is not None:
+        write_captured(
+            model,
+            run,
+            vt,
+            measured,
+            spec.out / sc.name / "powerflow.zarr",
+            capture_level=spec.capture,
+            block_steps=spec.block_steps,
+            config=spec.en50160,
+        )
     shares = contract_shares(contracts, pf.customer_p_kw.values, ports.names, times, oversold="scale")
     results: dict[str, xr.Dataset] = {}
     for m in sorted(spec.methods, key=lambda x: x != "exact"):  # exact first: phase-only reuses it
@@ -222,7 +242,12 @@ def _run_scenario(spec: StudySpec, sc: Scenario, *, progress: bool) -> ScenarioR
         {"units": "1", "long_name": "mean state of charge of the batteries at the end of each step"},
     )
     summary = summarise(sc, pf, unb, viol, market, net_kw, pv_kw, bill, allocation, spec.methods, dt_h)
+    summary |= en50160_summary(quality)
+    summary["limits_basis"] = spec.limits.basis
+    summary["repeat_profiles"] = "yes" if run.repeat_profiles else "no"
     notes = []
+    if run.repeat_profiles:
+        notes.append("load shapes shorter than the run were repeated (repeat_profiles = true)")
     if schedule is not None:
         ops = int(switching_operations(schedule, stepsize_s=run.stepsize_s, start=run.start).sum())
         summary["switch_operations"] = ops
@@ -238,7 +263,22 @@ def _run_scenario(spec: StudySpec, sc: Scenario, *, progress: bool) -> ScenarioR
         bills=bill,
         violations=violation_summary(viol),
         notes=notes,
+        en50160=quality,
     )
+
+
+def en50160_summary(table: pd.DataFrame) -> dict[str, float | int | str]:
+    """Headline EN 50160 numbers of a scenario from its per-customer, per-week table."""
+    if table.empty:
+        return {"en50160_noncompliant_customers": "not computed"}
+    bad = table[table.compliant == "no"].customer.unique()
+    return {
+        "en50160_noncompliant_customers": int(bad.size),
+        "en50160_worst_v_within_band_pct": float(table.v_within_band_pct.min()),
+        "en50160_v10_min_v": float(table.v10_min_v.min()),
+        "en50160_v10_max_v": float(table.v10_max_v.max()),
+        "en50160_worst_vuf_p95_pct": float(table.vuf_p95_pct.max()),
+    }
 
 
 def _battery_setter(engine: Any, names: list[str], charge_kw: np.ndarray, start: int) -> Callable[[int], None]:
@@ -504,6 +544,8 @@ def write_outputs(spec: StudySpec, results: list[ScenarioResult]) -> Path:
         write_csv(r.allocation, folder / "allocation.csv")
         write_csv(r.bills.reset_index(), folder / "bills.csv")
         write_csv(r.violations, folder / "violations.csv")
+        if not r.en50160.empty:
+            write_csv(r.en50160, folder / "en50160.csv")
     summary = summary_table(results)
     write_csv(summary, out / "summary.csv")
     write_metadata(spec, out, results=results)
@@ -529,49 +571,62 @@ def run_hosting_study(
     base = [f"Edit Vsource.source pu={h.source_pu}"] if h.source_pu else []
     results = {}
     for arrangement in spec.arrangement:
-        edits, switching = arrangement_setup(
-            spec.model,
-            arrangement,
-            run=spec.run,
-            vmaxpu=spec.vmaxpu,
-            commands=base,
-            switching={
-                "share": spec.phases.switch_share,
-                "interval_s": spec.phases.interval_s,
-                "max_ops_per_day": spec.phases.max_ops_per_day,
-                "objective": spec.phases.objective,
-                "seed": spec.phases.seed,
-            },
-        )
-        results[arrangement] = hosting_capacity(
-            spec.model,
-            run=spec.run,
-            limits=limits,
-            placements=h.placements,
-            seed=h.seed,
-            kwp_range=h.kwp,
-            step_kw=h.step_kw,
-            vmaxpu=spec.vmaxpu,
-            pme_ohm=spec.pme_ohm[0] or None,
-            commands=base + edits,
-            switching=switching,
-            serial=serial,
-            workers=workers,
-            scheduler=scheduler,
-            progress=progress,
-            label=arrangement,
-        )
+        for label, aware, controls in h.variants(arrangement):
+            edits, switching = arrangement_setup(
+                spec.model,
+                arrangement,
+                run=spec.run,
+                vmaxpu=spec.vmaxpu,
+                commands=base,
+                switching={
+                    "share": spec.phases.switch_share,
+                    "interval_s": spec.phases.interval_s,
+                    "max_ops_per_day": spec.phases.max_ops_per_day,
+                    "objective": spec.phases.objective,
+                    "seed": spec.phases.seed,
+                },
+                pv_aware=aware,
+                expected_kwp=0.5 * (h.kwp[0] + h.kwp[1]),
+            )
+            results[label] = hosting_capacity(
+                spec.model,
+                run=spec.run,
+                limits=limits,
+                placements=h.placements,
+                seed=h.seed,
+                kwp_range=h.kwp,
+                step_kw=h.step_kw,
+                vmaxpu=spec.vmaxpu,
+                pme_ohm=spec.pme_ohm[0] or None,
+                commands=base + edits,
+                switching=switching,
+                pre_existing=h.criterion,
+                basis=h.basis,
+                controls=controls,
+                serial=serial,
+                workers=workers,
+                scheduler=scheduler,
+                progress=progress,
+                label=label,
+            )
     rows = []
     for arrangement, res in results.items():
         write_csv(res.placements, spec.out / f"hosting_{arrangement}.csv")
         write_csv(res.steps, spec.out / f"kept_steps_{arrangement}.csv")
         counts = res.binding_counts()
         rows.append(
-            {"arrangement": arrangement, **res.summary, "binding": ", ".join(f"{k} {v}" for k, v in counts.items())}
+            {
+                "arrangement": arrangement,
+                **res.summary,
+                "criterion": res.settings["pre_existing"],
+                "basis": res.settings["basis"],
+                "curtailed_kwh": float(res.placements["curtailed_kwh"].sum()),
+                "binding": ", ".join(f"{k} {v}" for k, v in counts.items()),
+            }
         )
     summary = pd.DataFrame(rows)
     write_csv(summary, spec.out / "summary.csv")
-    write_metadata(spec, spec.out, arrangements=tuple(results))
+    write_metadata(spec, spec.out, arrangements=tuple(results), summary=summary)
     return summary, write_hosting_report(spec, results, summary, spec.out)
 
 

@@ -6,8 +6,14 @@ A study file (``studies/*.toml``) has these tables (every key optional unless ma
 * ``[study]``: ``name`` (required), ``model`` (required; OpenDSS master file, relative to
   the study file), ``vmaxpu``, ``pme_ohm`` (earth electrodes at every customer), ``out``
   (output folder, default ``out/<name>`` beside the study file), ``seed``.
-* ``[time]``: ``mode`` (snap/daily/yearly), ``stepsize`` (``1m``), ``start``, ``steps``.
-* ``[limits]``: see :class:`lv3ph.unbalance.Limits`.
+* ``[time]``: ``mode`` (snap/daily/yearly), ``stepsize`` (``1m``), ``start``, ``steps``,
+  ``repeat_profiles`` (cycle load shapes shorter than the run; default false: an error).
+* ``[limits]``: see :class:`lv3ph.unbalance.Limits` (``basis = "step" | "en50160"``).
+* ``[en50160]``: aggregation and limits of the EN 50160 statistics, see
+  :class:`lv3ph.en50160.En50160` (``interval_s``, ``period_s``, ``percentile``, ...).
+* ``[output]``: ``capture`` (``full``, ``customers`` or ``stats``: also write each
+  scenario's power flow as a store ``<scenario>/powerflow.zarr`` at that level, see
+  :mod:`lv3ph.stream`), ``block_steps`` (its blocks; default one day).
 * ``[pv]``: ``date``, ``latitude``, ``longitude``, ``tz``, ``altitude``, ``tilt``,
   ``azimuth``, ``kwp`` (number, or ``[low, high]`` drawn per customer), ``weather_file``.
 * ``[battery]``: ``kwh``, ``kw``, ``efficiency``, ``soc0``, ``soc_min``, ``soc_max`` (one
@@ -35,17 +41,20 @@ from __future__ import annotations
 
 import itertools
 import tomllib
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from lv3ph.dss import parse_stepsize
+from lv3ph.en50160 import En50160
 from lv3ph.errors import Lv3phError, StudyError
 from lv3ph.market import Tariffs
 from lv3ph.powerflow import RunSpec
 from lv3ph.prosumers import DEFAULT_LATITUDE, DEFAULT_LONGITUDE, DEFAULT_TZ, Battery
 from lv3ph.results import HostingSpec, PhaseSpec, PvSpec, Scenario, StudySpec
+from lv3ph.stream import CAPTURES, check_block_steps
 from lv3ph.unbalance import Limits
 
 MARKETS = (
@@ -62,14 +71,27 @@ DYNAMIC_METHODS = ("exact", "phase-only", "pro-rata")
 METHODS_DEFAULT = ("exact", "phase-only", "pro-rata")
 _KEYS: dict[str, set[str]] = {
     "study": {"name", "model", "vmaxpu", "pme_ohm", "out", "seed"},
-    "time": {"mode", "stepsize", "start", "steps"},
+    "time": {"mode", "stepsize", "start", "steps", "repeat_profiles"},
+    "output": {"capture", "block_steps"},
+    "en50160": set(),  # checked by En50160.from_dict
     "pv": {"date", "latitude", "longitude", "tz", "altitude", "tilt", "azimuth", "kwp", "weather_file"},
     "battery": {"kwh", "kw", "efficiency", "soc0", "soc_min", "soc_max"},
     "tariffs": {"grid_import_eur_kwh", "grid_export_eur_kwh", "local_price_rule"},
     "allocation": {"methods"},
     "scenarios": {"pv_share", "market", "battery", "pme_ohm", "arrangement"},
     "phases": {"objective", "switch_share", "interval", "max_ops_per_day", "seed"},
-    "hosting": {"placements", "seed", "kwp", "source_pu", "pvur", "step_kw"},
+    "hosting": {
+        "placements",
+        "seed",
+        "kwp",
+        "source_pu",
+        "pvur",
+        "step_kw",
+        "criterion",
+        "basis",
+        "controls",
+        "pv_aware",
+    },
     "limits": set(),  # checked by Limits.from_dict
 }
 
@@ -123,6 +145,28 @@ def load_study(path: str | Path) -> StudySpec:
         )
     except (Lv3phError, ValueError, TypeError) as exc:
         errors.append(f"[time]: {exc}")
+    repeat = t.get("repeat_profiles", False)
+    if not isinstance(repeat, bool):
+        errors.append(f"[time].repeat_profiles must be true or false, got {repeat!r}")
+    run = replace(run, repeat_profiles=repeat is True)
+    en = En50160()
+    try:
+        en = En50160.from_dict(sec["en50160"])
+    except (Lv3phError, TypeError) as exc:
+        errors.append(f"[en50160]: {exc}")
+    o = sec["output"]
+    capture = o.get("capture")
+    if capture is not None and capture not in CAPTURES:
+        errors.append(f"[output].capture must be one of {', '.join(CAPTURES)}, got {capture!r}")
+    block_steps = o.get("block_steps")
+    if block_steps is not None:
+        if isinstance(block_steps, bool) or not isinstance(block_steps, int):
+            errors.append(f"[output].block_steps must be a whole number of steps, got {block_steps!r}")
+        else:
+            try:
+                check_block_steps(block_steps, run.stepsize_s, en)
+            except Lv3phError as exc:
+                errors.append(f"[output].block_steps: {exc}")
     if run.mode not in ("snap", "daily", "yearly"):
         errors.append(f"[time].mode must be snap, daily or yearly, got {run.mode!r}")
     limits = Limits()
@@ -227,7 +271,21 @@ def load_study(path: str | Path) -> StudySpec:
             else None,
             pvur=bool(h.get("pvur", True)),
             step_kw=_number(errors, "[hosting].step_kw", h.get("step_kw", 0.5), lo=0.01),
+            criterion=str(h.get("criterion", "item")),
+            basis=str(h.get("basis", "step")),
+            controls=tuple(str(c) for c in _as_list(h.get("controls", ["none"]))),
+            pv_aware=tuple(bool(a) for a in _as_list(h.get("pv_aware", [False]))),
         )
+        from lv3ph.hosting import BASES, CONTROLS, PRE_EXISTING
+
+        for key, values, known in (
+            ("criterion", [hosting.criterion], PRE_EXISTING),
+            ("basis", [hosting.basis], BASES),
+            ("controls", list(hosting.controls), ("none", *CONTROLS)),
+        ):
+            errors.extend(
+                f"[hosting].{key}: unknown {v!r} (known: {', '.join(known)})" for v in values if v not in known
+            )
     if phases.objective not in ("neutral", "pvur"):
         errors.append(f"[phases].objective must be neutral or pvur, got {phases.objective!r}")
     if errors:
@@ -252,6 +310,9 @@ def load_study(path: str | Path) -> StudySpec:
         hosting=hosting,
         vmaxpu=study.get("vmaxpu"),
         seed=int(study.get("seed", 1)),
+        en50160=en,
+        capture=capture,
+        block_steps=block_steps,
     )
 
 

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import Any, Final, Literal
 
 import numpy as np
@@ -497,6 +497,10 @@ class Limits:
     where:
         ``"customers"`` (default): voltage and unbalance checks at the customer buses
         only (EN 50160 applies at the supply terminals); ``"all"``: at every bus.
+    basis:
+        ``"step"`` (default): voltage band, VUF and PVUR are judged at every step;
+        ``"en50160"``: they are judged on 10-minute values per week by EN 50160's rules
+        (:mod:`lv3ph.en50160`), and :meth:`per_step` leaves them out of the per-step checks.
 
     A limit is violated when the value is strictly beyond it. NaN values never violate.
     """
@@ -509,6 +513,7 @@ class Limits:
     line_loading_pct: float | None = 100.0
     transformer_loading_pct: float | None = 100.0
     where: Literal["customers", "all"] = "customers"
+    basis: Literal["step", "en50160"] = "step"
 
     def __post_init__(self) -> None:
         object.__setattr__(
@@ -522,6 +527,15 @@ class Limits:
             raise StudyError(f"limits.v_band_pct must be < 100, got {self.v_band_pct!r}")
         if self.where not in ("customers", "all"):
             raise StudyError(f"limits.where must be 'customers' or 'all', got {self.where!r}")
+        if self.basis not in ("step", "en50160"):
+            raise StudyError(f"limits.basis must be 'step' or 'en50160', got {self.basis!r}")
+
+    def per_step(self) -> Limits:
+        """The limits checked at every step: all of them on basis ``step``; on basis
+        ``en50160`` the voltage band, VUF and PVUR are left to the EN 50160 statistics."""
+        if self.basis == "step":
+            return self
+        return replace(self, v_band_pct=None, vuf_pct=None, pvur_pct=None)
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Limits:

@@ -268,6 +268,17 @@ def test_fleet_list_with_settings_and_missing_model(tmp_path: Path) -> None:
     by = res.table.set_index("feeder")
     assert by.loc["plain", "earth_electrodes"] == 1 and by.loc["pme", "earth_electrodes"] == 3  # + one per customer
     assert list(res.errors.feeder) == ["nope"] and "not found" in res.errors.error[0]
+    # any fsspec URL is a store: here fsspec's in-memory file system
+    import io
+
+    import fsspec
+
+    again = run_fleet(listing, FleetJob(job="snapshot"), "memory://fleet_test", serial=True, progress=False)
+    mem = fsspec.filesystem("memory")
+    stored = pd.read_csv(io.BytesIO(mem.cat("/fleet_test/fleet.csv")))
+    assert list(stored.feeder) == ["plain", "pme"] and mem.exists("/fleet_test/feeders/pme/done.json")
+    np.testing.assert_allclose(stored.loss_kw, res.table.loss_kw, rtol=1e-9)  # CSV keeps 10 digits
+    pd.testing.assert_frame_equal(again.table.drop(columns="seconds"), res.table.drop(columns="seconds"))
 
 
 def test_misallocation_hand_calculation() -> None:
@@ -322,13 +333,29 @@ def test_fleet_audit_and_hosting_jobs(tmp_path: Path) -> None:
 
 
 def test_split_run_equals_serial(tmp_path: Path) -> None:
-    args = [str(IEEE_4W_PME), "--vmaxpu", "1.5", "--start", "500", "--steps", "120", "--no-progress"]
+    """CLI --workers 2 on a cluster (model files travel, the worker compiles), then a run whose
+    worker engine solved another window before (cached engine): both equal the serial run."""
+    from dask.distributed import LocalCluster
+
+    from lv3ph.powerflow import RunSpec, open_feeder
+    from lv3ph.splitrun import solve_split
+
+    args = [str(IEEE_4W_PME), "--vmaxpu", "1.5", "--start", "500", "--steps", "100", "--no-progress"]
     assert main(["powerflow", *args, "--out", str(tmp_path / "serial.nc")]) == 0
-    assert main(["powerflow", *args, "--workers", "2", "--out", str(tmp_path / "split.nc")]) == 0
-    a, b = read_dataset(tmp_path / "serial.nc"), read_dataset(tmp_path / "split.nc")
-    np.testing.assert_array_equal(a.time.values, b.time.values)
-    v = np.nan_to_num(a.voltage.values)
-    assert np.abs(np.nan_to_num(b.voltage.values) - v).max() <= 1e-12 * np.abs(v).max()
-    for var in ("loss_total_kw", "loss_neutral_kw", "loss_earth_kw", "customer_p_kw", "pvur_pct"):
-        x, y = a[var].values, b[var].values
-        assert np.nanmax(np.abs(x - y)) <= 1e-9 * np.nanmax(np.abs(x)), var
+    a = read_dataset(tmp_path / "serial.nc")
+    with LocalCluster(n_workers=1, threads_per_worker=1, dashboard_address=None) as cluster:
+        address = cluster.scheduler_address
+        assert main(["powerflow", *args, "--workers", "2", "--scheduler", address, "--out", str(tmp_path / "split.nc")]) == 0  # fmt: skip
+        engine, model = open_feeder(IEEE_4W_PME, vmaxpu=1.5)
+        solve_split(engine, model, RunSpec("yearly", 60.0, 900, 100), workers=2, vmaxpu=1.5, scheduler=address, progress=False)  # fmt: skip
+        engine, model = open_feeder(IEEE_4W_PME, vmaxpu=1.5)  # the worker's engine was left at step 999
+        warm = solve_split(engine, model, RunSpec("yearly", 60.0, 500, 100), workers=2, vmaxpu=1.5, scheduler=address, progress=False)  # fmt: skip
+    split = read_dataset(tmp_path / "split.nc")
+    for b in (split, warm):
+        np.testing.assert_array_equal(a.time.values, b.time.values)
+        v = np.nan_to_num(a.voltage.values)
+        assert np.abs(np.nan_to_num(b.voltage.values) - v).max() <= 1e-12 * np.abs(v).max()
+        for var in ("loss_total_kw", "loss_neutral_kw", "loss_earth_kw", "customer_p_kw"):
+            x, y = a[var].values, b[var].values
+            assert np.nanmax(np.abs(x - y)) <= 1e-9 * np.nanmax(np.abs(x)), var
+    assert np.nanmax(np.abs(a.pvur_pct.values - split.pvur_pct.values)) <= 1e-9

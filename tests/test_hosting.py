@@ -261,6 +261,8 @@ def _job(path: Path, **kw: object) -> Job:
         "screen_steps": 1,
         "device": "pvsystem",
         "pre_existing": "worsened",
+        "basis": "step",
+        "tolerance": (),
         "search": "scan",
         "seed": 3,
         "customers": None,
@@ -390,18 +392,23 @@ def test_bad_profile_is_a_profile_error(tmp_path: Path, profile: np.ndarray) -> 
 # ----------------------------------------------------------------------------- options
 def test_pre_existing_policies_are_ordered(tmp_path: Path) -> None:
     """A 240 V +/-1 % band that load spikes already break without PV (voltage_low):
-    ``count`` hosts nothing, and the looser the policy the more it hosts. The binding limit
+    ``count`` hosts nothing, and the looser the policy the more it hosts (``item`` judges an
+    item's worst value only, so it is looser than ``worsened`` but not comparable to ``exclude``). The binding limit
     is voltage_low: PV on one phase shifts the floating neutral and pulls the others down."""
     path = small_feeder(tmp_path)
     limits = Limits(v_nominal_v=240.0, v_band_pct=1.0, pvur_pct=None, vuf_pct=None, vne_v=None)
-    hc = {p: run_small(path, limits=limits, pre_existing=p, step_kw=0.05) for p in ("count", "worsened", "exclude")}
+    hc = {
+        p: run_small(path, limits=limits, pre_existing=p, step_kw=0.05)
+        for p in ("count", "worsened", "item", "exclude")
+    }
     pre = hc["count"].pre_existing
     assert len(pre) > 0 and (pre.check == "voltage_low").all() and (pre.worst_value < 237.6).all()
     kw = {p: r.placements.hosting_kw.to_numpy() for p, r in hc.items()}
     assert (kw["count"] == 0).all()
     assert (kw["count"] <= kw["worsened"]).all() and (kw["worsened"] <= kw["exclude"]).all()
+    assert (kw["worsened"] <= kw["item"]).all()  # per item: only the item's worst value matters
     assert (kw["worsened"] > 0).all() and kw["exclude"].sum() > kw["worsened"].sum()
-    assert all((r.placements.binding_limit == "voltage_low").all() for r in hc.values())
+    assert all((hc[p].placements.binding_limit == "voltage_low").all() for p in ("count", "worsened", "exclude"))
 
 
 def test_pv_settings_and_pme(tmp_path: Path) -> None:

@@ -176,7 +176,8 @@ def test_comments_quotes_and_continuations(tmp_path: Path) -> None:
             + "Loadshape.q.qmult={dblfile=q.dbl}\n"
             + "new xycurve.c npts=1 xarray='file=x.csv' yarray=[1]\n"
             + "BusCoords file=xy.csv\n"
-            + "Export voltages out.csv\n",  # output: not read
+            + "Export voltages out.csv\n"  # output: not read
+            + "~ DynaData=(file=for_the_user_dll.txt)\n",  # a user-written model's business
             "real.dss": "",
             "with space.dss": "",
             "q.csv": "1\n",
@@ -198,6 +199,24 @@ def test_a_byte_order_mark_is_skipped_as_opendss_does(tmp_path: Path) -> None:
     assert _rel(master) == ["m.dss", "inner.dss", "sub.dss"]
 
 
+def test_script_variables_are_substituted_as_opendss_does(tmp_path: Path) -> None:
+    master = _tree(
+        tmp_path,
+        {
+            "m.dss": HEAD
+            + "var @script=sub.dss @dir=d @shape=one.csv\n"
+            + 'redirect "@SCRIPT"\n'  # whole values only, names case-insensitive
+            + "cd @dir\n"
+            + "new loadshape.q npts=1 interval=1 mult=(file=@shape)\n",
+            "sub.dss": "new loadshape.s npts=1 interval=1 mult=[7]\n",
+            "d/one.csv": "3\n",
+        },
+    )
+    shapes = _shapes(_opendss(master))
+    assert shapes["s"] == [7.0] and shapes["q"] == [3.0]
+    assert _rel(master) == ["m.dss", "sub.dss", "d/one.csv"]
+
+
 def test_command_abbreviations_match_opendss_command_order() -> None:
     """OpenDSS takes the first command of its list that starts with the typed text."""
     ctx = dss.NewContext()
@@ -211,6 +230,14 @@ def test_command_abbreviations_match_opendss_command_order() -> None:
         assert opendss_command(command[:shortest]) == command, command
         if shortest > 1:
             assert opendss_command(command[: shortest - 1]) != command, command
+
+
+def test_a_missing_giscoords_file_is_ignored_as_opendss_does(tmp_path: Path) -> None:
+    master = _tree(tmp_path, {"m.dss": HEAD + "GISCoords nothere.csv\n"})
+    _opendss(master)  # no error
+    assert _rel(master) == ["m.dss"]
+    (tmp_path / "nothere.csv").write_text("")
+    assert _rel(master) == ["m.dss", "nothere.csv"]
 
 
 def test_a_script_read_twice_is_not_a_cycle(tmp_path: Path) -> None:

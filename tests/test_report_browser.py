@@ -212,13 +212,22 @@ def test_hosting_and_fleet_pages_draw_offline(study_out: Path, browser: Chromium
     assert_clean(browser, page)
 
     fleet = pd.DataFrame({"feeder": ["f1", "f2", "f3"], "loss_kwh": [3.0, 9.5, 1.2], "pvur_max_pct": [1.0, 2.5, 0.4]})
-    page = fleet_report(fleet, "loss_kwh", tmp_path / "fleet.html", title="Fleet")
+    page = fleet_report(fleet, "loss_kwh", tmp_path / "fleet.html", title="Fleet", notes=["f4: did not converge"])
     open_page(browser, page)
     (bar,) = plots(browser)
     assert bar["id"] == "fleet-bar" and bar["bars"] == 3
     assert_drawn(Image.open(io.BytesIO(browser.screenshot())), bar)
     ranked = browser.evaluate("[...document.querySelectorAll('tbody tr td:nth-child(2)')].map(td => td.textContent)")
     assert ranked == ["f2", "f1", "f3"]
+    drawn = browser.evaluate("JSON.stringify(document.getElementById('fleet-bar').data[0].y)")
+    assert json.loads(drawn) == ["f2", "f1", "f3"]
+    assert "f4: did not converge" in browser.evaluate("document.body.textContent")
+    assert_clean(browser, page)
+    page = fleet_report(fleet, "loss_kwh", tmp_path / "fleet_up.html", ascending=True, top=2, columns=["feeder"])
+    open_page(browser, page)
+    ranked = browser.evaluate("[...document.querySelectorAll('tbody tr td:nth-child(2)')].map(td => td.textContent)")
+    assert ranked == ["f3", "f1"]
+    assert browser.evaluate("document.querySelectorAll('thead th').length") == 3  # rank, feeder, loss_kwh
     assert_clean(browser, page)
 
 
@@ -242,3 +251,40 @@ def test_report_rerenders_from_saved_results_without_solving(study_out: Path, tm
     assert sorted(p.name for p in again.iterdir()) == sorted(
         p.name for p in study_out.iterdir() if p.is_file() and p.suffix in (".png", ".html")
     )
+
+
+HOSTING = """
+[study]
+name = "hosting"
+model = "{model}"
+
+[time]
+mode = "yearly"
+stepsize = "15m"
+start = 44
+steps = 4
+
+[hosting]
+placements = 3
+kwp = [2.0, 6.0]
+
+[scenarios]
+arrangement = ["as-built", "static-rebalanced"]
+"""
+
+
+def test_hosting_report_rerenders_from_saved_results(tmp_path: Path) -> None:
+    model = write_model(tmp_path / "feeder")
+    (tmp_path / "hosting.toml").write_text(HOSTING.format(model=model))
+    out = tmp_path / "out"
+    assert main(["study", str(tmp_path / "hosting.toml"), "--serial", "--no-progress", "--out", str(out)]) == 0
+    assert main(["report", str(out), "--out", str(tmp_path / "again")]) == 0
+    page = (out / "report.html").read_text()
+    assert (tmp_path / "again" / "report.html").read_text() == page
+    data = json.loads(page.split('id="lv3ph-data">')[1].split("</script>")[0])
+    for arrangement in ("as-built", "static-rebalanced"):
+        placements = pd.read_csv(out / f"hosting_{arrangement}.csv")
+        np.testing.assert_allclose(
+            data["arrangements"][arrangement]["hosting_kw"], np.sort(placements.hosting_kw), rtol=1e-4
+        )
+    assert (tmp_path / "again" / "hosting.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

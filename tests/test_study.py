@@ -148,3 +148,82 @@ arrangement = ["as-built", "dynamic"]
     spec = load_study(study_file(tmp_path, body))
     assert spec.hosting is not None and spec.hosting.kwp == (2.0, 4.0) and spec.hosting.source_pu == 1.0
     assert spec.arrangement == ("as-built", "dynamic")
+
+
+LONG = f"""
+[study]
+name = "long"
+model = "{IEEE_4W}"
+vmaxpu = 1.5
+out = "out"
+
+[time]
+start = 1431
+steps = 20
+repeat_profiles = REPEAT
+
+[limits]
+basis = "en50160"
+
+[output]
+capture = "stats"
+block_steps = 10
+
+[scenarios]
+pv_share = [0.0]
+"""
+
+
+def test_repeated_profiles_en50160_basis_and_streamed_capture(tmp_path: Path) -> None:
+    from lv3ph.errors import ProfileError
+    from lv3ph.io import open_result
+
+    spec = load_study(study_file(tmp_path, LONG.replace("REPEAT", "false")))
+    with pytest.raises(ProfileError, match="covers 24 h but the run ends at 24.1667 h"):
+        run_scenario(spec, scenarios(spec)[0])
+    spec = load_study(study_file(tmp_path, LONG.replace("REPEAT", "true")))
+    r = run_scenario(spec, scenarios(spec)[0])
+    assert r.summary["repeat_profiles"] == "yes" and any("repeated" in n for n in r.notes)
+    assert r.summary["limits_basis"] == "en50160"
+    # basis en50160: voltage band, VUF and PVUR are judged on 10-minute values, not per step
+    assert not set(r.violations.check) & {"voltage_high", "voltage_low", "vuf", "pvur"}
+    assert list(r.en50160.columns[:2]) == ["customer", "week"] and len(r.en50160) == 55
+    store = open_result(spec.out / r.scenario.name / "powerflow.zarr")
+    assert store.attrs["capture"] == "stats" and store.sizes["time"] == 20 and store.sizes["interval"] == 2
+    assert np.array_equal(store.vuf_p95_pct.values[0], r.en50160.vuf_p95_pct.values)
+    assert r.summary["en50160_noncompliant_customers"] == int((r.en50160.compliant == "no").sum())
+
+
+def test_bad_output_and_basis_are_reported(tmp_path: Path) -> None:
+    body = LONG.replace("REPEAT", "1").replace('"stats"', '"everything"').replace("block_steps = 10", "block_steps = 7")
+    body = body.replace('basis = "en50160"', 'basis = "weekly"') + "[en50160]\ninterval_s = 0\n"
+    with pytest.raises(StudyError) as err:
+        load_study(study_file(tmp_path, body))
+    msg = str(err.value)
+    for part in ("[time].repeat_profiles", "[output].capture", "[output].block_steps", "limits.basis", "[en50160]"):
+        assert part in msg, part
+
+
+def test_hosting_study_variants(tmp_path: Path) -> None:
+    """[hosting] criterion / basis / controls / pv_aware: one run per variant, labelled;
+    PV-aware planning does not apply to the as-built arrangement."""
+    body = f"""
+[study]
+name = "h"
+model = "{IEEE_4W}"
+[hosting]
+placements = 3
+criterion = "item"
+basis = "en50160"
+controls = ["none", "qu"]
+pv_aware = [false, true]
+[scenarios]
+arrangement = ["as-built", "dynamic"]
+"""
+    spec = load_study(study_file(tmp_path, body))
+    h = spec.hosting
+    assert h is not None and h.basis == "en50160" and h.criterion == "item"
+    assert [v[0] for v in h.variants("as-built")] == ["as-built", "as-built+qu"]
+    assert [v[0] for v in h.variants("dynamic")] == ["dynamic", "dynamic+qu", "dynamic-pv-aware", "dynamic-pv-aware+qu"]
+    with pytest.raises(StudyError, match=r"\[hosting\].basis: unknown 'hourly'"):
+        load_study(study_file(tmp_path, body.replace('"en50160"', '"hourly"')))

@@ -45,22 +45,26 @@ Modules, by stage: :mod:`~lv3ph.hosting.settings` (validation), :mod:`~lv3ph.hos
 (check values, base-relative thresholds), :mod:`~lv3ph.hosting.engine` (OpenDSS engine, PV devices,
 evaluation), :mod:`~lv3ph.hosting.screening` (time-step screening), :mod:`~lv3ph.hosting.search`
 (scan / bisection), :mod:`~lv3ph.hosting.placement` (one placement), :mod:`~lv3ph.hosting.runner`
-(entry point, Dask), :mod:`~lv3ph.hosting.result`,
-:mod:`~lv3ph.hosting.arrangements`.
+(entry point, Dask), :mod:`~lv3ph.hosting.result`, :mod:`~lv3ph.hosting.arrangements`, :mod:`~lv3ph.hosting.switching` (dynamic switching in the engine)
+(plots: :func:`lv3ph.report.plots.plot_hosting`).
 """
 
 from lv3ph.hosting.arrangements import ARRANGEMENTS, arrangement_setup
-from lv3ph.hosting.criteria import PRE_EXISTING, PRE_EXISTING_TOL
+from lv3ph.hosting.criteria import BASES, PRE_EXISTING, PRE_EXISTING_TOL
 from lv3ph.hosting.result import HostingResult
 from lv3ph.hosting.runner import hosting_capacity
-from lv3ph.hosting.settings import DEVICES, SEARCHES
+from lv3ph.hosting.settings import CONTROLS, DEVICES, QU_CURVE, SEARCHES, VW_CURVE
 
 __all__ = [
     "ARRANGEMENTS",
+    "BASES",
+    "CONTROLS",
     "DEVICES",
     "PRE_EXISTING",
     "PRE_EXISTING_TOL",
+    "QU_CURVE",
     "SEARCHES",
+    "VW_CURVE",
     "HostingResult",
     "arrangement_setup",
     "hosting_capacity",

@@ -1,17 +1,34 @@
 """Hosting-capacity criteria: check values from node voltages, thresholds relative to the base case.
 
-Pre-existing violations
------------------------
+Criteria relative to the base case
+----------------------------------
 The feeder without PV may already violate a limit (the published IEEE EU LV feeder sits at
-252-253 V against a 253 V limit, and 1-minute load spikes push PVUR above 2 % at some
-buses). ``pre_existing`` says what that means:
+252-253 V against a 253 V limit at 1.05 pu source, and 1-minute load spikes push PVUR above
+2 % at some buses). ``pre_existing`` says what that means:
 
-* ``"worsened"`` (default): a (check, item, step) that violates without PV counts only
-  when the PV makes it worse than without PV by more than :data:`PRE_EXISTING_TOL` (0.1 V,
+* ``"item"`` (default; base-relative, the way EPRI-style studies treat an existing network):
+  per item (bus, line, transformer) and check, an item that never violates without PV in the
+  PV window binds as soon as it violates the absolute limit; an item that already violates
+  without PV binds only when the PV makes its worst value worse than its worst value without
+  PV by more than the tolerance (``tolerance``, default :data:`PRE_EXISTING_TOL`: 0.1 V,
   0.01 %-points of VUF/PVUR, 0.1 %-points of loading);
-* ``"exclude"``: it never counts;
-* ``"count"``: it always counts (the hosting capacity is 0 whenever the PV window holds a
-  pre-existing violation).
+* ``"worsened"``: the same per (item, step): a step that violates without PV counts when
+  the PV makes *that step* worse by more than the tolerance (stricter than ``"item"``);
+* ``"exclude"``: a (item, step) that violates without PV never counts;
+* ``"count"``: absolute limits: every violation counts (the hosting capacity is 0 whenever
+  the PV window holds a pre-existing violation).
+
+Basis
+-----
+``basis="step"`` checks every step. ``basis="en50160"`` checks 10-minute values, as
+EN 50160 judges voltage quality: the quadratic mean of the steps in each clock-aligned
+10-minute interval (steps ``k`` with the same ``floor((k - 1) x stepsize / 600 s)``) of each
+phase-to-neutral voltage magnitude (then the lowest/highest phase), of VUF, PVUR and the
+neutral-to-earth voltage, and of each element's loading. EN 50160's 95 % share applies over a
+week; a one-day run has no week, so every 10-minute value must meet the limit.
+(:class:`Aggregation` is this module's own 10-minute mean; the streaming EN 50160 module of
+the long-runs work can replace it behind the same two methods.) The basis used is in
+``HostingResult.settings["basis"]``.
 
 Night steps (PV profile 0) never count: the PV injects nothing, so the network is the one
 without PV and any violation there is pre-existing. Only the *PV window* (first to last step
@@ -21,6 +38,7 @@ with a PV output) is ever solved.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
@@ -31,10 +49,13 @@ from numpy.typing import NDArray
 from lv3ph.model import FeederModel, branch_rows
 from lv3ph.unbalance import Limits, pvur_pct, vuf_pct
 
-PRE_EXISTING: Final[tuple[str, ...]] = ("worsened", "exclude", "count")
+PRE_EXISTING: Final[tuple[str, ...]] = ("item", "worsened", "exclude", "count")
+BASES: Final[tuple[str, ...]] = ("step", "en50160")
+#: Length of an aggregation interval of ``basis="en50160"``, s.
+AGGREGATION_S: Final[float] = 600.0
 
 #: How much worse than without PV a pre-existing violation must get to count
-#: (``pre_existing="worsened"``), in the unit of its check: V or %-points.
+#: (``pre_existing="item"`` or ``"worsened"``), in the unit of its check: V or %-points.
 PRE_EXISTING_TOL: Final[dict[str, float]] = {
     "voltage_low": 0.1,
     "voltage_high": 0.1,
@@ -49,7 +70,14 @@ BUS_CHECKS: Final[tuple[str, ...]] = ("voltage_low", "voltage_high", "vuf", "pvu
 THERMAL_CHECKS: Final[tuple[str, ...]] = ("line_thermal", "transformer_thermal")
 
 
-# ----------------------------------------------------------------------------- checks
+#: Per-step values (steps, items) -> per-interval values (intervals, items).
+Reduce = Callable[[NDArray[np.float64]], NDArray[np.float64]]
+
+
+def _identity(x: NDArray[np.float64]) -> NDArray[np.float64]:
+    return x
+
+
 class Checker:
     """Check values from node voltages, with the definitions of :func:`lv3ph.unbalance.violations`.
 
@@ -118,17 +146,23 @@ class Checker:
     def bus_checks(self) -> tuple[str, ...]:
         return tuple(c for c in self.checks if c in BUS_CHECKS)
 
-    def bus_values(self, ve: NDArray[np.complex128]) -> dict[str, NDArray[np.float64]]:
-        """Bus check values (steps, buses) from voltages at ``eval_nodes`` (rows, steps)."""
+    def bus_values(self, ve: NDArray[np.complex128], reduce: Reduce | None = None) -> dict[str, NDArray[np.float64]]:
+        """Bus check values (steps, buses) from voltages at ``eval_nodes`` (rows, steps).
+
+        ``reduce`` (e.g. :meth:`Aggregation.reduce`) turns per-step values (steps, buses) into
+        per-interval values; it is applied to each phase's voltage magnitude before the
+        lowest/highest phase is taken, and to the per-step VUF, PVUR and neutral voltage.
+        """
         if not self.bus_checks:
             return {}
+        r: Reduce = reduce or _identity
         rows = self.bus_rows
         vt = ve.T
         nan = complex(math.nan, math.nan)
 
         def col(j: int) -> NDArray[np.complex128]:
-            r = rows[:, j]
-            return np.where(r >= 0, vt[:, np.maximum(r, 0)], nan)
+            i = rows[:, j]
+            return np.where(i >= 0, vt[:, np.maximum(i, 0)], nan)
 
         neutral = col(3)
         has_n = rows[:, 3] >= 0
@@ -136,32 +170,36 @@ class Checker:
         va, vb, vc = (col(j) - shift for j in range(3))
         ma, mb, mc = np.abs(va), np.abs(vb), np.abs(vc)
         out: dict[str, NDArray[np.float64]] = {}
-        vmin = np.fmin(np.fmin(ma, mb), mc)
         want = self.bus_checks
+        ra, rb, rc = (r(m) for m in (ma, mb, mc))
+        vmin = np.fmin(np.fmin(ra, rb), rc)
         if "voltage_low" in want:
             out["voltage_low"] = vmin
         if "voltage_high" in want:
-            out["voltage_high"] = np.fmax(np.fmax(ma, mb), mc)
+            out["voltage_high"] = np.fmax(np.fmax(ra, rb), rc)
         if "vuf" in want:
-            out["vuf"] = vuf_pct(np.stack([va, vb, vc], axis=-1))
+            out["vuf"] = r(vuf_pct(np.stack([va, vb, vc], axis=-1)))
         if "pvur" in want:
-            out["pvur"] = pvur_pct(np.stack([ma, mb, mc], axis=-1))
+            out["pvur"] = r(pvur_pct(np.stack([ma, mb, mc], axis=-1)))
         if "vne" in want:
-            out["vne"] = np.where(np.isnan(vmin), np.nan, np.where(has_n, np.abs(neutral), 0.0))
+            vn = np.where(np.isnan(np.fmin(np.fmin(ma, mb), mc)), np.nan, np.where(has_n, np.abs(neutral), 0.0))
+            out["vne"] = r(vn)
         return out
 
-    def values(self, v: NDArray[np.complex128]) -> dict[str, NDArray[np.float64]]:
-        """Every check's values (steps, items) from all node voltages (n_nodes, steps)."""
-        out = self.bus_values(v[self.eval_nodes])
+    def values(self, v: NDArray[np.complex128], reduce: Reduce | None = None) -> dict[str, NDArray[np.float64]]:
+        """Every check's values (steps, items) from all node voltages (n_nodes, steps);
+        ``reduce`` as in :meth:`bus_values` (applied to each element's loading)."""
+        r: Reduce = reduce or _identity
+        out = self.bus_values(v[self.eval_nodes], reduce)
         if self.line_pos.size:
             mag = np.abs(np.asarray(self.line_yv @ v))
             imax = np.maximum.reduceat(mag, self.line_starts, axis=0)
-            out["line_thermal"] = (imax / self.line_amps[:, None] * 100.0).T
+            out["line_thermal"] = r((imax / self.line_amps[:, None] * 100.0).T)
         if self.tx_pos.size:
             s_rows = np.asarray(self.tx_inc @ v) * np.conj(np.asarray(self.tx_yv @ v))
             s_wdg = np.abs(np.add.reduceat(s_rows, self.tx_wdg_starts, axis=0)) / 1000.0
             s_max = np.maximum.reduceat(s_wdg, self.tx_starts, axis=0)
-            out["transformer_thermal"] = (s_max / self.tx_kva[:, None] * 100.0).T
+            out["transformer_thermal"] = r((s_max / self.tx_kva[:, None] * 100.0).T)
         return out
 
 
@@ -190,16 +228,75 @@ class Outcome:
     worst_steps: tuple[int, ...] = ()
 
 
-def thresholds(
-    checker: Checker, base: dict[str, NDArray[np.float64]], policy: str, window: NDArray[np.int64]
-) -> tuple[dict[str, NDArray[np.float64]], pd.DataFrame]:
-    """Per check the threshold (window steps, items) a value must pass to count, and the
-    pre-existing violations (check, item, n_steps, first_step, last_step, worst_value).
+class Aggregation:
+    """The rows a check is judged on: the PV-window steps (``basis="step"``) or their
+    10-minute intervals (``basis="en50160"``, see the module docstring).
 
-    ``base``: the check values without PV at the ``window`` steps; ``policy``: one of
-    :data:`PRE_EXISTING`.
+    Args:
+        window: the PV-window steps (consecutive step indices).
+        stepsize_s: step size, s.
+        basis: one of :data:`BASES`.
+    """
+
+    def __init__(self, window: NDArray[np.int64], stepsize_s: float, basis: str) -> None:
+        self.basis = basis
+        self.window = window
+        if basis == "step":
+            row = np.arange(window.size)
+        else:
+            interval = np.floor((window - 1) * float(stepsize_s) / AGGREGATION_S + 1e-9).astype(np.int64)
+            row = interval - interval[0]
+        self.row = row  # row of each window position
+        self.n_rows = int(row[-1]) + 1
+        self.starts = np.nonzero(np.r_[True, np.diff(row) != 0])[0]  # first window position of each row
+        self.count = np.diff(np.r_[self.starts, window.size])
+        #: the step a row is reported at: its last step (a 10-minute value is stamped at its end)
+        self.row_step = window[np.r_[self.starts[1:], window.size] - 1]
+
+    def rows_of(self, steps: NDArray[np.int64]) -> NDArray[np.int64]:
+        """The (sorted, distinct) rows that ``steps`` touch."""
+        return np.unique(self.row[steps - self.window[0]])
+
+    def steps_of(self, rows: NDArray[np.int64]) -> NDArray[np.int64]:
+        """Every step of ``rows``, sorted."""
+        if self.basis == "step":
+            return np.sort(self.window[rows])
+        return np.sort(np.concatenate([self.window[self.starts[r] : self.starts[r] + self.count[r]] for r in rows]))
+
+    def reducer(self, steps: NDArray[np.int64]) -> tuple[NDArray[np.int64], Reduce | None]:
+        """``(rows, reduce)`` for values at ``steps`` (sorted, whole rows): ``reduce`` maps
+        (len(steps), items) to (len(rows), items) by the quadratic mean (None: per step)."""
+        rows = self.rows_of(steps)
+        if self.basis == "step":
+            return rows, None
+        r = self.row[steps - self.window[0]]
+        first = np.nonzero(np.r_[True, np.diff(r) != 0])[0]
+        n = self.count[rows][:, None]
+        if np.any(np.diff(np.r_[first, r.size]) != self.count[rows]):
+            raise ValueError("aggregated values need every step of each interval")
+
+        def reduce(x: NDArray[np.float64]) -> NDArray[np.float64]:
+            return np.sqrt(np.add.reduceat(np.square(x), first, axis=0) / n)
+
+        return rows, reduce
+
+
+def thresholds(
+    checker: Checker,
+    base: dict[str, NDArray[np.float64]],
+    policy: str,
+    row_step: NDArray[np.int64],
+    tolerance: dict[str, float] | None = None,
+) -> tuple[dict[str, NDArray[np.float64]], pd.DataFrame]:
+    """Per check the threshold (rows, items) a value must pass to count, and the
+    pre-existing violations (check, item, n_steps, first_step, last_step, worst_value, limit).
+
+    ``base``: the check values without PV per row (:class:`Aggregation`), ``row_step`` the
+    step each row is reported at; ``policy``: one of :data:`PRE_EXISTING` (module docstring);
+    ``tolerance``: per check, default :data:`PRE_EXISTING_TOL`. ``n_steps`` counts rows.
     """
     ch = checker
+    tol = PRE_EXISTING_TOL | dict(tolerance or {})
     thr: dict[str, NDArray[np.float64]] = {}
     rows = []
     for c in ch.checks:
@@ -207,14 +304,19 @@ def thresholds(
         b = base[c]
         bad = d * (b - lim) > 0
         t = np.full(b.shape, lim)
-        if policy == "worsened":
-            t = np.where(bad, b + d * PRE_EXISTING_TOL[c], t)
+        if policy == "item":
+            worst = np.fmax.reduce(d * b, axis=0) * d  # (items,) worst value without PV (NaN: no such phase)
+            t = np.where(bad.any(axis=0), worst + d * tol[c], lim)[None, :] * np.ones((b.shape[0], 1))
+        elif policy == "worsened":
+            t = np.where(bad, b + d * tol[c], t)
         elif policy == "exclude":
             t = np.where(bad, d * np.inf, t)
         thr[c] = t
         for i in np.nonzero(bad.any(axis=0))[0]:
             ts = np.nonzero(bad[:, i])[0]
             worst = b[ts, i].max() if d > 0 else b[ts, i].min()
-            rows.append((c, str(ch.items[c][i]), ts.size, int(window[ts[0]]), int(window[ts[-1]]), float(worst), lim))
+            rows.append(
+                (c, str(ch.items[c][i]), ts.size, int(row_step[ts[0]]), int(row_step[ts[-1]]), float(worst), lim)
+            )
     cols = ["check", "item", "n_steps", "first_step", "last_step", "worst_value", "limit"]
     return thr, pd.DataFrame(rows, columns=cols)

@@ -35,21 +35,24 @@ from __future__ import annotations
 
 import re
 import threading
-from collections.abc import Callable, Mapping
-from typing import Any, Final
+from collections.abc import Callable
+from typing import Final
 
 import numpy as np
 from numpy.typing import NDArray
 
 from lv3ph.dss import Engine
 from lv3ph.errors import ConvergenceError, Lv3phError, StudyError
-from lv3ph.hosting.criteria import Checker, Outcome, thresholds
+from lv3ph.hosting.criteria import Aggregation, Checker, Outcome, thresholds
 from lv3ph.hosting.screening import Screener
-from lv3ph.hosting.settings import Job
+from lv3ph.hosting.settings import QU_CURVE, VW_CURVE, Job
+from lv3ph.hosting.switching import Switching, check_device
 from lv3ph.model import loadshape_command, pv_commands, pv_generator_commands
 from lv3ph.powerflow import open_feeder
 
 _PV_SHAPE: Final[str] = "lv3ph_hosting_pv"
+#: kWp of a PVSystem without PV under inverter controls (0.1 W: below any reported digit)
+IDLE_KWP: Final[float] = 1e-4
 
 
 # ----------------------------------------------------------------------------- OpenDSS helpers
@@ -92,117 +95,185 @@ class Context:
             raise StudyError(f"{job.model_path} has no single-phase customer to place PV at")
         self.names = [c.name for c in single]
         self.phase = np.array([c.phases[0] for c in single], dtype=np.int64)
-        # ---- PV devices, size 0
+        # ---- PV devices, size 0 (dynamic switching: the switchable model first)
         prof = job.profile
-        if job.device == "pvsystem":
-            shape = np.concatenate([np.zeros(run.start - 1), prof])
-            engine.apply(
-                [
-                    loadshape_command(_PV_SHAPE, shape, run.stepsize_s),
-                    *pv_commands(model, dict.fromkeys(self.names, 1.0), _PV_SHAPE),
-                ]
-            )
-            self._size_pv = engine.pv_setter([f"pv_{n}" for n in self.names])
-            self._set_gen: Callable[[NDArray[np.float64]], None] | None = None
-        else:
-            engine.apply(pv_generator_commands(model, [c.name for c in single]))
-            self._set_gen = engine.setter("generator", [f"pv_{n}" for n in self.names])
-        self.engine, self.model = engine, engine.model()
-        if self.model.nodes != model.nodes:
-            raise Lv3phError("adding the PV devices changed the node order")  # cannot happen: no new buses
-        self._switching: tuple[np.ndarray, np.ndarray, np.ndarray, list[int]] | None = None
-        if job.switching is not None:
-            self._switching = self._make_switchable(job.switching)
-        self.sizes = np.zeros(len(self.names))
-        self._apply_sizes(self.sizes)
-        self.checker = Checker(self.model, job.limits, job.checks)
-        # ---- PV window and loads per phase
         on = np.nonzero(prof > 0)[0]
         self.w0 = run.start + int(on[0])
         self.window = np.arange(self.w0, run.start + int(on[-1]) + 1)
         self.prof_w = prof[self.window - run.start]
-        load_names, load_kw, _ = engine.load_setpoints(run.mode, run.stepsize_s, run.start, run.steps)
-        by_name = {c.name: c for c in self.model.customers}
-        self.load_phase = np.zeros((3, self.window.size))
-        for j, n in enumerate(load_names):
-            c = by_name.get(n)
-            if c is None:
-                continue
-            for ph in c.phases:
-                self.load_phase[ph - 1] += load_kw[self.window - run.start, j] / len(c.phases)
+        from lv3ph.phases import customer_profiles
+
+        load_kw, load_kvar = customer_profiles(engine, model, run)  # (steps, customers), as built
+        rows = self.window - run.start
+        self.switching: Switching | None = None
+        #: size of a PVSystem "without PV": 0, or with inverter controls a negligible size
+        #: (an InvControl over a 0 kVA inverter does not converge in OpenDSS)
+        self._idle_kwp = 0.0 if job.controls is None else IDLE_KWP
+        self._set_gen: Callable[[NDArray[np.float64]], None] | None = None
+        if job.device == "pvsystem":
+            shape = np.concatenate([np.zeros(run.start - 1), prof])
+            engine.apply([loadshape_command(_PV_SHAPE, shape, run.stepsize_s)])
+            if job.switching is not None:
+                self.switching = Switching(
+                    engine, model, self.names, job.switching, run, prof, _PV_SHAPE, self._idle_kwp
+                )
+            smodel = model if self.switching is None else self.switching.model
+            switched = set() if self.switching is None else set(self.switching.switched)
+            fixed = [n for n in self.names if n not in switched]
+            engine.apply(pv_commands(smodel, dict.fromkeys(fixed, 1.0), _PV_SHAPE))
+            self._size_pv = engine.pv_setter([f"pv_{n}" for n in fixed], var_limits=job.controls is not None)
+        else:
+            if job.switching is not None:
+                check_device(job.device)
+            fixed = list(self.names)
+            engine.apply(pv_generator_commands(model, fixed))
+            self._set_gen = engine.setter("generator", [f"pv_{n}" for n in self.names])
+        self._fixed = np.array([self.names.index(n) for n in fixed], dtype=np.int64)
+        # ---- inverter controls over every PV device, and a reader of their output
+        devices = [f"pv_{n}" for n in fixed]
+        owner = [self.names.index(n) for n in fixed]
+        if self.switching is not None:
+            for n in self.switching.switched:
+                devices += [f"pv_{n}{s}" for s in ("_p1", "_p2", "_p3")]
+                owner += [self.names.index(n)] * 3
+        self._owner = np.array(owner, dtype=np.int64)
+        if job.controls is not None:
+            engine.add_inverter_control(
+                "lv3ph_pv",
+                devices,
+                volt_var=QU_CURVE if "qu" in job.controls else None,
+                volt_watt=VW_CURVE if "vw" in job.controls else None,
+            )
+        self._read_pv = engine.pv_powers_kw(devices) if job.device == "pvsystem" else None
+        #: PV output per candidate at every window step of the last whole-window solve (kW), or None
+        self.last_pv_kw: NDArray[np.float64] | None = None
+        self.last_full_sizes: NDArray[np.float64] | None = None
+        self.engine = engine
+        self.model = engine.model() if self.switching is None else self.switching.model
+        if self.model.nodes != model.nodes:
+            raise Lv3phError("adding the PV devices changed the node order")  # cannot happen: no new buses
+        self.sizes = np.zeros(len(self.names))
+        self._apply_sizes(self.sizes)
+        self.checker = Checker(self.model, job.limits, job.checks)
+        # ---- injection ports and loads per phase without PV
+        index = self.model.customer_index()
+        ports = [
+            (int(self.model.customers[index[n]].phase_nodes[0]), int(self.model.customers[index[n]].neutral_node))
+            for n in fixed
+        ]
+        port_phase = [int(self.phase[self.names.index(n)]) for n in fixed]
+        home = np.array([c.phases[0] if len(c.phases) == 1 else 0 for c in model.customers], dtype=np.int64)[
+            None, :
+        ] * np.ones((rows.size, 1), dtype=np.int64)
+        if self.switching is not None:
+            sw = self.switching
+            for pos in sw.sw_pos:
+                c = self.model.customers[pos]
+                ports += [(int(c.phase_nodes[k]), int(c.neutral_node)) for k in range(3)]
+                port_phase += [1, 2, 3]
+            home[:, sw.sw_pos] = sw.blind[rows][:, sw.sw_pos]
+            self._sw_load = (load_kw[rows] + 1j * load_kvar[rows])[:, sw.sw_pos].T  # (switchable, window)
+            self._sw_cand = np.array(
+                [
+                    self.names.index(self.model.customers[p].name) if self.model.customers[p].name in switched else -1
+                    for p in sw.sw_pos
+                ],
+                dtype=np.int64,
+            )
+        self.load_phase = np.zeros((3, rows.size))
+        for i, c in enumerate(model.customers):
+            kw_i = load_kw[rows, i]
+            if len(c.phases) == 1:
+                for p in (1, 2, 3):
+                    self.load_phase[p - 1] += np.where(home[:, i] == p, kw_i, 0.0)
+            else:
+                for ph in c.phases:
+                    self.load_phase[ph - 1] += kw_i / len(c.phases)
+        self._n_fixed = len(fixed)
         # ---- base case over the window
         vbase = self._solve_window()
-        base = self.checker.values(vbase)
-        self.thr, self.pre_existing = thresholds(self.checker, base, job.pre_existing, self.window)
+        self.agg = Aggregation(self.window, run.stepsize_s, job.basis)
+        base = self.checker.values(vbase, self.agg.reducer(self.window)[1])
+        self.thr, self.pre_existing = thresholds(
+            self.checker, base, job.pre_existing, self.agg.row_step, dict(job.tolerance)
+        )
         self.screener = Screener(
             self.checker,
             self.model,
-            self.names,
-            self.phase,
+            np.array(ports, dtype=np.int64).reshape(-1, 2),
+            np.array(port_phase, dtype=np.int64),
+            self.injection,
             self.window,
-            self.prof_w,
             self.load_phase,
             self.thr,
+            self.agg,
             base,
             vbase,
         )
 
     # ---------------------------------------------------------------- devices and solves
-    def _make_switchable(self, settings: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[int]]:
-        """Dynamic phase switching (lv3ph.phases): switches scheduled from the load forecast
-        (the scheduler does not know where PV will be placed); a switchable customer's PV is
-        carried by its phase Loads. Returns (schedule, load kW, load kvar, PV customer positions)."""
-        from lv3ph.phases import choose_switches, make_switchable, switching_schedule
-
-        run, m0 = self.job.run, self.model
-        names, kw, kvar = self.engine.load_setpoints(run.mode, run.stepsize_s, run.start, run.steps)
-        order = [names.index(c.name) for c in m0.customers]
-        load_kw, load_kvar = kw[:, order], kvar[:, order]
-        switches = choose_switches(m0, share=float(settings.get("share", 1.0)), seed=int(settings.get("seed", 0)))
-        schedule = switching_schedule(
-            m0,
-            load_kw,
-            None,
-            switches,
-            stepsize_s=run.stepsize_s,
-            interval_s=float(settings.get("interval_s", 900.0)),
-            start=run.start,
-            max_ops_per_day=int(settings.get("max_ops_per_day", 4)),
-            objective=settings.get("objective", "neutral"),
-        )
-        self.model = make_switchable(self.engine, m0, switches)
-        index = self.model.customer_index()
-        return schedule, load_kw, load_kvar, [index[n] for n in self.names]
+    def injection(self, sizes: NDArray[np.float64]) -> NDArray[np.complex128]:
+        """Complex power injected at each screening port over the window with PV ``sizes``,
+        minus the one without PV (kVA, generator convention; see :class:`Screener`)."""
+        n_ports = self._n_fixed + (0 if self.switching is None else 3 * self.switching.sw_pos.size)
+        ds = np.zeros((n_ports, self.window.size), dtype=np.complex128)
+        ds[: self._n_fixed] = sizes[self._fixed][:, None] * self.prof_w[None, :]
+        if self.switching is not None:
+            now, base = self.switching.phases_over(self.window, sizes)
+            kwp = np.where(self._sw_cand >= 0, sizes[np.maximum(self._sw_cand, 0)], 0.0)
+            pv = kwp[:, None] * self.prof_w[None, :]
+            for p in (1, 2, 3):
+                on, was = now == p, base == p
+                ds[self._n_fixed + p - 1 :: 3] = pv * on - self._sw_load * (on.astype(float) - was)
+        return ds
 
     def _apply_sizes(self, sizes: NDArray[np.float64]) -> None:
         self.sizes = sizes
         if self._set_gen is None:
-            self._size_pv(sizes)
+            self._size_pv(np.maximum(sizes[self._fixed], self._idle_kwp))
+        if self.switching is not None:
+            self.switching.apply(sizes)
 
     def _before_step(self) -> Callable[[int], None] | None:
-        base: Callable[[int], None] | None = None
+        if self.switching is not None:
+            return self.switching.mover.step
         if self._set_gen is not None:
             setter, prof, start, sizes = self._set_gen, self.job.profile, self.job.run.start, self.sizes
-            base = lambda k: setter(prof[k - start] * sizes)  # noqa: E731
-        if self._switching is None:
-            return base
-        from lv3ph.phases import switching_setter
-
-        schedule, load_kw, load_kvar, pos = self._switching
-        pv = np.zeros_like(load_kw)
-        pv[:, pos] = np.outer(self.job.profile, self.sizes)
-        step, reset = switching_setter(
-            self.engine, self.model, self.job.run, load_kw, pv, schedule, load_kvar=load_kvar, before_step=base
-        )
-        reset()
-        return step
+            return lambda k: setter(prof[k - start] * sizes)
+        return None
 
     def _solve_window(self) -> NDArray[np.complex128]:
+        """The whole PV window; with inverter controls it also records each candidate's PV
+        output (:attr:`last_pv_kw`, for the curtailed energy)."""
         run = self.job.run
+        on_step = None
+        self.last_pv_kw = None
+        if self.job.controls is not None and self._read_pv is not None:
+            read, owner, w0 = self._read_pv, self._owner, int(self.window[0])
+            out = self.last_pv_kw = np.zeros((self.window.size, len(self.names)))
+
+            def on_step(k: int) -> None:
+                np.add.at(out[k - w0], owner, read().real)
+
         v, _ = self.engine.run(
-            run.mode, run.stepsize_s, int(self.window[0]), self.window.size, before_step=self._before_step()
+            run.mode,
+            run.stepsize_s,
+            int(self.window[0]),
+            self.window.size,
+            before_step=self._before_step(),
+            on_step=on_step,
         )
         return v
+
+    def curtailed_kwh(self, sizes: NDArray[np.float64]) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+        """``(available, curtailed)`` PV energy per candidate over the window (kWh) from the
+        last whole-window solve at ``sizes``: available ``kWp x profile``, curtailed the
+        part the inverter did not deliver (volt-watt, or reactive power taking precedence)."""
+        dt_h = self.job.run.stepsize_s / 3600.0
+        avail = sizes[None, :] * self.prof_w[:, None]
+        if self.last_pv_kw is None:
+            return avail.sum(axis=0) * dt_h, np.zeros(len(self.names))
+        return avail.sum(axis=0) * dt_h, np.clip(avail - self.last_pv_kw, 0.0, None).sum(axis=0) * dt_h
 
     def _solve(self, steps: NDArray[np.int64] | None) -> NDArray[np.complex128]:
         """Node voltages at ``steps`` (None = the whole PV window) with the current sizes."""
@@ -213,37 +284,43 @@ class Context:
 
     # ---------------------------------------------------------------- evaluation
     def evaluate(self, sizes: NDArray[np.float64], steps: NDArray[np.int64] | None) -> Outcome:
-        """Solve ``steps`` (None = whole PV window) with PV ``sizes`` (kWp per candidate)."""
+        """Solve ``steps`` (None = whole PV window; with ``basis="en50160"`` widened to whole
+        10-minute intervals) with PV ``sizes`` (kWp per candidate)."""
+        agg = self.agg
+        if steps is not None:
+            steps = agg.steps_of(agg.rows_of(steps))
         self._apply_sizes(sizes)
+        if steps is None:
+            self.last_full_sizes = sizes.copy()
         try:
             v = self._solve(steps)
         except ConvergenceError as exc:
             m = re.search(r"at step (\d+)", str(exc))
             step = int(m.group(1)) if m else -1
             return Outcome(ok=False, check="convergence", step=step, worst_steps=(step,) if step > 0 else ())
-        steps_arr = self.window if steps is None else steps
-        pos = steps_arr - self.w0
-        values = self.checker.values(v)
+        rows, reduce = agg.reducer(self.window if steps is None else steps)
+        values = self.checker.values(v, reduce)
         if steps is not None:
-            self.screener.calibrate(steps, values)
+            self.screener.calibrate(rows, values)
         best: tuple[float, int, int, str, int] | None = None
         worst_steps = []
+        row_step = agg.row_step[rows]
         for rank, c in enumerate(self.checker.checks):
-            val, thr = values[c], self.thr[c][pos]
+            val, thr = values[c], self.thr[c][rows]
             d, lim = self.checker.direction[c], self.checker.limit[c]
             with np.errstate(invalid="ignore"):
                 sev = np.where(np.isnan(val), -np.inf, d * (val - thr) / abs(lim))
             if not (sev > 0).any():
                 continue
             ti, ii = (int(x) for x in np.unravel_index(int(np.argmax(sev)), sev.shape))
-            worst_steps.append(int(steps_arr[ti]))
-            key = (float(sev[ti, ii]), -int(steps_arr[ti]), -rank, c, ii)
+            worst_steps.append(int(row_step[ti]))
+            key = (float(sev[ti, ii]), -int(row_step[ti]), -rank, c, ii)
             if best is None or key[:3] > best[:3]:
                 best = key
         if best is None:
             return Outcome(ok=True)
         _, negstep, _, c, i = best
-        t = int(np.nonzero(steps_arr == -negstep)[0][0])
+        t = int(np.nonzero(row_step == -negstep)[0][0])
         return Outcome(
             ok=False,
             check=c,

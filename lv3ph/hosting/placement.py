@@ -73,7 +73,18 @@ def run_placement(ctx: Context, placement: int) -> dict[str, Any]:
         raise Lv3phError(f"placement {placement}: no confirmed hosting capacity after {MAX_ROUNDS} full-window checks")
     censored = fail is None
     worst = fail or Outcome(ok=True)
-    n_customers = int(np.count_nonzero(at(lo) > 0))
+    s_lo = at(lo)
+    curtailment = []
+    avail = curtailed = 0.0
+    if job.controls is not None and lo > 0:
+        if ctx.last_full_sizes is None or not np.array_equal(ctx.last_full_sizes, s_lo):
+            ctx.evaluate(s_lo, None)
+        a, c = ctx.curtailed_kwh(s_lo)
+        avail, curtailed = float(a.sum()), float(c.sum())
+        curtailment = [
+            (placement, ctx.names[j], float(s_lo[j]), float(a[j]), float(c[j])) for j in np.nonzero(s_lo > 0)[0]
+        ]
+    n_customers = int(np.count_nonzero(s_lo > 0))
     row = {
         "placement": placement,
         "hosting_kw": lo,
@@ -89,11 +100,13 @@ def run_placement(ctx: Context, placement: int) -> dict[str, Any]:
         "evaluations": counts["evaluations"],
         "full_checks": counts["full_checks"],
         "n_kept_steps": len(kept),
+        "pv_kwh": avail,
+        "curtailed_kwh": curtailed,
         "seconds": time.perf_counter() - t_start,
     }
     steps = [(placement, k, "+".join(sorted(kept[k]))) for k in sorted(kept)]
     orders = [(placement, r + 1, ctx.names[j], "abc"[ctx.phase[j] - 1], float(sizes[r])) for r, j in enumerate(order)]
-    return {"row": row, "steps": steps, "order": orders}
+    return {"row": row, "steps": steps, "order": orders, "curtailment": curtailment}
 
 
 def placement_task(job: Job, placement: int) -> dict[str, Any]:

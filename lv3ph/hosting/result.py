@@ -25,6 +25,8 @@ RESULT_COLUMNS: Final[list[str]] = [
     "evaluations",
     "full_checks",
     "n_kept_steps",
+    "pv_kwh",
+    "curtailed_kwh",
     "seconds",
 ]
 
@@ -43,12 +45,16 @@ class HostingResult:
             violation up to ``total_kw``), ``total_kw`` (the placement's full kWp),
             ``fail_kw`` (first failing level), ``evaluations`` (candidate levels solved),
             ``full_checks`` (whole-window checks; more than 1 means screening missed a step
-            at first), ``n_kept_steps``, ``seconds``.
+            at first), ``n_kept_steps``, ``pv_kwh`` / ``curtailed_kwh`` (PV energy available and
+            not delivered at the hosting capacity, with inverter controls; 0 without), ``seconds``.
         steps: kept steps per placement: ``placement``, ``step``, ``reasons`` (``+``-joined:
             a check name = predicted worst for it; ``near_<check>`` = predicted within the
             widened margin of its threshold; ``export``/``export_a``.. = largest PV minus
             load; ``missed`` = found by a whole-window check).
         orders: the placements: ``placement``, ``rank``, ``customer``, ``phase``, ``kwp``.
+        curtailment: with inverter controls, per placement and customer with PV at the
+            hosting capacity: ``kwp``, ``pv_kwh`` (available over the PV window) and
+            ``curtailed_kwh`` (not delivered); empty without controls.
         pre_existing: violations without PV inside the PV window (check, item, n_steps,
             first_step, last_step, worst_value, limit).
         settings: what was run (model, limits, run, seed, kwp_range, step_kw, ...).
@@ -59,6 +65,7 @@ class HostingResult:
     steps: pd.DataFrame
     orders: pd.DataFrame
     pre_existing: pd.DataFrame
+    curtailment: pd.DataFrame = field(default_factory=pd.DataFrame)
     settings: dict[str, Any] = field(default_factory=dict)
     label: str = "hosting capacity"
 

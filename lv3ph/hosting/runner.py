@@ -11,6 +11,7 @@ from typing import Any
 import pandas as pd
 from numpy.typing import ArrayLike
 
+from lv3ph.hosting.criteria import PRE_EXISTING_TOL
 from lv3ph.hosting.engine import Context, cache, context
 from lv3ph.hosting.placement import placement_task, run_placement
 from lv3ph.hosting.result import RESULT_COLUMNS, HostingResult
@@ -39,7 +40,10 @@ def hosting_capacity(
     screening: bool = True,
     screen_steps: int = 3,
     search: str = "scan",
-    pre_existing: str = "worsened",
+    pre_existing: str = "item",
+    basis: str = "step",
+    tolerance: Mapping[str, float] | None = None,
+    controls: str | None = None,
     device: str = "pvsystem",
     serial: bool = False,
     workers: int = 2,
@@ -70,7 +74,14 @@ def hosting_capacity(
         search: ``scan`` (customer by customer until the first violation, then bisection
             inside that customer) or ``bisect`` (bisection on the total; faster, assumes
             violations grow monotonically with PV).
-        pre_existing: ``worsened``, ``exclude`` or ``count`` (violations without PV).
+        pre_existing: ``item`` (base-relative per item), ``worsened`` (per item and step),
+            ``exclude`` or ``count`` (absolute limits); see :mod:`lv3ph.hosting.criteria`.
+        basis: ``step`` (every step) or ``en50160`` (10-minute values).
+        controls: inverter controls of the PV through OpenDSS ``InvControl``: ``qu``
+            (:data:`~lv3ph.hosting.settings.QU_CURVE`), ``vw`` (volt-watt,
+            :data:`~lv3ph.hosting.settings.VW_CURVE`) or ``qu+vw``; None: unity power factor.
+        tolerance: per limit, how much worse than without PV a pre-existing violation may
+            get (V or %-points; default :data:`~lv3ph.hosting.criteria.PRE_EXISTING_TOL`).
         device: ``pvsystem`` or ``generator``.
         serial: run in this process instead of on Dask.
         workers: Dask worker processes (a ``LocalCluster``), unless ``scheduler`` is given.
@@ -85,7 +96,21 @@ def hosting_capacity(
     """
     if not isinstance(limits, Limits):
         limits = Limits.from_dict(limits)
-    validate(placements, seed, kwp_range, step_kw, workers, screen_steps, device, search, pre_existing, run)
+    validate(
+        placements,
+        seed,
+        kwp_range,
+        step_kw,
+        workers,
+        screen_steps,
+        device,
+        search,
+        pre_existing,
+        run,
+        basis,
+        tolerance,
+        controls,
+    )
     chosen = chosen_checks(limits, checks)
     profile = pv_profile_of(run, pv_profile, pv_settings)
     job = Job(
@@ -103,11 +128,14 @@ def hosting_capacity(
         screen_steps=int(screen_steps),
         device=device,
         pre_existing=pre_existing,
+        basis=basis,
+        tolerance=tuple(sorted(dict(tolerance or {}).items())),
         search=search,
         seed=int(seed),
         customers=None if customers is None else tuple(c.lower() for c in customers),
         token=uuid.uuid4().hex,
         switching=None if switching is None else dict(switching),
+        controls=controls,
     )
     t0 = time.perf_counter()
     ctx = context(job)  # validates the model and the customers here, before any worker starts
@@ -124,6 +152,10 @@ def hosting_capacity(
     orders = pd.DataFrame(
         [r for o in outs for r in o["order"]], columns=["placement", "rank", "customer", "phase", "kwp"]
     )
+    curtailment = pd.DataFrame(
+        [r for o in outs for r in o["curtailment"]],
+        columns=["placement", "customer", "kwp", "pv_kwh", "curtailed_kwh"],
+    )
     settings = {
         "model": job.model_path,
         "run": run,
@@ -137,6 +169,9 @@ def hosting_capacity(
         "screen_steps": job.screen_steps,
         "search": search,
         "pre_existing": pre_existing,
+        "basis": basis,
+        "controls": controls,
+        "tolerance": PRE_EXISTING_TOL | dict(tolerance or {}),
         "device": device,
         "vmaxpu": vmaxpu,
         "pme_ohm": pme_ohm,
@@ -151,6 +186,7 @@ def hosting_capacity(
         placements=table,
         steps=steps,
         orders=orders,
+        curtailment=curtailment,
         pre_existing=pre,
         settings=settings,
         label=label or Path(model_path).stem,

@@ -45,6 +45,7 @@ The kept steps per placement and why each was kept are in :attr:`HostingResult.s
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Final
 
 import numpy as np
@@ -52,7 +53,7 @@ import scipy.sparse as sp
 import scipy.sparse.linalg as spla
 from numpy.typing import NDArray
 
-from lv3ph.hosting.criteria import Checker
+from lv3ph.hosting.criteria import Aggregation, Checker
 from lv3ph.model import FeederModel, network_y
 
 #: Screening keeps every step whose predicted value, widened by ``alpha x |predicted change|``,
@@ -65,17 +66,28 @@ ALPHA0: Final[float] = 0.1
 
 class Screener:
     """The screening state of one engine: the base case over the PV window, the linearised
-    voltage response (``zsel``, ``iunit``; None if the network matrix is singular), and the
-    running prediction of the current placement.
+    voltage response (``zsel``; None if the network matrix is singular), and the running
+    prediction of the current placement.
+
+    The network sees a candidate level as complex power injections at *injectors*: each a
+    phase-to-neutral port of one bus (a fixed-phase candidate's PV: one; a switchable
+    customer: one per phase, carrying its PV and, PV-aware, the load it moved away from
+    the no-PV schedule). ``injection(sizes)`` gives their injection over the window minus
+    the one without PV (kVA, generator convention); the voltage change is
+    ``Z[:, u] x 1000 conj(dS_u(t)) / conj(V_u(t))`` summed over the injectors ``u``,
+    ``Z`` the inverse network admittance and ``V_u`` the port's voltage without PV.
 
     Args:
         checker: the check definitions.
         model: the feeder (node order of ``vbase``).
-        names: candidate customers; ``phase``: their phase (1-3).
-        window: the PV-window steps; ``prof_w``: PV output there, kW per kWp.
-        load_phase: load per phase (3, window steps), kW.
-        thr: per check the thresholds (window steps, items), see :func:`~lv3ph.hosting.criteria.thresholds`.
-        base: check values without PV (window steps, items); ``vbase``: node voltages
+        ports: (injectors, 2) node indices: phase node, neutral node (-1: earth).
+        port_phase: phase (1-3) of each injector.
+        injection: ``sizes -> (injectors, window steps)`` complex kVA.
+        window: the PV-window steps.
+        load_phase: load per phase without PV (3, window steps), kW.
+        thr: per check the thresholds (rows, items), see :func:`~lv3ph.hosting.criteria.thresholds`.
+        agg: the rows checks are judged on (steps or 10-minute intervals).
+        base: check values without PV (rows, items); ``vbase``: node voltages
             without PV (n_nodes, window steps), V.
     """
 
@@ -83,92 +95,92 @@ class Screener:
         self,
         checker: Checker,
         model: FeederModel,
-        names: list[str],
-        phase: NDArray[np.int64],
+        ports: NDArray[np.int64],
+        port_phase: NDArray[np.int64],
+        injection: Callable[[NDArray[np.float64]], NDArray[np.complex128]],
         window: NDArray[np.int64],
-        prof_w: NDArray[np.float64],
         load_phase: NDArray[np.float64],
         thr: dict[str, NDArray[np.float64]],
+        agg: Aggregation,
         base: dict[str, NDArray[np.float64]],
         vbase: NDArray[np.complex128],
     ) -> None:
-        self.checker, self.names, self.phase = checker, names, phase
-        self.window, self.w0, self.prof_w, self.load_phase = window, int(window[0]), prof_w, load_phase
-        self.thr = thr
+        self.checker, self.ports, self.port_phase, self.injection = checker, ports, port_phase, injection
+        self.window, self.w0, self.load_phase = window, int(window[0]), load_phase
+        self.thr, self.agg = thr, agg
+        self._reduce = agg.reducer(window)[1]
         self.base_bus = {c: base[c] for c in checker.bus_checks}
         self.vbase_eval = vbase[checker.eval_nodes]
-        self.zsel, self.iunit = self._linearise(model, vbase)
+        self.zsel, self.vport = self._linearise(model, vbase)
         self.reset_prediction()
 
     def _linearise(
         self, model: FeederModel, vbase: NDArray[np.complex128]
-    ) -> tuple[NDArray[np.complex128] | None, NDArray[np.complex128] | None]:
-        """``Z`` columns (eval nodes x candidates) for a unit phase-to-neutral injection,
-        and the current per kWp of each candidate at each window step (A); None if the
-        network matrix cannot be factorised."""
-        if not self.checker.bus_checks:
-            return None, None
-        by_name = {c.name: c for c in model.customers}
-        ph = np.array([int(by_name[n].phase_nodes[0]) for n in self.names])
-        ne = np.array([int(by_name[n].neutral_node) for n in self.names])
-        rhs = np.zeros((model.n_nodes, len(self.names)), dtype=np.complex128)
-        rhs[ph, np.arange(ph.size)] = 1.0
+    ) -> tuple[NDArray[np.complex128] | None, NDArray[np.complex128]]:
+        """``Z`` columns (eval nodes x injectors) for a unit phase-to-neutral injection (None if
+        the network matrix cannot be factorised), and each port's voltage without PV (V)."""
+        ph, ne = self.ports[:, 0], self.ports[:, 1]
         has_n = ne >= 0
+        vpn = vbase[ph] - np.where(has_n[:, None], vbase[np.maximum(ne, 0)], 0.0)
+        if not self.checker.bus_checks:
+            return None, vpn
+        rhs = np.zeros((model.n_nodes, ph.size), dtype=np.complex128)
+        rhs[ph, np.arange(ph.size)] = 1.0
         rhs[ne[has_n], np.nonzero(has_n)[0]] = -1.0
         try:
             with np.errstate(all="raise"):
                 z = spla.splu(sp.csc_matrix(network_y(model))).solve(rhs)
         except (RuntimeError, FloatingPointError, ValueError):
-            return None, None
+            return None, vpn
         if not np.all(np.isfinite(z)):
-            return None, None
-        vpn = vbase[ph] - np.where(has_n[:, None], vbase[np.maximum(ne, 0)], 0.0)
-        return np.ascontiguousarray(z[self.checker.eval_nodes]), 1000.0 * self.prof_w[None, :] / np.conj(vpn)
+            return None, vpn
+        return np.ascontiguousarray(z[self.checker.eval_nodes]), vpn
 
     def reset_prediction(self) -> None:
         """Start a placement afresh: no running voltage-change sum, prediction-error factor
         back to :data:`ALPHA0` (so nothing depends on what the engine ran before)."""
-        self._dv: NDArray[np.complex128] | None = None
-        self._dv_sizes = np.zeros(len(self.names))
+        self._dv = np.zeros_like(self.vbase_eval)
+        self._di = np.zeros(self.vport.shape, dtype=np.complex128)
         self.alpha = dict.fromkeys(self.checker.bus_checks, ALPHA0)
         self._pred: dict[str, NDArray[np.float64]] = {}
 
-    def _predicted_dv(self, sizes: NDArray[np.float64]) -> NDArray[np.complex128]:
-        """Linearised voltage change at the eval nodes (rows, window steps) for PV ``sizes``.
+    def _predicted_dv(self, ds: NDArray[np.complex128]) -> NDArray[np.complex128]:
+        """Linearised voltage change at the eval nodes (rows, window steps) for the
+        injections ``ds`` (injectors, window steps), kVA.
 
-        Kept as a running sum updated for the customers whose size changed: a scan adds one
-        customer per level, so each level costs one outer product instead of one per PV.
+        Kept as a running sum updated for the injectors whose injection changed: a scan
+        adds one customer per level, so a level costs one outer product, not one per PV.
         """
-        assert self.zsel is not None and self.iunit is not None
-        if getattr(self, "_dv", None) is None:
-            self._dv = np.zeros_like(self.vbase_eval)
-            self._dv_sizes = np.zeros(len(self.names))
-        dv = self._dv
-        assert dv is not None
-        for j in np.nonzero(sizes != self._dv_sizes)[0]:
-            dv += np.multiply.outer(self.zsel[:, j], (sizes[j] - self._dv_sizes[j]) * self.iunit[j])
-        self._dv_sizes = sizes.copy()
-        return dv
+        assert self.zsel is not None
+        di = 1000.0 * np.conj(ds) / np.conj(self.vport)
+        changed = np.nonzero(np.any(di != self._di, axis=1))[0]
+        if changed.size:
+            self._dv += self.zsel[:, changed] @ (di[changed] - self._di[changed])
+            self._di[changed] = di[changed]
+        return self._dv
 
     def screen(self, sizes: NDArray[np.float64], m: int, near: bool = True) -> dict[int, set[str]]:
         """Steps that can bind at PV ``sizes``, with the reason each was kept (``near``: also
         every step predicted within the widened margin of a threshold)."""
         out: dict[int, set[str]] = {}
 
-        def keep(score: NDArray[np.float64], why: str) -> None:
+        def keep(score: NDArray[np.float64], why: str, at: NDArray[np.int64]) -> None:
             score = np.where(np.isnan(score), -np.inf, score)
             for t in np.argsort(-score, kind="stable")[:m]:
                 if np.isfinite(score[t]):
-                    out.setdefault(int(self.window[t]), set()).add(why)
+                    out.setdefault(int(at[t]), set()).add(why)
 
-        kw_phase = np.array([sizes[self.phase == p].sum() for p in (1, 2, 3)])
-        export = self.prof_w[None, :] * kw_phase[:, None] - self.load_phase
-        keep(export.sum(axis=0), "export")
+        ds = self.injection(sizes)
+        gen = np.stack([ds.real[self.port_phase == p].sum(axis=0) for p in (1, 2, 3)])
+        export = gen - self.load_phase
+        keep(export.sum(axis=0), "export", self.window)
         for p in range(3):
-            if kw_phase[p] > 0:
-                keep(export[p], f"export_{'abc'[p]}")
-        if self.zsel is not None and self.iunit is not None:
-            pred = self._pred = self.checker.bus_values(self.vbase_eval + self._predicted_dv(sizes))
+            if np.any(gen[p] != 0):
+                keep(export[p], f"export_{'abc'[p]}", self.window)
+        if self.zsel is not None:
+            v = self.vbase_eval + self._predicted_dv(ds)
+            pred = self._pred = self.checker.bus_values(v, self._reduce)
+            at = self.agg.row_step
             for c in self.checker.bus_checks:
                 d, lim = self.checker.direction[c], abs(self.checker.limit[c])
                 with np.errstate(invalid="ignore"):
@@ -176,17 +188,17 @@ class Screener:
                     widened = excess + self.alpha[c] * np.abs(pred[c] - self.base_bus[c])
                     sev = np.nanmax(np.where(np.isnan(excess), -np.inf, excess), axis=1) / lim
                     close = np.nanmax(np.where(np.isnan(widened), -np.inf, widened), axis=1) > -NEAR_FLOOR[c]
-                keep(sev, c)
+                keep(sev, c, at)
                 for t in np.nonzero(close)[0] if near else ():
-                    out.setdefault(int(self.window[t]), set()).add(f"near_{c}")
+                    out.setdefault(int(at[t]), set()).add(f"near_{c}")
         return out
 
-    def calibrate(self, steps: NDArray[np.int64], values: dict[str, NDArray[np.float64]]) -> None:
+    def calibrate(self, rows: NDArray[np.int64], values: dict[str, NDArray[np.float64]]) -> None:
         """Raise each check's prediction-error factor to 1.5 x the largest error of the last
-        prediction at the steps just solved, beyond the floor, relative to the predicted change."""
+        prediction at the rows just solved, beyond the floor, relative to the predicted change."""
         if not self._pred:
             return
-        pos = steps - self.w0
+        pos = rows
         for c in self.checker.bus_checks:
             pred, base = self._pred[c][pos], self.base_bus[c][pos]
             change = np.abs(pred - base)

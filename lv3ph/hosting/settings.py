@@ -11,12 +11,31 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from lv3ph.errors import ProfileError, StudyError
-from lv3ph.hosting.criteria import PRE_EXISTING, limit_of
+from lv3ph.hosting.criteria import BASES, PRE_EXISTING, PRE_EXISTING_TOL, limit_of
 from lv3ph.powerflow import RunSpec
 from lv3ph.unbalance import CHECKS, Limits
 
 DEVICES: Final[tuple[str, ...]] = ("pvsystem", "generator")
 SEARCHES: Final[tuple[str, ...]] = ("bisect", "scan")
+#: Inverter controls of the PV (OpenDSS ``InvControl``): Q(U), volt-watt, both.
+CONTROLS: Final[tuple[str, ...]] = ("qu", "vw", "qu+vw")
+#: Q(U) characteristic (voltage pu of 230 V, reactive power pu of the inverter's kVA,
+#: positive = supplied). EN 50549-1 (4.7.2.3.3) leaves the points to the DSO and asks for
+#: the capability of cos phi 0.90 at rated power: with kVA = 1.1 x kWp, 0.44 pu of kVA is
+#: Q = 0.484 x kWp = tan(acos 0.9) x kWp. The points are those of the example
+#: characteristic many national settings use (full Q below 0.92 and above 1.08 pu, no Q in
+#: 0.96-1.04 pu); we could not check them against the text of the standard here.
+QU_CURVE: Final[tuple[tuple[float, float], ...]] = (
+    (0.5, 0.44),
+    (0.92, 0.44),
+    (0.96, 0.0),
+    (1.04, 0.0),
+    (1.08, -0.44),
+    (1.5, -0.44),
+)
+#: Volt-watt curtailment (voltage pu, active power limit pu of kWp): full output up to
+#: 1.07 pu (246 V), none at 1.10 pu (253 V, the upper limit of the band).
+VW_CURVE: Final[tuple[tuple[float, float], ...]] = ((0.5, 1.0), (1.07, 1.0), (1.10, 0.0), (1.5, 0.0))
 
 
 @dataclass(frozen=True)
@@ -37,11 +56,14 @@ class Job:
     screen_steps: int
     device: str
     pre_existing: str
+    basis: str
+    tolerance: tuple[tuple[str, float], ...]
     search: str
     seed: int
     customers: tuple[str, ...] | None
     token: str
     switching: dict[str, Any] | None = None
+    controls: str | None = None
 
 
 def validate(
@@ -55,7 +77,12 @@ def validate(
     search: str,
     pre_existing: str,
     run: RunSpec,
+    basis: str = "step",
+    tolerance: Mapping[str, float] | None = None,
+    controls: str | None = None,
 ) -> None:
+    """Every problem with the settings at once, as one :class:`~lv3ph.errors.StudyError`."""
+
     def is_int(x: object) -> bool:
         return isinstance(x, int | np.integer) and not isinstance(x, bool)
 
@@ -84,9 +111,19 @@ def validate(
         ("device", device, DEVICES),
         ("search", search, SEARCHES),
         ("pre_existing", pre_existing, PRE_EXISTING),
+        ("basis", basis, BASES),
     ):
         if value not in known:
             errors.append(f"unknown {name} {value!r} (known: {', '.join(known)})")
+    if controls is not None and controls not in CONTROLS:
+        errors.append(f"unknown controls {controls!r} (known: {', '.join(CONTROLS)})")
+    elif controls is not None and device != "pvsystem":
+        errors.append("inverter controls need device='pvsystem' (OpenDSS InvControl controls PVSystems)")
+    for check, tol in dict(tolerance or {}).items():
+        if check not in PRE_EXISTING_TOL:
+            errors.append(f"tolerance: unknown limit {check!r} (known: {', '.join(PRE_EXISTING_TOL)})")
+        elif isinstance(tol, bool) or not isinstance(tol, int | float) or not (math.isfinite(tol) and tol >= 0):
+            errors.append(f"tolerance.{check} must be a number >= 0, got {tol!r}")
     if not isinstance(run, RunSpec):
         errors.append(f"run must be a RunSpec, got {type(run).__name__}")
     elif run.mode not in ("daily", "yearly"):

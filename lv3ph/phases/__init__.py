@@ -44,17 +44,25 @@ from lv3ph.phases.evaluate import arrangement_commands, evaluate_arrangement, fe
 from lv3ph.phases.proxy import proxy_objective
 from lv3ph.phases.rebalance import MILP_POLYGON_SIDES, RebalancePlan, rebalance, rebalance_plan
 from lv3ph.phases.switchable import (
+    PhaseMover,
     make_switchable,
     run_switching,
     switchable_commands,
     switchable_customers,
     switching_setter,
 )
-from lv3ph.phases.switching import as_built_schedule, switching_operations, switching_schedule
+from lv3ph.phases.switching import (
+    as_built_schedule,
+    pv_aware_schedule,
+    schedule_objective,
+    switching_operations,
+    switching_schedule,
+)
 
 __all__ = [
     "MILP_POLYGON_SIDES",
     "Objective",
+    "PhaseMover",
     "RebalancePlan",
     "Stat",
     "arrangement_commands",
@@ -68,9 +76,11 @@ __all__ = [
     "make_switchable",
     "movable_customers",
     "proxy_objective",
+    "pv_aware_schedule",
     "rebalance",
     "rebalance_plan",
     "run_switching",
+    "schedule_objective",
     "switchable_commands",
     "switchable_customers",
     "switching_operations",

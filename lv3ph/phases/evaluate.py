@@ -9,33 +9,19 @@ import numpy as np
 import xarray as xr
 
 from lv3ph.dss import Engine
-from lv3ph.errors import ModelError, StudyError
+from lv3ph.errors import StudyError
 from lv3ph.model import FeederModel, node_spec
 from lv3ph.phases.customers import _index, _movability, as_built
-from lv3ph.powerflow import RunSpec, capture, solve_raw
+from lv3ph.powerflow import RunSpec, capture, head_line, solve_raw
 from lv3ph.topology import Connection, phase_nodes_at
 from lv3ph.unbalance import unbalance
-
-
-def _head_line(model: FeederModel) -> int:
-    """Position of the line that leaves the transformer's LV bus (or the first line)."""
-    tx = [e for e in model.elements if e.kind == "transformer"]
-    lines = [i for i, e in enumerate(model.elements) if e.kind == "line"]
-    if not lines:
-        raise ModelError(f"{model.path} has no lines")
-    if tx:
-        lv = tx[0].buses[-1]
-        for i in lines:
-            if model.elements[i].buses[0] == lv:
-                return i
-    return lines[0]
 
 
 def head_currents(model: FeederModel, pf: xr.Dataset) -> tuple[xr.DataArray, xr.DataArray | None]:
     """|current| (A) of the line leaving the transformer: per traced phase (time, phase =
     1, 2, 3; NaN for a missing phase) and in its neutral conductor (time; None when the
     line has no neutral-role conductor)."""
-    head = _head_line(model)
+    head = head_line(model)
     e = model.elements[head]
     cur = np.abs(np.asarray(pf.current.isel(element=head).values)[:, : e.n_conductors])
     nodes = e.nodes[: e.n_conductors]
@@ -70,8 +56,8 @@ def feeder_metrics(model: FeederModel, pf: xr.Dataset, unb: xr.Dataset | None = 
     if head_n is not None:
         i_n = head_n.values
     else:  # three-wire: the residual current
-        e = model.elements[_head_line(model)]
-        i_n = np.abs(np.asarray(pf.current.isel(element=_head_line(model)).values)[:, : e.n_conductors].sum(axis=1))
+        e = model.elements[head_line(model)]
+        i_n = np.abs(np.asarray(pf.current.isel(element=head_line(model)).values)[:, : e.n_conductors].sum(axis=1))
     dt_h = float(pf.attrs.get("stepsize_s", 3600.0)) / 3600.0
     worst = u.pvur_pct.max("bus", skipna=True)
     return {

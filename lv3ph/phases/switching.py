@@ -3,6 +3,7 @@ customer is on at every step, decided greedily per interval on the proxy."""
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from collections.abc import Sequence
@@ -80,21 +81,18 @@ def switching_schedule(
         raise StudyError(f"min_gain must be in [0, 1), got {min_gain}")
     if start < 1:
         raise StudyError(f"start must be >= 1, got {start}")
-    per = _steps_per_interval(float(interval_s), float(stepsize_s))
     p, q = _profiles(model, load_kw, pv_kw, load_kvar)
     mov = _check_movable(model, list(switches), "the switch list", at_bus=True)
     steps = p.shape[0]
+    bounds = _interval_bounds(steps, stepsize_s, interval_s, start)
     schedule = as_built_schedule(model, steps)
     if not mov or max_ops_per_day == 0:
         return schedule
     proxy = _build_proxy(model, p, q, objective, mov)
     n = proxy.movable.size
     assign = proxy.home.copy()
-    k_abs = np.arange(start, start + steps)
-    t0 = (k_abs - 1) * float(stepsize_s)
-    new_interval = np.isclose(np.mod(t0, per * float(stepsize_s)), 0.0) | (k_abs == start)
+    t0 = (np.arange(start, start + steps) - 1) * float(stepsize_s)
     day = np.floor(t0 / 86400.0 + 1e-12).astype(np.int64)
-    bounds = [*np.nonzero(new_interval)[0].tolist(), steps]
     ops = np.zeros(n, dtype=np.int64)
     current_day = None
     for b0, b1 in itertools.pairwise(bounds):
@@ -137,3 +135,101 @@ def switching_operations(
     out = np.zeros((int(days[-1]) + 1 if s.shape[0] else 0, s.shape[1]), dtype=np.int64)
     np.add.at(out, days, changed)
     return out
+
+
+def _interval_bounds(steps: int, stepsize_s: float, interval_s: float, start: int) -> list[int]:
+    """First row of every switching interval (clock-aligned, as :func:`switching_schedule`), then ``steps``."""
+    per = _steps_per_interval(float(interval_s), float(stepsize_s))
+    k_abs = np.arange(start, start + steps)
+    t0 = (k_abs - 1) * float(stepsize_s)
+    new_interval = np.isclose(np.mod(t0, per * float(stepsize_s)), 0.0) | (k_abs == start)
+    return [*np.nonzero(new_interval)[0].tolist(), steps]
+
+
+def schedule_objective(
+    model: FeederModel,
+    load_kw: np.ndarray,
+    pv_kw: np.ndarray | None,
+    schedule: np.ndarray,
+    *,
+    stepsize_s: float,
+    interval_s: float = 900.0,
+    start: int = 1,
+    objective: Objective = "neutral",
+    stat: Stat = "max",
+    load_kvar: np.ndarray | None = None,
+) -> float:
+    """What :func:`switching_schedule` minimises, for any ``schedule`` on the net demand
+    ``load_kw - pv_kw``: the mean over the switching intervals of the interval's proxy
+    ``stat`` (``"neutral"``: head neutral current proxy, A; ``"pvur"``: worst linearised
+    PVUR, %). ``schedule``: (steps, customers), as :func:`switching_schedule` returns."""
+    _check_stat(stat)
+    p, q = _profiles(model, load_kw, pv_kw, load_kvar)
+    sched = np.asarray(schedule)
+    if sched.shape != p.shape:
+        raise StudyError(f"schedule must have shape {p.shape} (steps, customers), got {sched.shape}")
+    movable = [i for i, c in enumerate(model.customers) if len(c.phases) == 1 and c.phases[0] in (1, 2, 3)]
+    proxy = _build_proxy(model, p, q, objective, movable)
+    values = []
+    for b0, b1 in itertools.pairwise(_interval_bounds(p.shape[0], stepsize_s, interval_s, start)):
+        assign = (sched[b0, proxy.movable].astype(np.int64) - 1).clip(0, 2)
+        values.append(float(_keys(proxy.per_step(proxy.state(assign, slice(b0, b1))), stat)[0]))
+    return float(np.mean(values)) if values else 0.0
+
+
+def pv_aware_schedule(
+    model: FeederModel,
+    load_kw: np.ndarray,
+    pv_kw: np.ndarray,
+    switches: Sequence[str],
+    *,
+    stepsize_s: float,
+    interval_s: float = 900.0,
+    start: int = 1,
+    max_ops_per_day: int = 4,
+    objective: Objective = "neutral",
+    stat: Stat = "max",
+    load_kvar: np.ndarray | None = None,
+    blind: np.ndarray | None = None,
+) -> tuple[np.ndarray, bool]:
+    """Switching planned from the net demand ``load_kw - pv_kw`` (the PV forecast, or the
+    net positions a market settled on), with the same cap on operations per day.
+
+    Returns ``(schedule, planned)``. The greedy plan of :func:`switching_schedule` on the net
+    demand is compared with the PV-blind plan (``blind``, default: planned from ``load_kw``
+    alone) on the net-demand objective (:func:`schedule_objective`); the PV-blind plan is
+    returned (``planned=False``) when it scores better, so a PV-aware plan is never worse
+    than the PV-blind one on its own objective. Both obey ``max_ops_per_day``.
+    """
+    plan = functools.partial(
+        switching_schedule,
+        model,
+        load_kw,
+        switches=switches,
+        stepsize_s=stepsize_s,
+        interval_s=interval_s,
+        start=start,
+        max_ops_per_day=max_ops_per_day,
+        objective=objective,
+        stat=stat,
+        load_kvar=load_kvar,
+    )
+    score = functools.partial(
+        schedule_objective,
+        model,
+        load_kw,
+        pv_kw,
+        stepsize_s=stepsize_s,
+        interval_s=interval_s,
+        start=start,
+        objective=objective,
+        stat=stat,
+        load_kvar=load_kvar,
+    )
+    aware = plan(pv_kw=pv_kw)
+    if blind is None:
+        blind = plan(pv_kw=None)
+    score_aware, score_blind = score(aware), score(blind)
+    if score_blind < score_aware:
+        return np.asarray(blind), False
+    return aware, True

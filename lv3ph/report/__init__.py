@@ -3,7 +3,7 @@ findings (:mod:`~lv3ph.report.findings`) and self-contained interactive HTML pag
 (:mod:`~lv3ph.report.html`) of a study, a hosting-capacity run or a fleet of feeders."""
 
 from lv3ph.report.findings import findings, scenario_finding
-from lv3ph.report.html import fleet_report, render_html, write_hosting_report, write_report
+from lv3ph.report.html import fleet_page, fleet_report, render_html, write_hosting_report, write_report
 from lv3ph.report.map import map_data, plot_feeder_map
 from lv3ph.report.plots import (
     PHASE_COLOURS,
@@ -20,6 +20,7 @@ __all__ = [
     "PHASE_COLOURS",
     "PLOT_FILES",
     "findings",
+    "fleet_page",
     "fleet_report",
     "map_data",
     "plot_allocation",

@@ -123,15 +123,6 @@ def _table(summary: pd.DataFrame, columns: Sequence[tuple[str, str, int]]) -> st
     return f'<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table></div>'
 
 
-CAPTIONS = {
-    "voltage_envelope.png": "Lowest (down triangles) and highest (up triangles) phase-to-neutral voltage of the run at every LV bus, against its distance from the transformer, by phase. Dashed lines: the EN 50160 band.",
-    "unbalance.png": "Worst PVUR and worst VUF over all buses at each time step, per scenario. Dashed lines: limits.",
-    "head_neutral_current.png": "Neutral current leaving the transformer into the feeder, per scenario; below, phase and neutral currents of the scenario with the highest neutral current.",
-    "allocation.png": "Loss allocated to the contracts of the scenario with the most contracts, per method (top: largest contracts by the reference method), and each method's difference from the reference, in % of the reference total over all contracts.",
-    "scenarios.png": "Per scenario: losses by part (stacked), energy traded locally, self-sufficiency, minutes with at least one limit violation, and worst PVUR.",
-}
-
-
 def _how(spec: StudySpec) -> str:
     e = html.escape
     lim = spec.limits
@@ -277,30 +268,49 @@ until the first violation of: {e(checks)}. The hosting capacity is the installed
     return write_atomic(out / "report.html", functools.partial(_write_bytes, data=text))
 
 
-def fleet_report(
-    df: pd.DataFrame, kpi: str, path: str | Path, *, label: str | None = None, title: str = "Fleet"
-) -> Path:
-    """A ranked table and bar chart of ``kpi`` over the rows of ``df`` (largest first), as a
-    self-contained interactive HTML page written atomically to ``path``.
+def fleet_page(
+    df: pd.DataFrame,
+    kpi: str,
+    *,
+    label: str | None = None,
+    title: str = "Fleet",
+    ascending: bool = False,
+    top: int | None = None,
+    columns: Sequence[str] | None = None,
+    notes: Sequence[str] = (),
+) -> str:
+    """A ranked table and bar chart of ``kpi`` over the rows of ``df``, as a self-contained
+    interactive HTML page (largest first; ``ascending`` for smallest first).
 
-    ``label`` is the column naming each row (default: the first column). Every column of
-    ``df`` is shown in the table, the KPI first after the label.
+    ``label`` names each row (default: the first column); ``columns`` are the table's
+    columns after rank, label and KPI (default: all); ``top`` keeps the first rows only;
+    ``notes`` are listed under the table (e.g. feeders that could not run).
     """
     from lv3ph.errors import Lv3phError
 
     label = label or str(df.columns[0])
-    for c in (kpi, label):
+    for c in (kpi, label, *(columns or ())):
         if c not in df.columns:
-            raise Lv3phError(f"fleet_report: no column {c!r} (columns: {', '.join(map(str, df.columns))})")
-    data = fleet_payload(df, kpi, label)
-    ranked = df.assign(_v=pd.to_numeric(df[kpi], errors="coerce")).sort_values("_v", ascending=False).drop(columns="_v")
+            raise Lv3phError(f"fleet report: no column {c!r} (columns: {', '.join(map(str, df.columns))})")
+    ranked = df.assign(_v=pd.to_numeric(df[kpi], errors="coerce"))
+    ranked = ranked.sort_values("_v", ascending=ascending, na_position="last").drop(columns="_v")
+    ranked = ranked.head(top) if top is not None else ranked
     ranked.insert(0, "rank", np.arange(1, len(ranked) + 1))
-    order = ["rank", label, kpi] + [c for c in ranked.columns if c not in ("rank", label, kpi)]
+    rest = [c for c in (columns if columns is not None else ranked.columns) if c not in ("rank", label, kpi)]
+    order = ["rank", label, kpi, *rest]
     cols = [(c, c, -1 if not pd.api.types.is_numeric_dtype(ranked[c]) else _decimals(str(c))) for c in order]
+    items = "".join(f"<li>{html.escape(str(n))}</li>" for n in notes)
+    shown = f"the first {len(ranked)} of {len(df)}" if len(ranked) < len(df) else f"{len(df)}"
     body = f"""<h1>{html.escape(title)}</h1>
-<p class="meta">{len(df)} rows ranked by <code>{html.escape(kpi)}</code>, largest first.</p>
+<p class="meta">{shown} rows ranked by <code>{html.escape(kpi)}</code>, {"smallest" if ascending else "largest"} first.</p>
 {_plots(("fleet-bar",))}
 {_table(ranked[order], cols)}
+{f'<ul class="notes">{items}</ul>' if items else ""}
 """
-    text = page(f"{title}: {kpi}", "fleet", body, data, CSS).encode("utf-8")
+    return page(f"{title}: {kpi}", "fleet", body, fleet_payload(ranked, kpi, label, ascending=ascending), CSS)
+
+
+def fleet_report(df: pd.DataFrame, kpi: str, path: str | Path, **options: Any) -> Path:
+    """:func:`fleet_page` written atomically to ``path`` (options as for it)."""
+    text = fleet_page(df, kpi, **options).encode("utf-8")
     return write_atomic(path, functools.partial(_write_bytes, data=text))

@@ -24,15 +24,22 @@ import numpy as np
 import pandas as pd
 
 from lv3ph.report.map import device_meta, map_data, map_payload, quantity_meta
-from lv3ph.report.plots import PHASE_COLOURS, _contracts, _hours, _lv_envelope, _methods, _reference, _var
+from lv3ph.report.plots import (
+    PHASE_COLOURS,
+    TOP_CONTRACTS,
+    _contracts,
+    _hours,
+    _lv_envelope,
+    _methods,
+    _reference,
+    _var,
+)
 
 if TYPE_CHECKING:
     from lv3ph.results import ScenarioResult, StudySpec
 
 __all__ = ["fleet_payload", "hosting_payload", "page", "plotly_js", "study_payload"]
 
-#: Contracts per scenario shown in the allocation chart.
-TOP_CONTRACTS = 20
 #: Headline numbers drawn in the comparison charts: (column, label).
 COMPARE: tuple[tuple[str, str], ...] = (
     ("loss_phase_kwh", "phase conductors"),
@@ -183,7 +190,13 @@ def hosting_payload(placements: Mapping[str, pd.DataFrame]) -> dict[str, Any]:
     return {"arrangements": out}
 
 
-def fleet_payload(df: pd.DataFrame, kpi: str, label: str) -> dict[str, Any]:
-    """A ranked KPI: labels and values, largest first."""
-    ranked = df.assign(_v=pd.to_numeric(df[kpi], errors="coerce")).sort_values("_v", ascending=False)
-    return {"kpi": kpi, "labels": [str(x) for x in ranked[label]], "values": ranked["_v"].to_numpy(dtype=float)}
+def fleet_payload(df: pd.DataFrame, kpi: str, label: str, *, ascending: bool = False) -> dict[str, Any]:
+    """A ranked KPI: labels and values, largest (or smallest) first."""
+    ranked = df.assign(_v=pd.to_numeric(df[kpi], errors="coerce"))
+    ranked = ranked.sort_values("_v", ascending=ascending, na_position="last")
+    return {
+        "kpi": kpi,
+        "labels": [str(x) for x in ranked[label]],
+        "values": ranked["_v"].to_numpy(dtype=float),
+        "order": "smallest" if ascending else "largest",
+    }

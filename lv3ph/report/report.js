@@ -270,7 +270,7 @@
     const h = Math.max(300, 22 * D.labels.length + 120);
     return [
       plot("fleet-bar", [{ type: "bar", orientation: "h", y: D.labels, x: D.values, marker: { color: "#4c72b0" }, name: D.kpi }], {
-        title: { text: D.kpi + " (largest first)" }, height: h, yaxis: { automargin: true, autorange: "reversed" },
+        title: { text: D.kpi + " (" + D.order + " first)" }, height: h, yaxis: { automargin: true, autorange: "reversed" },
       }),
     ];
   }
