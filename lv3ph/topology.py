@@ -25,7 +25,8 @@ connections):
 * **Neutrals alongside phases.** A conductor no source reaches but that runs in a series
   element beside a traced phase (the fourth core of a cable whose star point is only
   bonded through an earthing Reactor, as in the ENWL feeders) is a neutral of that
-  phase's source.
+  phase's source; so is one run in a series element of its own between two buses that
+  both carry phases of one source (a neutral written as a separate single-phase line).
 * Every other node is **isolated** (an open switch's far side, a TT customer's own earth
   terminal).
 
@@ -203,6 +204,20 @@ def trace_roles(node_names: Sequence[str], elements: Sequence[Element], sources:
             for x in on:
                 if comp.find(x) not in role_of:
                     role_of[comp.find(x)] = (NEUTRAL, phase_groups[0])
+    # a conductor run on its own between two buses that carry phases of one group (a
+    # neutral written as a separate single-phase line) is a neutral of that group too
+    bus_groups: dict[str, set[int]] = {}
+    for i, name in enumerate(node_names):
+        hit = role_of.get(comp.find(i))
+        if hit is not None and hit[0] >= 1:
+            bus_groups.setdefault(name.rsplit(".", 1)[0], set()).add(hit[1])
+    for e in series:
+        if e.buses[0] == e.buses[1]:
+            continue
+        shared = bus_groups.get(e.buses[0], set()) & bus_groups.get(e.buses[1], set())
+        for a, _, _ in _series_pairs(e) if shared else ():
+            if comp.find(a) not in role_of:
+                role_of[comp.find(a)] = (NEUTRAL, min(shared))
     role = np.full(n, ISOLATED, dtype=np.int64)
     group = np.full(n, -1, dtype=np.int64)
     for i in range(n):

@@ -16,6 +16,7 @@ import pandas as pd
 import pytest
 
 from lv3ph.allocation.contracts import contract_shares
+from lv3ph.allocation.audit import radial_tree
 from lv3ph.allocation.exact import exact_allocation, loss_network
 from lv3ph.model import FeederModel
 from lv3ph.powerflow import RunSpec, capture, customer_ports, open_feeder, solve_raw
@@ -109,3 +110,9 @@ def test_allocation_conserves_the_losses(case: tuple[Path, dict[str, Any], Any, 
     al = exact_allocation(model, pf, vt, table, shares, net=loss_network(model))
     assert float(al.loss_total_kw.sum()) == pytest.approx(float(pf.loss_total_kw.sum()), rel=1e-6)
     assert float(al.loss_earth_kw.sum()) == pytest.approx(float(pf.loss_earth_kw.sum()), rel=1e-6, abs=1e-12)
+
+
+def test_a_neutral_run_as_its_own_line_is_no_loop_for_ptdf() -> None:
+    _, model = open_feeder(ROOT / "tests" / "feeders" / "habits" / "separate_neutral.dss")
+    tree = radial_tree(model)
+    assert [model.elements[e].name for e in tree.path("n1")] == ["line.l1", "transformer.tx"]
