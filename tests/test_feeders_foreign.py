@@ -15,8 +15,8 @@ import opendssdirect as odd
 import pandas as pd
 import pytest
 
-from lv3ph.allocation.contracts import contract_shares
 from lv3ph.allocation.audit import radial_tree
+from lv3ph.allocation.contracts import contract_shares
 from lv3ph.allocation.exact import exact_allocation, loss_network
 from lv3ph.model import FeederModel
 from lv3ph.powerflow import RunSpec, capture, customer_ports, open_feeder, solve_raw
