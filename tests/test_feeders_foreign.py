@@ -93,6 +93,9 @@ def test_voltages_and_losses_equal_opendss(case: tuple[Path, dict[str, Any], Any
     earth = sum(losses[e] for e in truth["electrodes"])
     assert float(pf.loss_earth_kw.sum()) == pytest.approx(earth, rel=1e-9, abs=1e-12)
     assert float(pf.loss_total_kw.sum()) == pytest.approx(sum(losses.values()), rel=1e-9)
+    ours = dict(zip(model.element_names(), pf.loss_kw.values[0], strict=True))
+    assert sorted(ours) == sorted(losses)
+    assert max(abs(ours[n] - losses[n]) for n in losses) <= 1e-9 * sum(losses.values())
     split = sum(float(pf[f"loss_{part}_kw"].sum()) for part in ("phase", "neutral", "earth"))
     assert split == pytest.approx(sum(losses.values()), rel=1e-9)
 
