@@ -22,6 +22,7 @@ from lv3ph.model import FeederModel
 from lv3ph.powerflow import RunSpec, capture, customer_ports, open_feeder, solve_raw
 from lv3ph.topology import customers_table, earthing_table
 from tests.conftest import ROOT
+from tests.test_feeders import _complex
 
 FOLDERS = ("pmd", "habits")
 CASES = [
@@ -29,11 +30,6 @@ CASES = [
     for folder in FOLDERS
     for name in json.loads((ROOT / "tests" / "feeders" / folder / "truth.json").read_text())
 ]
-
-
-def _complex(values: Any) -> np.ndarray:
-    a = np.asarray(values)
-    return a if np.iscomplexobj(a) else a[0::2] + 1j * a[1::2]
 
 
 def opendss_alone(path: Path) -> tuple[dict[str, complex], dict[str, float]]:
