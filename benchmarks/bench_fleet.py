@@ -102,8 +102,9 @@ def warm_up() -> None:
 def warm_workers(address: str) -> None:
     from dask.distributed import Client
 
-    with Client(address) as client:
-        client.run(warm_up)
+    with Client(address) as client:  # as tasks (the worker's executor thread), not client.run
+        workers = list(client.scheduler_info()["workers"])
+        client.gather([client.submit(warm_up, pure=False, workers=[w]) for w in workers])
 
 
 def table(res: object) -> pd.DataFrame:

@@ -64,7 +64,7 @@ def describe(res: HostingResult, wall: float, how: str) -> None:
     s, p = res.summary, res.placements
     print(
         f"| {res.label} | {how} | {s['placements']} | {wall:.0f} s | {p.seconds.mean():.2f} s "
-        f"| {s['min_kw']:.1f} / {s['p5_kw']:.1f} / {s['median_kw']:.1f} / {s['p95_kw']:.1f} / {s['max_kw']:.1f} "
+        f"| {p.cpu_seconds.mean():.2f} s | {s['min_kw']:.1f} / {s['p5_kw']:.1f} / {s['median_kw']:.1f} / {s['p95_kw']:.1f} / {s['max_kw']:.1f} "
         f"| {', '.join(f'{k} {v}' for k, v in res.binding_counts().items())} "
         f"| {p.curtailed_kwh.sum():.2f} kWh | {p.n_kept_steps.mean():.0f} | {p.full_checks.mean():.2f} |",
         flush=True,
@@ -72,8 +72,9 @@ def describe(res: HostingResult, wall: float, how: str) -> None:
 
 
 HEADER = (
-    "| run | how | placements | wall | per placement (wall) | hosting kWp min / p5 / median / p95 / max "
-    "| bound by | curtailed | kept steps | whole-window checks |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+    "| run | how | placements | wall | per placement (wall) | per placement (CPU) "
+    "| hosting kWp min / p5 / median / p95 / max | bound by | curtailed | kept steps | whole-window checks |\n"
+    "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
 )
 
 
@@ -83,6 +84,8 @@ def main() -> None:
     parser.add_argument("--placements", type=int, default=100)
     parser.add_argument("--serial-placements", type=int, default=20)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--serial", action="store_true", help="compare: run in this process (no Dask)")
+    parser.add_argument("--only", nargs="*", default=None, help="compare: only these run labels")
     parser.add_argument("--plot", type=Path, default=ROOT / "out" / "bench_hosting.png")
     args = parser.parse_args()
     print(f"model {MODEL.relative_to(ROOT)}, source 1.05 pu, {RUN.steps} x {RUN.stepsize_s:g} s, seed 2024, {CRITERIA}")
@@ -113,7 +116,7 @@ def main() -> None:
                     serial=True,
                     workers=1,
                 )
-                cols = [c for c in ser.placements.columns if c != "seconds"]
+                cols = [c for c in ser.placements.columns if c not in ("seconds", "cpu_seconds")]
                 same = ser.placements[cols].equals(res.placements[cols].iloc[: args.serial_placements])
                 describe(ser, wall_s, f"serial (equals Dask rows: {same})")
         print(f"\nthree arrangements on Dask: {total:.0f} s")
@@ -127,16 +130,18 @@ def main() -> None:
         ):
             for controls in (None, "qu"):
                 label = arrangement + ("-pv-aware" if aware else "") + (f"+{controls}" if controls else "")
+                if args.only is not None and label not in args.only:
+                    continue
                 res, wall, _ = run(
                     label,
                     arrangement,
                     aware=aware,
                     controls=controls,
                     placements=args.placements,
-                    serial=False,
+                    serial=args.serial,
                     workers=args.workers,
                 )
-                describe(res, wall, f"Dask {args.workers} workers")
+                describe(res, wall, "serial" if args.serial else f"Dask {args.workers} workers")
                 results.append(res)
     plot_hosting(results, args.plot)
     print(f"\nplot: {args.plot}")

@@ -248,9 +248,8 @@ class Engine:
         self.apply(cmds)
         self._controls = True
 
-    def pv_powers_kw(self, names: Sequence[str]) -> Callable[[], ComplexArray]:
-        """A fast reader of PVSystems' output at the last solve: ``P + jQ`` per PVSystem, kW
-        and kvar, generator convention (delivered positive)."""
+    def _pv_indices(self, names: Sequence[str]) -> list[int]:
+        """API indices of PVSystems ``names`` (:class:`~lv3ph.errors.UnknownItemError` if one is missing)."""
         pv = self.dss.PVsystems
         idx = []
         for n in names:
@@ -258,6 +257,13 @@ class Engine:
             if pv.Name().lower() != n.lower():
                 raise UnknownItemError(f"no PVSystem {n!r} in the model")
             idx.append(int(pv.Idx()))
+        return idx
+
+    def pv_powers_kw(self, names: Sequence[str]) -> Callable[[], ComplexArray]:
+        """A fast reader of PVSystems' output at the last solve: ``P + jQ`` per PVSystem, kW
+        and kvar, generator convention (delivered positive)."""
+        pv = self.dss.PVsystems
+        idx = self._pv_indices(names)
 
         def read() -> ComplexArray:
             out = np.empty(len(idx), dtype=np.complex128)
@@ -697,12 +703,7 @@ class Engine:
         for them, so this is a text edit: use it per candidate, not per step.
         """
         pv = self.dss.PVsystems
-        idx = []
-        for n in names:
-            pv.Name(n)
-            if pv.Name().lower() != n.lower():
-                raise UnknownItemError(f"no PVSystem {n!r} in the model")
-            idx.append(int(pv.Idx()))
+        idx = self._pv_indices(names)
         text = self.dss.Text.Command
         lowered = [n.lower() for n in names]
 

@@ -27,8 +27,10 @@ import xarray as xr
 
 from lv3ph.en50160 import En50160
 from lv3ph.errors import StudyError
+from lv3ph.flex.devices import FlexSpec
 from lv3ph.io import read_dataset, write_atomic
 from lv3ph.market import Tariffs
+from lv3ph.market.designs import MarketSpec
 from lv3ph.powerflow import RunSpec
 from lv3ph.prosumers import DEFAULT_LATITUDE, DEFAULT_LONGITUDE, DEFAULT_TZ, Battery
 from lv3ph.unbalance import Limits
@@ -112,6 +114,9 @@ class StudySpec:
     en50160: En50160 = field(default_factory=En50160)
     capture: str | None = None
     block_steps: int | None = None
+    flex_modes: tuple[str, ...] = ("none",)
+    market_spec: MarketSpec = field(default_factory=MarketSpec)
+    flex: FlexSpec = field(default_factory=FlexSpec)
 
 
 @dataclass(frozen=True)
@@ -125,6 +130,7 @@ class Scenario:
     seed: int
     pme_ohm: float = 0.0
     arrangement: str = "as-built"
+    flex: str = "none"
 
 
 @dataclass
@@ -144,6 +150,10 @@ class ScenarioResult:
         violations: violation summary per (check, item).
         en50160: EN 50160 verdict per customer and week (:func:`lv3ph.en50160.en50160_table`),
             empty when the step size does not divide the aggregation interval.
+        notes: remarks for the report.
+        timings_s: wall-clock seconds of parts of the run (``powerflow``: the final
+            OpenDSS run; a market design's ``clearing`` and ``reference_solve``); not part
+            of the reproducible numbers.
     """
 
     scenario: Scenario
@@ -154,6 +164,7 @@ class ScenarioResult:
     violations: pd.DataFrame
     notes: list[str] = field(default_factory=list)
     en50160: pd.DataFrame = field(default_factory=pd.DataFrame)
+    timings_s: dict[str, float] = field(default_factory=dict)
 
 
 # ---------------------------------------------------------------------------- result folders

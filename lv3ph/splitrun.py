@@ -4,9 +4,9 @@ Where the steps of a run are independent -- every set-point is known before the 
 shapes, PV shapes) and no OpenDSS element carries state from one step to the next -- the
 window ``start .. start + steps - 1`` is cut into ``workers`` contiguous blocks. Each block
 has its own OpenDSS engine in its own process (the first block this process's, the others
-Dask workers': local processes, or a cluster given ``scheduler``), sets OpenDSS's clock to its first step (step ``k`` is time
-``k x stepsize``: :meth:`lv3ph.dss.Engine.run`), solves its steps and hands back the node
-voltages; the blocks are joined in order and captured once
+local processes started for the run, or Dask workers given ``scheduler``), sets OpenDSS's
+clock to its first step (step ``k`` is time ``k x stepsize``: :meth:`lv3ph.dss.Engine.run`),
+solves its steps and hands back the node voltages; the blocks are joined in order and captured once
 (:func:`lv3ph.powerflow.capture`), exactly as a serial run.
 
 Why a block starts :data:`OVERLAP` steps early: OpenDSS solves each step iteratively from the
@@ -31,8 +31,10 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from hashlib import sha256
+from multiprocessing import get_context
 from pathlib import Path
 from typing import Final
 
@@ -187,10 +189,9 @@ def solve_split_raw(
     ``commands``, ``pme_ohm``, ``pme_customers``, ``drop_isolated`` as
     :func:`lv3ph.powerflow.open_feeder`).
 
-    ``engine`` solves the first block here while ``workers - 1`` Dask workers (local
-    processes, or the cluster at ``scheduler``) each compile their own copy and solve one of
-    the others; with ``scheduler`` the model files travel with the blocks
-    (:mod:`lv3ph.modelpack`).
+    ``engine`` solves the first block here while ``workers - 1`` local processes (or Dask
+    workers of the cluster at ``scheduler``) each compile their own copy and solve one of the
+    others; with ``scheduler`` the model files travel with the blocks (:mod:`lv3ph.modelpack`).
 
     The result equals :func:`lv3ph.powerflow.solve` on the same inputs to ~1e-12 of the
     largest voltage (module docstring).
@@ -246,48 +247,59 @@ def solve_split_raw(
 def _solve_blocks(
     engine: Engine, jobs: list[_Block], *, workers: int, scheduler: str | None, progress: bool
 ) -> list[tuple[ComplexArray, dict[str, ComplexArray]]]:
-    """The first block on ``engine`` here (fresh, as a serial run), the others on Dask workers
-    (``workers - 1`` local processes, or the cluster at ``scheduler``) meanwhile.
+    """The first block on ``engine`` here (fresh, as a serial run) while the others run
+    elsewhere: on ``workers - 1`` local processes (started for this run, each solving in its
+    main thread), or on the Dask cluster at ``scheduler``.
 
-    One OpenDSS engine per process: two contexts of one process used from two threads at once
-    crashed OpenDSS (segmentation fault in ``Loads.First``), so blocks never share a process.
+    Blocks never share a process: two OpenDSS contexts of one process used from two threads
+    at once crashed OpenDSS (segmentation fault in ``libdss_capi``); so did short-lived local
+    Dask workers on this machine, which solve in a thread of their own (see the README).
     """
     rest: list[tuple[ComplexArray, dict[str, ComplexArray]]] = []
     failed: list[BaseException] = []
+    pool: ProcessPoolExecutor | None = None
+    background: threading.Thread | None = None
+    if len(jobs) > 1 and scheduler:
 
-    def others() -> None:
-        try:
-            rest.extend(
-                run_jobs(
-                    _solve_block,
-                    [(b,) for b in jobs[1:]],
-                    workers=max(1, workers - 1),
-                    scheduler=scheduler,
-                    desc="blocks",
-                    progress=False,
-                    single_in_process=False,
+        def others() -> None:
+            try:
+                rest.extend(
+                    run_jobs(
+                        _solve_block,
+                        [(b,) for b in jobs[1:]],
+                        scheduler=scheduler,
+                        desc="blocks",
+                        progress=False,
+                        single_in_process=False,
+                    )
                 )
-            )
-        except BaseException as exc:  # re-raised in the caller's thread
-            failed.append(exc)
+            except BaseException as exc:  # re-raised in the caller's thread
+                failed.append(exc)
 
-    background = threading.Thread(target=others, name="lv3ph-blocks")
-    if len(jobs) > 1:
+        background = threading.Thread(target=others, name="lv3ph-blocks")
         background.start()
-    first = jobs[0]
-    with tqdm(
-        total=first.steps, desc="power flow (block 1)", unit="step", delay=2.0, disable=not progress, leave=False
-    ) as bar:
-        head = engine.run(
-            first.mode,
-            first.stepsize_s,
-            first.start,
-            first.steps,
-            measure=first.measure,
-            on_step=lambda _k: bar.update(),
-            repeat_profiles=first.repeat_profiles,
-        )
-    if len(jobs) > 1:
+    elif len(jobs) > 1:
+        pool = ProcessPoolExecutor(max_workers=min(workers, len(jobs)) - 1, mp_context=get_context("spawn"))
+    try:
+        futures = [pool.submit(_solve_block, b) for b in jobs[1:]] if pool is not None else []
+        first = jobs[0]
+        with tqdm(
+            total=first.steps, desc="power flow (block 1)", unit="step", delay=2.0, disable=not progress, leave=False
+        ) as bar:
+            head = engine.run(
+                first.mode,
+                first.stepsize_s,
+                first.start,
+                first.steps,
+                measure=first.measure,
+                on_step=lambda _k: bar.update(),
+                repeat_profiles=first.repeat_profiles,
+            )
+        rest.extend(f.result() for f in futures)
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
+    if background is not None:
         background.join()
     if failed:
         raise failed[0]

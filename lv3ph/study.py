@@ -9,6 +9,7 @@ per worker process); a serial run gives identical numbers.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -26,8 +27,10 @@ from lv3ph.allocation.contracts import assert_valid_contracts, contract_shares, 
 from lv3ph.allocation.exact import loss_network
 from lv3ph.en50160 import aggregate, customer_quality, en50160_table
 from lv3ph.errors import StudyError
+from lv3ph.flex import Fleet, ev_fleet
 from lv3ph.market import bilateral, bills, community_auction, no_market
 from lv3ph.market.clearing import MarketResult, Preference
+from lv3ph.market.outcome import DesignInputs, design_summary, promise_gap, run_design
 from lv3ph.model import Customer, battery_commands, loadshape_command, pv_commands
 from lv3ph.parallel import run_jobs
 from lv3ph.phases import (
@@ -45,7 +48,7 @@ from lv3ph.powerflow import capture, customer_ports, neutral_conductors, open_fe
 from lv3ph.prosumers import dispatch_p2p, dispatch_self_consumption, place_pv, pv_profile_kw_per_kwp
 from lv3ph.results import Scenario, ScenarioResult, StudySpec, write_metadata
 from lv3ph.stream import write_captured
-from lv3ph.studyfile import load_study, scenarios
+from lv3ph.studyfile import DESIGN_MARKETS, load_study, scenarios
 from lv3ph.topology import phase_labels
 from lv3ph.unbalance import line_loading_pct, phase_neutral_voltage, unbalance, violation_summary, violations
 
@@ -62,7 +65,7 @@ def _market(
 ) -> MarketResult:
     if sc.market == "none":
         return no_market(net_kw, names, times, spec.tariffs)
-    if sc.market == "community-auction":
+    if sc.market in ("community-auction", "unconstrained"):
         return community_auction(net_kw, names, times, spec.tariffs)
     if sc.market.startswith("bilateral:"):
         return bilateral(
@@ -125,7 +128,8 @@ def _run_scenario(spec: StudySpec, sc: Scenario, *, progress: bool) -> ScenarioR
         for n, kwp in placement.items():
             pv_kw[:, idx[n]] = kwp * profile[run.start - 1 :]
     net_kw = load_kw - pv_kw
-    bat_names = list(placement) if sc.battery != "off" else []
+    design = uses_design(spec, sc)
+    bat_names = list(placement) if sc.battery not in ("off", "price") else []
     bat_kw = np.zeros_like(net_kw)
     soc = np.zeros((run.steps + 1, 0))
     if bat_names:
@@ -143,7 +147,10 @@ def _run_scenario(spec: StudySpec, sc: Scenario, *, progress: bool) -> ScenarioR
                 dt_h,
             )
         bat_kw[:, cols] = b
-        commands += battery_commands(model, bat_names)
+        if not design:
+            commands += battery_commands(model, bat_names)
+    if design:  # one controllable generator per customer: batteries, EVs, shifted demand, curtailment
+        commands += battery_commands(model, single)
     net_kw = net_kw + bat_kw
     if commands:
         engine.apply(commands)
@@ -176,19 +183,29 @@ def _run_scenario(spec: StudySpec, sc: Scenario, *, progress: bool) -> ScenarioR
     ports = customer_ports(model)
     net = loss_network(model)
     distance = _electrical_distance(model, net)
-    market = _market(spec, sc, net_kw, names, times, phases, distance)
+    outcome = None
+    if design:
+        inputs = _design_inputs(spec, sc, engine, model, net, distance, load_kw, pv_kw, bat_kw, placement)
+        outcome = run_design(inputs)
+        market = outcome.market
+        bat_names, bat_kw = single, outcome.device_kw
+        net_kw = load_kw - pv_kw + bat_kw
+    else:
+        market = _market(spec, sc, net_kw, names, times, phases, distance)
     contracts = market.contracts.copy()
     contracts["contract"] = contracts.seller + ">" + contracts.buyer  # a standing pair agreement
     assert_valid_contracts(contracts, ports.names, times)
     bat_cols = [names.index(n) for n in bat_names]
     before_step = _battery_setter(engine, bat_names, bat_kw[:, bat_cols], run.start) if bat_names else None
 
+    t_pf = time.perf_counter()
     if schedule is None:
         vt, measured = solve_raw(engine, model, run, progress=progress, before_step=before_step)
     else:  # switchable customers: their load, PV and battery are carried by the phase loads
         vt, measured = run_switching(
             engine, model, run, load_kw, pv_kw - bat_kw, schedule, progress=progress, before_step=before_step
         )
+    t_pf = time.perf_counter() - t_pf
     pf = capture(model, run, vt, measured)
     unb = unbalance(pf)
     viol = violations(pf, unb, spec.limits.per_step())
@@ -245,6 +262,17 @@ def _run_scenario(spec: StudySpec, sc: Scenario, *, progress: bool) -> ScenarioR
     summary |= en50160_summary(quality)
     summary["limits_basis"] = spec.limits.basis
     summary["repeat_profiles"] = "yes" if run.repeat_profiles else "no"
+    if outcome is not None:
+        summary["flex"] = sc.flex
+        summary.update(design_summary(outcome, sc.market, viol, bill, allocation, spec.market_spec, dt_h))
+        summary.update(promise_gap(inputs, outcome, vt, pf))
+        for key, arr in (("curtailed_kw", outcome.curtail_kw), ("ev_kw", outcome.ev_kw)):
+            series[key] = ("time", arr.sum(axis=1), {"units": "kW"})
+        series["shifted_kw"] = (
+            "time",
+            (outcome.shift_kw - outcome.shift_base_kw).sum(axis=1),
+            {"units": "kW", "long_name": "shifted minus base shiftable demand"},
+        )
     notes = []
     if run.repeat_profiles:
         notes.append("load shapes shorter than the run were repeated (repeat_profiles = true)")
@@ -264,6 +292,76 @@ def _run_scenario(spec: StudySpec, sc: Scenario, *, progress: bool) -> ScenarioR
         violations=violation_summary(viol),
         notes=notes,
         en50160=quality,
+        timings_s={"powerflow": t_pf, **(outcome.timings_s if outcome is not None else {})},
+    )
+
+
+def uses_design(spec: StudySpec, sc: Scenario) -> bool:
+    """True when the scenario runs through :func:`lv3ph.market.outcome.run_design`: a
+    network-aware design, price-responsive batteries, scheduled flex or EVs on the feeder
+    (``unconstrained`` without any of these is exactly the ``community-auction`` path)."""
+    if sc.market not in DESIGN_MARKETS:
+        return False
+    return (
+        sc.market not in ("none", "unconstrained")
+        or sc.battery == "price"
+        or sc.flex != "none"
+        or (spec.flex.ev_share > 0)
+    )
+
+
+def _design_inputs(
+    spec: StudySpec,
+    sc: Scenario,
+    engine: Any,
+    model: Any,
+    net: Any,
+    distance: np.ndarray,
+    load_kw: np.ndarray,
+    pv_kw: np.ndarray,
+    fixed_kw: np.ndarray,
+    placement: dict[str, float],
+) -> DesignInputs:
+    """What the scenario's market design needs; its ``solve`` runs OpenDSS on this engine."""
+    run = spec.run
+    names = [c.name for c in model.customers]
+    single = [c.name for c in model.customers if len(c.phases) == 1]
+    cols = [names.index(n) for n in single]
+
+    def solve(device_kw: np.ndarray) -> tuple[np.ndarray, xr.Dataset]:
+        before = _battery_setter(engine, single, device_kw[:, cols], run.start)
+        vt, measured = solve_raw(engine, model, run, progress=False, before_step=before)
+        return vt, capture(model, run, vt, measured)
+
+    batteries = {names.index(n): spec.battery for n in placement} if sc.battery == "price" else {}
+    ev = ev_fleet(len(names), spec.flex, eligible=np.array(cols)) if spec.flex.ev_share > 0 else None
+    fleet = Fleet(
+        spec=spec.flex,
+        batteries=batteries,
+        ev=ev,
+        smart_ev="ev" in sc.flex.split("+"),
+        shift="shift" in sc.flex.split("+"),
+        load_kw=load_kw,
+        stepsize_s=run.stepsize_s,
+        start=run.start,
+    )
+    return DesignInputs(
+        design=sc.market,
+        tariffs=spec.tariffs,
+        spec=spec.market_spec,
+        limits=spec.limits,
+        names=names,
+        times=np.arange(run.start, run.start + run.steps),
+        dt_h=run.stepsize_s / 3600.0,
+        base_kw=load_kw - pv_kw + fixed_kw,
+        pv_kw=pv_kw,
+        fixed_kw=fixed_kw,
+        fleet=fleet,
+        model=model,
+        net=net,
+        distance=distance,
+        solve=solve,
+        seed=sc.seed,
     )
 
 

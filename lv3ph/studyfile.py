@@ -28,7 +28,18 @@ A study file (``studies/*.toml``) has these tables (every key optional unless ma
   ``pme_ohm`` (earth electrode at every customer's neutral, ohm; 0 = earthed at the
   transformer only; default ``[study].pme_ohm`` or 0), ``arrangement`` (``as-built``,
   ``static-rebalanced``: one re-phasing for the period from :func:`lv3ph.phases.rebalance`;
-  ``dynamic``: phase selector switches re-phasing every interval, Horta et al. 2018).
+  ``dynamic``: phase selector switches re-phasing every interval, Horta et al. 2018),
+  ``flex`` (``none``, ``ev``, ``shift``, ``ev+shift``: which flexible devices are scheduled
+  against the market's prices; EVs that are not scheduled charge on arrival). The market
+  list also takes the network-aware designs of :mod:`lv3ph.market.designs`
+  (``unconstrained``, ``network-charges:uniform|distance|zonal``, ``loss-charges``,
+  ``sensitivity-screened``, ``opf-cleared``) and the battery list ``price``
+  (price-responsive batteries, :mod:`lv3ph.flex.schedule`); these, and ``flex`` other than
+  ``none``, go with market ``none`` or a design.
+* ``[market]``: settings of the designs, see :class:`lv3ph.market.designs.MarketSpec`.
+* ``[flex]``: ``ev_share``, ``ev_kw``, ``ev_kwh_per_km``, ``ev_battery_kwh``,
+  ``shift_share``, ``shift_window_h``, ``shift_kw``, ``interval`` (``15m``),
+  ``battery_wear_eur_kwh``, ``seed``; see :class:`lv3ph.flex.devices.FlexSpec`.
 * ``[phases]``: ``objective`` (``neutral`` or ``pvur``), ``switch_share`` (share of movable
   customers with a switch, default 1), ``interval`` (``15m``), ``max_ops_per_day`` (4),
   ``seed``. The market's contracts stay as traded; physics and allocation follow the phases.
@@ -50,7 +61,9 @@ import numpy as np
 from lv3ph.dss import parse_stepsize
 from lv3ph.en50160 import En50160
 from lv3ph.errors import Lv3phError, StudyError
+from lv3ph.flex.devices import FlexSpec
 from lv3ph.market import Tariffs
+from lv3ph.market.designs import DESIGNS, MarketSpec
 from lv3ph.powerflow import RunSpec
 from lv3ph.prosumers import DEFAULT_LATITUDE, DEFAULT_LONGITUDE, DEFAULT_TZ, Battery
 from lv3ph.results import HostingSpec, PhaseSpec, PvSpec, Scenario, StudySpec
@@ -63,8 +76,12 @@ MARKETS = (
     "bilateral:random",
     "bilateral:electrical-distance",
     "bilateral:same-phase-first",
+    *DESIGNS,
 )
-BATTERY_STRATEGIES = ("off", "self-consumption", "p2p")
+BATTERY_STRATEGIES = ("off", "self-consumption", "p2p", "price")
+FLEX_MODES = ("none", "ev", "shift", "ev+shift")
+#: Markets that run through :func:`lv3ph.market.outcome.run_design` (prices reach devices).
+DESIGN_MARKETS = ("none", *DESIGNS)
 ARRANGEMENTS = ("as-built", "static-rebalanced", "dynamic")
 #: Methods that work with dynamic switching (the others re-solve or reduce the model).
 DYNAMIC_METHODS = ("exact", "phase-only", "pro-rata")
@@ -78,7 +95,29 @@ _KEYS: dict[str, set[str]] = {
     "battery": {"kwh", "kw", "efficiency", "soc0", "soc_min", "soc_max"},
     "tariffs": {"grid_import_eur_kwh", "grid_export_eur_kwh", "local_price_rule"},
     "allocation": {"methods"},
-    "scenarios": {"pv_share", "market", "battery", "pme_ohm", "arrangement"},
+    "scenarios": {"pv_share", "market", "battery", "pme_ohm", "arrangement", "flex"},
+    "market": {
+        "fee_uniform_eur_kwh",
+        "fee_eur_kwh_per_ohm",
+        "fee_zonal_eur_kwh",
+        "zones",
+        "loss_price_eur_kwh",
+        "max_iterations",
+        "tolerance_kw",
+        "opf_penalty_eur",
+    },
+    "flex": {
+        "ev_share",
+        "ev_kw",
+        "ev_kwh_per_km",
+        "ev_battery_kwh",
+        "shift_share",
+        "shift_window_h",
+        "shift_kw",
+        "interval",
+        "battery_wear_eur_kwh",
+        "seed",
+    },
     "phases": {"objective", "switch_share", "interval", "max_ops_per_day", "seed"},
     "hosting": {
         "placements",
@@ -286,6 +325,41 @@ def load_study(path: str | Path) -> StudySpec:
             errors.extend(
                 f"[hosting].{key}: unknown {v!r} (known: {', '.join(known)})" for v in values if v not in known
             )
+    flex_modes = tuple(str(f) for f in _as_list(sc.get("flex", ["none"])))
+    errors += [
+        f"[scenarios].flex: unknown flex {f!r} (known: {', '.join(FLEX_MODES)})"
+        for f in flex_modes
+        if f not in FLEX_MODES
+    ]
+    needs_design = [f for f in flex_modes if f != "none"] + [b for b in strategies if b == "price"]
+    errors += [
+        f"[scenarios].market: {m!r} cannot drive flexible devices ({', '.join(needs_design)}): use none or a design"
+        for m in markets
+        if needs_design and m not in DESIGN_MARKETS
+    ]
+    uses_design = any(m in DESIGNS for m in markets)
+    if uses_design and "dynamic" in arrangements:
+        errors.append("[scenarios].arrangement: 'dynamic' cannot be combined with the market designs")
+    market_spec = MarketSpec()
+    mk = sec["market"]
+    try:
+        market_spec = MarketSpec(**{k: v for k, v in mk.items() if k in _KEYS["market"]})
+    except (Lv3phError, TypeError) as exc:
+        errors.append(f"[market]: {exc}")
+    fx = sec["flex"]
+    flex = FlexSpec()
+    try:
+        flex = FlexSpec(
+            **{
+                k: _number(errors, f"[flex].{k}", v, lo=0)
+                for k, v in fx.items()
+                if k in _KEYS["flex"] and k not in ("interval", "seed")
+            },
+            interval_s=parse_stepsize(fx.get("interval", "15m")),
+            seed=int(fx.get("seed", FlexSpec.seed)),
+        )
+    except (Lv3phError, ValueError, TypeError) as exc:
+        errors.append(f"[flex]: {exc}")
     if phases.objective not in ("neutral", "pvur"):
         errors.append(f"[phases].objective must be neutral or pvur, got {phases.objective!r}")
     if errors:
@@ -313,6 +387,9 @@ def load_study(path: str | Path) -> StudySpec:
         en50160=en,
         capture=capture,
         block_steps=block_steps,
+        flex_modes=flex_modes,
+        market_spec=market_spec,
+        flex=flex,
     )
 
 
@@ -321,16 +398,20 @@ def _as_list(x: Any) -> list[Any]:
 
 
 def scenarios(spec: StudySpec) -> list[Scenario]:
-    """The scenario grid: PV share x market x battery strategy x earthing x phase arrangement."""
+    """The scenario grid: PV share x market x battery strategy x earthing x phase arrangement x flex."""
     out = []
-    grid = itertools.product(spec.pv_share, spec.market, spec.battery_strategy, spec.pme_ohm, spec.arrangement)
-    for share, market, bat, pme, arrangement in grid:
+    grid = itertools.product(
+        spec.pv_share, spec.market, spec.battery_strategy, spec.pme_ohm, spec.arrangement, spec.flex_modes
+    )
+    for share, market, bat, pme, arrangement, flex in grid:
         label = market if not market.startswith("file:") else f"file-{Path(market[5:]).stem}"
         name = f"pv{round(share * 100):02d}_{label.replace(':', '-')}_bat-{bat}"
         if len(spec.pme_ohm) > 1 or pme:
             name += f"_pme-{pme:g}" if pme else "_tx-earth"
         if len(spec.arrangement) > 1 or arrangement != "as-built":
             name += f"_{arrangement}"
+        if len(spec.flex_modes) > 1 or flex != "none":
+            name += f"_flex-{flex}"
         out.append(
             Scenario(
                 name=name,
@@ -340,6 +421,7 @@ def scenarios(spec: StudySpec) -> list[Scenario]:
                 seed=spec.seed,
                 pme_ohm=pme,
                 arrangement=arrangement,
+                flex=flex,
             )
         )
     return out

@@ -424,7 +424,7 @@ def test_violations_at_all_buses() -> None:
 def test_violations_limits_disabled_and_changed() -> None:
     pf = make_pf()
     unb = unbalance(pf)
-    off = Limits.from_dict({k: None for k in Limits().to_dict() if k not in ("v_nominal_v", "where")})
+    off = Limits.from_dict({k: None for k in Limits().to_dict() if k not in ("v_nominal_v", "where", "basis")})
     df = violations(pf, unb, off)
     assert df.empty
     assert list(df.columns) == ["time", "check", "item", "value", "limit", "unit"]

@@ -32,21 +32,40 @@ failing level ``P_fail <= P + step_kw``: its check, item (bus or element) and st
 * If no level up to the total fails, the placement is *censored*: ``hosting_kw`` is the
   total and ``binding_limit`` is ``"none"``.
 
+What "violated" means is :mod:`lv3ph.hosting.criteria`: by default relative to the feeder
+without PV, per item (``pre_existing="item"``), per step or on EN 50160 10-minute values
+(``basis``). The PV may run with inverter controls (``controls``: Q(U), volt-watt, both,
+through OpenDSS ``InvControl``; every step's control iterations are checked for
+convergence, and the energy each customer's inverter did not deliver is reported), and the
+customers may be re-phased statically or switched dynamically, PV-blind or PV-aware
+(:mod:`lv3ph.hosting.arrangements`, :mod:`lv3ph.hosting.switching`).
+
+Inverter controls and screening: the linearised prediction of the screening ignores the
+inverters' reactive power (it over-predicts the voltage rise under Q(U)); its error factor
+``alpha`` grows with the error seen, so more steps are kept, and the result level is, as
+always, confirmed by a whole-window solve with the controls. The controls' state carries
+over between solves (each solve starts its control iterations from the last state), so
+:meth:`lv3ph.dss.Engine.add_inverter_control` iterates them to a tight var tolerance: the
+converged state then depends on the step only, whichever steps were solved before
+(``tests/test_hosting_controls.py`` checks it against an InvControl solved directly).
+
 Cost
 ----
 IEEE twin, 1440 one-minute steps (947 with PV output), source at 1.00 pu, PVUR off,
 ``search="scan"``: 29 levels per placement, most solved at 15-20 kept steps (up to ~110
-next to the limit), 150 distinct kept steps in all, plus one whole-window check; about 1 s
-per placement; 100 placements in 51 s on two Dask workers (93 s serially). Solving every
-level on the whole window gives the same table 13x slower.
-``benchmarks/bench_hosting.py`` has the numbers and distributions.
+next to the limit), plus one whole-window check; about 1 s per placement. Solving every
+level on the whole window gives the same table 13x slower. Dynamic switching builds its
+switchable engine once (not per candidate) and touches OpenDSS only at a switch; PV-aware
+switching re-plans the schedule at every candidate level (~0.1-0.3 s each), which
+dominates its cost. ``benchmarks/bench_hosting.py`` and README.md have the measured numbers.
 
 Modules, by stage: :mod:`~lv3ph.hosting.settings` (validation), :mod:`~lv3ph.hosting.criteria`
 (check values, base-relative thresholds), :mod:`~lv3ph.hosting.engine` (OpenDSS engine, PV devices,
 evaluation), :mod:`~lv3ph.hosting.screening` (time-step screening), :mod:`~lv3ph.hosting.search`
 (scan / bisection), :mod:`~lv3ph.hosting.placement` (one placement), :mod:`~lv3ph.hosting.runner`
-(entry point, Dask), :mod:`~lv3ph.hosting.result`, :mod:`~lv3ph.hosting.arrangements`, :mod:`~lv3ph.hosting.switching` (dynamic switching in the engine)
-(plots: :func:`lv3ph.report.plots.plot_hosting`).
+(entry point, Dask), :mod:`~lv3ph.hosting.result`, :mod:`~lv3ph.hosting.arrangements`,
+:mod:`~lv3ph.hosting.switching` (dynamic switching in the engine); plots:
+:func:`lv3ph.report.plots.plot_hosting`.
 """
 
 from lv3ph.hosting.arrangements import ARRANGEMENTS, arrangement_setup

@@ -28,6 +28,7 @@ RESULT_COLUMNS: Final[list[str]] = [
     "pv_kwh",
     "curtailed_kwh",
     "seconds",
+    "cpu_seconds",
 ]
 
 
@@ -46,7 +47,8 @@ class HostingResult:
             ``fail_kw`` (first failing level), ``evaluations`` (candidate levels solved),
             ``full_checks`` (whole-window checks; more than 1 means screening missed a step
             at first), ``n_kept_steps``, ``pv_kwh`` / ``curtailed_kwh`` (PV energy available and
-            not delivered at the hosting capacity, with inverter controls; 0 without), ``seconds``.
+            not delivered at the hosting capacity, with inverter controls; 0 without), ``seconds``
+            (wall) and ``cpu_seconds`` (this process's CPU time: robust on a shared machine).
         steps: kept steps per placement: ``placement``, ``step``, ``reasons`` (``+``-joined:
             a check name = predicted worst for it; ``near_<check>`` = predicted within the
             widened margin of its threshold; ``export``/``export_a``.. = largest PV minus
