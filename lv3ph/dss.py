@@ -147,6 +147,26 @@ class Engine:
             self.command(c)
         self.command("set mode=snap")
         self._solve_checked("the initial snapshot")
+        self._check_energised()
+
+    def _check_energised(self) -> None:
+        """Raise :class:`ModelError` when the solved circuit has no voltage anywhere (OpenDSS
+        "converges" to 0 V when its sources run at another frequency than the solution)."""
+        d = self.dss
+        if d.Circuit.NumNodes() and np.abs(np.asarray(d.Circuit.YNodeVArray())).max() > 0:
+            return
+        hz = float(d.Solution.Frequency())
+        off = []
+        for name in d.Vsources.AllNames():
+            d.Vsources.Name(name)
+            if float(d.Vsources.Frequency()) != hz:
+                off.append(f"vsource.{name.lower()} is at {float(d.Vsources.Frequency()):g} Hz")
+        why = (
+            f": {', '.join(off)} but the solution runs at {hz:g} Hz (is 'set defaultbasefreq' after 'New Circuit'?)"
+            if off
+            else ": no source drives it"
+        )
+        raise ModelError(f"OpenDSS solved {self.path} to 0 V at every node{why}")
 
     def apply(self, commands: Sequence[str]) -> None:
         """Run model edits (e.g. earth electrodes) on the compiled circuit and re-solve it."""
@@ -294,6 +314,14 @@ class Engine:
             conns=conns,
         )
 
+    def pd_element_names(self) -> list[str]:
+        """Every power-delivery element: OpenDSS's ``PDElements`` list plus its Fault
+        elements, which that list leaves out although they are in the system matrix (a
+        Fault from a neutral to earth is an earth electrode)."""
+        d = self.dss
+        d.Circuit.SetActiveClass("fault")
+        return list(d.PDElements.AllNames()) + [f"Fault.{n}" for n in d.ActiveClass.AllNames()]
+
     def model(self) -> FeederModel:
         """Extract the compiled circuit as a :class:`FeederModel`."""
         d = self.dss
@@ -305,7 +333,7 @@ class Engine:
         node_bus = np.array([n.rsplit(".", 1)[0] for n in nodes])
         node_terminal = np.array([int(n.rsplit(".", 1)[1]) for n in nodes], dtype=np.int64)
         raw = []
-        for name in d.PDElements.AllNames():
+        for name in self.pd_element_names():
             self._active(name)
             if d.CktElement.Enabled():
                 raw.append(self._element(name, "other"))
@@ -772,7 +800,7 @@ class Engine:
     def element_losses_w(self) -> dict[str, complex]:
         """OpenDSS's own losses (W + j var) of every enabled PD element, at the last solve."""
         out = {}
-        for name in self.dss.PDElements.AllNames():
+        for name in self.pd_element_names():
             self._active(name)
             if self.dss.CktElement.Enabled():
                 out[name.lower()] = complex(self.dss.CktElement.Losses())

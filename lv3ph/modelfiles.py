@@ -234,14 +234,19 @@ class _Walker:
 
 
 def _case_hint(target: Path) -> str:
-    """`` - found X`` when a file differing only in letter case exists (models written on Windows)."""
-    folder = target.parent
-    if not folder.is_dir():
-        return ""
-    for other in folder.iterdir():
-        if other.name.lower() == target.name.lower() and other.name != target.name:
-            return f"; {other.name} differs only in letter case"
-    return ""
+    """``; X differs only in letter case`` when a path differing from ``target`` only in
+    letter case exists, in the file name or in any folder on the way (models written on
+    Windows)."""
+    found = Path(target.anchor)
+    for part in target.parts[len(found.parts) :]:
+        if (found / part).exists():
+            found = found / part
+            continue
+        same = [o for o in found.iterdir() if o.name.lower() == part.lower()] if found.is_dir() else []
+        if not same:
+            return ""
+        found = same[0]
+    return f"; {found} differs only in letter case" if found != target else ""
 
 
 def _command(token: tuple[str | None, str]) -> str | None:

@@ -11,17 +11,22 @@ connections):
   join conductor ``k`` of terminal 1 to conductor ``k`` of terminal 2, so both nodes get
   the same role (a service cable ``bus1=t5.2.4 bus2=c7.1.2`` makes ``c7.1`` phase b and
   ``c7.2`` the neutral). A conductor opened in OpenDSS (``open line.sw``) or a disabled
-  element joins nothing. A terminal whose conductors meet in one node (a star point,
-  ``bus2=x.4.4.4``) is a shunt, not a path.
+  element joins nothing. A Reactor terminal whose conductors meet in one node (a star
+  point, ``bus2=x.4.4.4``) is a shunt, not a path; a Line's conductors always join (a
+  six-wire cable ending on ``b2.1.2.3.4.4.4`` bonds its three neutral cores at ``b2``, a
+  three-phase switch written ``bus2=x2.2`` joins OpenDSS's default nodes ``x2.2.2.3``).
 * **Transformers by winding connection.** Once one winding is reached, every other
   winding's conductor ``k`` is phase ``k`` (for a single- or two-phase transformer: the
   phase of the reached winding's conductor ``k``), and a wye winding's star point
   (conductor ``phases + 1``) is that transformer's neutral. Delta windings have no
-  neutral.
+  neutral. A single-phase wye winding whose phase end is earthed and whose star point
+  is not (``bus=x.0.2``, the reversed half of a split-phase secondary) carries the phase
+  on its star-point node.
 * **Neutrals alongside phases.** A conductor no source reaches but that runs in a series
   element beside a traced phase (the fourth core of a cable whose star point is only
   bonded through an earthing Reactor, as in the ENWL feeders) is a neutral of that
-  phase's source.
+  phase's source; so is one run in a series element of its own between two buses that
+  both carry phases of one source (a neutral written as a separate single-phase line).
 * Every other node is **isolated** (an open switch's far side, a TT customer's own earth
   terminal).
 
@@ -110,8 +115,8 @@ def _series_pairs(e: Element) -> list[tuple[int, int, int]]:
         a, b = t1[j], t2[j]
         if a < 0 or b < 0 or not (closed[j] and closed[k + j]):
             continue
-        if t1.count(a) > 1 or t2.count(b) > 1:
-            continue  # a star point: this terminal is a shunt connection, not a path
+        if e.cls != "line" and (t1.count(a) > 1 or t2.count(b) > 1):
+            continue  # a reactor's star point: this terminal is a shunt connection, not a path
         out.append((a, b, j))
     return out
 
@@ -185,7 +190,9 @@ def trace_roles(node_names: Sequence[str], elements: Sequence[Element], sources:
                         assign(int(wn[j]), ph, g, t.name)
                 conn = t.conns[w] if w < len(t.conns) else "wye"
                 if conn == "wye" and k > nph and wn[nph] >= 0:
-                    assign(int(wn[nph]), NEUTRAL, g, t.name)
+                    reversed_half = nph == 1 and wn[0] < 0
+                    ph = up_roles[0] if reversed_half and 1 <= up_roles[0] <= 3 else 1
+                    assign(int(wn[nph]), ph if reversed_half else NEUTRAL, g, t.name)
     # conductors beside a traced phase in a series element are its neutrals
     for e in series:
         k = e.n_conductors
@@ -197,6 +204,20 @@ def trace_roles(node_names: Sequence[str], elements: Sequence[Element], sources:
             for x in on:
                 if comp.find(x) not in role_of:
                     role_of[comp.find(x)] = (NEUTRAL, phase_groups[0])
+    # a conductor run on its own between two buses that carry phases of one group (a
+    # neutral written as a separate single-phase line) is a neutral of that group too
+    bus_groups: dict[str, set[int]] = {}
+    for i, name in enumerate(node_names):
+        hit = role_of.get(comp.find(i))
+        if hit is not None and hit[0] >= 1:
+            bus_groups.setdefault(name.rsplit(".", 1)[0], set()).add(hit[1])
+    for e in series:
+        if e.buses[0] == e.buses[1]:
+            continue
+        shared = bus_groups.get(e.buses[0], set()) & bus_groups.get(e.buses[1], set())
+        for a, _, _ in _series_pairs(e) if shared else ():
+            if comp.find(a) not in role_of:
+                role_of[comp.find(a)] = (NEUTRAL, min(shared))
     role = np.full(n, ISOLATED, dtype=np.int64)
     group = np.full(n, -1, dtype=np.int64)
     for i in range(n):

@@ -508,14 +508,16 @@ class RadialTree:
 def radial_tree(model: FeederModel) -> RadialTree:
     """Breadth-first tree over the series elements (lines, transformers, ...) from the
     source bus. Raises :class:`ModelError` on a loop (the ``ptdf`` method needs a radial
-    feeder) and ignores shunts (earth electrodes)."""
+    feeder) and ignores shunts (earth electrodes) and elements that carry no phase (a
+    neutral written as a line of its own)."""
     if not model.sources:
         raise ModelError(f"{model.path} has no source")
     adj: dict[str, list[tuple[str, int]]] = {}
     for i, el in enumerate(model.elements):
         buses = list(dict.fromkeys(el.buses))
-        if len(buses) < 2 or el.kind == "earthing":
-            continue
+        on = el.nodes[el.nodes >= 0]
+        if len(buses) < 2 or el.kind == "earthing" or not np.any(model.node_role[on] >= 1):
+            continue  # a shunt, or a neutral run as its own line beside the phases
         for b in buses[1:]:
             adj.setdefault(buses[0], []).append((b, i))
             adj.setdefault(b, []).append((buses[0], i))
