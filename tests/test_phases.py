@@ -15,7 +15,7 @@ from lv3ph import phases
 from lv3ph.dss import Engine
 from lv3ph.errors import ModelError, ProfileError, StudyError, UnknownItemError
 from lv3ph.model import FeederModel, loadshape_command, pv_commands
-from lv3ph.powerflow import RunSpec, capture, open_feeder, solve_raw
+from lv3ph.powerflow import RunSpec, capture, head_line, open_feeder, solve_raw
 from tests.conftest import IEEE_4W, write_feeder
 
 #: A branched four-wire feeder: eight single-phase customers on their own service buses
@@ -475,3 +475,25 @@ def test_bad_input_names_the_item(small: FeederModel, small_path: Path) -> None:
         phases.run_switching(engine, sm, run, kw[:1], None, sched)
     with pytest.raises(StudyError, match="shape"):
         phases.run_switching(engine, sm, run, kw[:1], None, sched[:, :3])
+
+
+def test_head_currents_of_a_three_wire_model_have_no_neutral() -> None:
+    """A Kron-reduced model has no neutral conductor at its head; the phase currents are
+    OpenDSS's own magnitudes of the head line (terminal 1) at minute 566."""
+    import opendssdirect as dss
+
+    from tests.conftest import IEEE
+
+    engine, model = open_feeder(IEEE, vmaxpu=1.5)
+    run = RunSpec(mode="yearly", stepsize_s=60.0, start=566, steps=1)
+    vt, measured = solve_raw(engine, model, run, progress=False)
+    ph, neutral = phases.head_currents(model, capture(model, run, vt, measured))
+    assert neutral is None
+    head = model.elements[head_line(model)].name
+    dss.Text.Command(f'compile "{IEEE}"')
+    dss.Text.Command("batchedit load..* vmaxpu=1.5")
+    dss.Text.Command("set mode=yearly stepsize=1m number=566")
+    dss.Solution.Solve()
+    dss.Circuit.SetActiveElement(head)
+    ref = np.asarray(dss.CktElement.CurrentsMagAng()[0:6:2])
+    np.testing.assert_allclose(ph.values[0], ref, rtol=2e-4)  # two OpenDSS runs, each within its 1e-4 tolerance

@@ -32,8 +32,9 @@ def head_currents(model: FeederModel, pf: xr.Dataset) -> tuple[xr.DataArray, xr.
     neutral = [j for j, x in enumerate(nodes) if model.is_neutral(int(x))]
     time = pf["time"]
     ph = xr.DataArray(phase, dims=("time", "phase"), coords={"time": time, "phase": [1, 2, 3]}, attrs={"units": "A"})
-    ne = xr.DataArray(cur[:, neutral[0]], dims=("time",), coords={"time": time}, attrs={"units": "A"})
-    return ph, (ne if neutral else None)
+    if not neutral:
+        return ph, None
+    return ph, xr.DataArray(cur[:, neutral[0]], dims=("time",), coords={"time": time}, attrs={"units": "A"})
 
 
 def feeder_metrics(model: FeederModel, pf: xr.Dataset, unb: xr.Dataset | None = None) -> dict[str, float]:
