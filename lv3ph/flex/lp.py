@@ -73,8 +73,9 @@ class Lp:
         m = sp.csr_matrix((np.concatenate(v), (np.concatenate(r), np.concatenate(cc))), shape=(count, self.n))
         return m, np.concatenate(b)
 
-    def solve(self, what: str) -> np.ndarray:
-        """Solve with HiGHS; raise :class:`~lv3ph.errors.Lv3phError` naming ``what`` if it fails."""
+    def solve(self, what: str, method: str = "highs") -> np.ndarray:
+        """Solve with HiGHS (``method``: a ``scipy.optimize.linprog`` HiGHS method); raise
+        :class:`~lv3ph.errors.Lv3phError` naming ``what`` if it fails."""
         a_eq, b_eq = self._matrix("eq")
         a_ub, b_ub = self._matrix("le")
         res = linprog(
@@ -84,7 +85,7 @@ class Lp:
             A_eq=a_eq,
             b_eq=b_eq,
             bounds=np.stack([np.concatenate(self.lb), np.concatenate(self.ub)], axis=1),
-            method="highs",
+            method=method,
         )
         if res.status != 0:
             raise Lv3phError(f"{what}: linear program failed ({res.message})")
