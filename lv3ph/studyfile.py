@@ -105,6 +105,8 @@ _KEYS: dict[str, set[str]] = {
         "max_iterations",
         "tolerance_kw",
         "opf_penalty_eur",
+        "loss_damping",
+        "tolerance_gap",
     },
     "flex": {
         "ev_share",

@@ -147,13 +147,18 @@ def test_loss_charge_iteration_two_sellers_hand_answer() -> None:
     buyer b draws 3 kW. Iteration 1: pro-rata auction, 1.5 kW each -> loss rates 0.015 and
     0.06 kWh/kWh. Re-clear: b buys from a first: a 2 kW, c 1 kW -> rates 0.02 and 0.04.
     Re-clear: the same contracts -> converged after 3 clearings. Loss charges at
-    0.30 EUR/kWh: 0.30 x (0.01 x 2^2 + 0.04 x 1^2) = 0.024 EUR per 1-hour step."""
+    0.30 EUR/kWh: 0.30 x (0.01 x 2^2 + 0.04 x 1^2) = 0.024 EUR per 1-hour step. The gap
+    of the first re-clear: charged 1.5 x 0.015 + 1.5 x 0.06 = 0.1125, re-cleared
+    2 x 0.015 + 1 x 0.06 = 0.09, 20 %. Damped by 0.5 the contracts go half way each time
+    (a 1.75 -> 1.875 -> 1.9375 kW, rates 0.0175 / 0.05 -> 0.01875 / 0.045 -> c 0.0425), so
+    the re-clears ask for 0.5, 0.25, 0.125 kW and the gaps are 20 %, 0.008125 / 0.093125,
+    0.0032813 / 0.0857813."""
     names = ["a", "b", "c"]
     r = {("a", "b"): 0.01, ("c", "b"): 0.04}
     net = np.array([[-2.0, 3.0, -2.0]])
     times = np.array([1])
 
-    def allocate(res):  # type: ignore[no-untyped-def]
+    def allocate(res, _net):  # type: ignore[no-untyped-def]
         c = res.contracts
         key = (c.seller + ">" + c.buyer).to_numpy()
         loss = [r[(s, b)] * kw**2 for s, b, kw in zip(c.seller, c.buyer, c.kw, strict=True)]
@@ -161,10 +166,11 @@ def test_loss_charge_iteration_two_sellers_hand_answer() -> None:
 
     dist = np.array([[0, 1, 4], [1, 0, 4], [4, 4, 0]], dtype=float)
     it = loss_charge_iteration(
-        net, names, times, Tariffs(), allocate, dist, dt_h=1.0, seed=0, max_iterations=10, tolerance_kw=1e-9
+        lambda *_: net, names, times, Tariffs(), allocate, dist, dt_h=1.0, seed=0, max_iterations=10, tolerance_kw=1e-9
     )
     assert it.converged and it.iterations == 3
     assert it.changes == pytest.approx([0.5, 0.0])
+    assert it.gaps == pytest.approx([0.2, 0.0])
     got = {
         (s, b): kw
         for s, b, kw in zip(it.result.contracts.seller, it.result.contracts.buyer, it.result.contracts.kw, strict=True)
@@ -172,6 +178,25 @@ def test_loss_charge_iteration_two_sellers_hand_answer() -> None:
     assert got == pytest.approx({("a", "b"): 2.0, ("c", "b"): 1.0})
     assert it.rates[0, 1] == pytest.approx(0.02) and it.rates[2, 1] == pytest.approx(0.04)
     assert 0.30 * it.loss_kwh.sum() == pytest.approx(0.024)
+    damped = loss_charge_iteration(
+        lambda *_: net,
+        names,
+        times,
+        Tariffs(),
+        allocate,
+        dist,
+        dt_h=1.0,
+        seed=0,
+        max_iterations=4,
+        tolerance_kw=1e-9,
+        damping=0.5,
+    )
+    assert not damped.converged and damped.iterations == 4
+    assert damped.changes == pytest.approx([0.5, 0.25, 0.125])
+    assert damped.gaps == pytest.approx([0.2, 0.008125 / 0.093125, 0.0032813 / 0.0857813], rel=1e-4)
+    c = damped.result.contracts
+    assert dict(zip(c.seller, c.kw, strict=True)) == pytest.approx({"a": 1.9375, "c": 1.0625})
+    assert damped.rates[2, 1] == pytest.approx(0.0425)
 
 
 # ------------------------------------------------------------ network charges and prices

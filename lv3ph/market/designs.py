@@ -13,9 +13,10 @@ Design names (``[scenarios].market`` of a study):
   not follow the state of the network (a charge at noon is the same as at night).
 * ``loss-charges`` -- each contract pays its exact allocated loss (lv3ph's allocator) at
   ``loss_price_eur_kwh``; buyers prefer the sellers whose contracts lose least per kWh;
-  clear -> allocate -> charge -> re-clear until the contracts stop changing or
-  ``max_iterations`` (:func:`loss_charge_iteration`). Drawback: every iteration needs a
-  power flow; losses are a few % of traded energy, so the signal is weak.
+  clear -> allocate -> charge -> devices re-schedule -> re-clear, a damped fixed point,
+  until the contracts stop changing or ``max_iterations`` (:func:`loss_charge_iteration`).
+  Drawback: every iteration needs a power flow and a schedule of every device; losses are
+  a few % of traded energy, so the signal is weak.
 * ``sensitivity-screened`` -- :mod:`lv3ph.market.screen`.
 * ``opf-cleared`` -- :mod:`lv3ph.market.opf`.
 
@@ -35,6 +36,7 @@ from numpy.typing import NDArray
 from lv3ph.allocation.contracts import contract_positions
 from lv3ph.errors import StudyError
 from lv3ph.market.clearing import MarketResult, Tariffs, bilateral, community_auction
+from lv3ph.market.contracts import contracts_from_matrix
 
 __all__ = [
     "DESIGNS",
@@ -42,6 +44,7 @@ __all__ = [
     "LossIteration",
     "MarketSpec",
     "collected_fees",
+    "customer_charges",
     "fee_clearing",
     "fee_matrix",
     "loss_charge_iteration",
@@ -66,8 +69,9 @@ class MarketSpec:
     ``fee_uniform_eur_kwh``; ``fee_eur_kwh_per_ohm`` (distance fee per ohm of loop
     impedance between seller and buyer); ``fee_zonal_eur_kwh`` (trades between zones);
     ``zones`` (number of zones by electrical distance from the transformer);
-    ``loss_price_eur_kwh``; ``max_iterations`` and ``tolerance_kw`` of the loss-charge
-    iteration; ``opf_penalty_eur`` per unit (V, %, A) and hour of a violated OPF row.
+    ``loss_price_eur_kwh``; ``max_iterations``, ``tolerance_kw``, ``tolerance_gap``
+    (share of the loss charge a re-clear would still save) and ``loss_damping`` (share
+    of the way the contracts move to each re-clear, (0, 1]) of the loss-charge iteration; ``opf_penalty_eur`` per unit (V, %, A) and hour of a violated OPF row.
     """
 
     fee_uniform_eur_kwh: float = 0.02
@@ -78,6 +82,8 @@ class MarketSpec:
     max_iterations: int = 5
     tolerance_kw: float = 1e-3
     opf_penalty_eur: float = 10.0
+    loss_damping: float = 0.8
+    tolerance_gap: float = 0.01
 
     def __post_init__(self) -> None:
         problems = [
@@ -88,6 +94,7 @@ class MarketSpec:
                 "fee_zonal_eur_kwh",
                 "loss_price_eur_kwh",
                 "tolerance_kw",
+                "tolerance_gap",
                 "opf_penalty_eur",
             )
             if not (
@@ -96,6 +103,8 @@ class MarketSpec:
         ]
         if not (isinstance(self.zones, int) and self.zones >= 1):
             problems.append(f"zones must be an integer >= 1, got {self.zones}")
+        if not (isinstance(self.loss_damping, int | float) and 0.0 < self.loss_damping <= 1.0):
+            problems.append(f"loss_damping must be a number in (0, 1], got {self.loss_damping}")
         if not (isinstance(self.max_iterations, int) and self.max_iterations >= 1):
             problems.append(f"max_iterations must be an integer >= 1, got {self.max_iterations}")
         if problems:
@@ -220,22 +229,51 @@ def pair_charges(
     return buy, sell
 
 
+def customer_charges(
+    contracts: pd.DataFrame, customers: list[str], per_pair: NDArray[np.float64]
+) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """Each customer's loss charge as buyer and as seller (customers,), EUR/kWh: the
+    traded-weighted mean over the run of half its pairs' charge ``per_pair`` (seller,
+    buyer); a customer that did not trade on that side gets the plain mean over its
+    possible counterparties. One number per customer and side, the same at every step,
+    like a published tariff (charges only where it traded last time would push its trades
+    to other steps, and back)."""
+    n = len(customers)
+    off = ~np.eye(n, dtype=bool)
+    half = per_pair / 2
+    buy = np.where(off, half, 0.0).sum(axis=0) / max(n - 1, 1)
+    sell = np.where(off, half, 0.0).sum(axis=1) / max(n - 1, 1)
+    if contracts.empty:
+        return buy, sell
+    _, s, b = contract_positions(contracts, customers, contracts.time.unique())
+    kw = contracts.kw.to_numpy()
+    for who, out in ((b, buy), (s, sell)):
+        den = np.bincount(who, weights=kw, minlength=n)
+        num = np.bincount(who, weights=kw * half[s, b], minlength=n)
+        out[:] = np.where(den > 0, num / np.where(den > 0, den, 1.0), out)
+    return buy, sell
+
+
 @dataclass
 class LossIteration:
     """Outcome of :func:`loss_charge_iteration`.
 
-    ``result``: the final clearing; ``rates`` (customers, customers) loss kWh per traded kWh
-    of each pair; ``loss_kwh``: per contract id (standing pair ``seller>buyer``), allocated
-    loss over the run; ``iterations``: clearings done; ``converged``; ``changes``: the
-    largest change of any contract (kW) after each re-clear.
+    ``result``: the final clearing (on ``net_kw``, the last response of the devices);
+    ``rates`` (customers, customers) loss kWh per traded kWh of each pair, measured on the
+    final contracts; ``loss_kwh``: per contract id (standing pair ``seller>buyer``),
+    allocated loss over the run; ``iterations``: clearings done; ``converged``;
+    ``changes``: the largest change of any contract (kW) a re-clear asked for;
+    ``gaps``: the share of their loss charge buyers would save by that re-clear.
     """
 
     result: MarketResult
+    net_kw: NDArray[np.float64]
     rates: NDArray[np.float64]
     loss_kwh: pd.Series
     iterations: int
     converged: bool
     changes: list[float] = field(default_factory=list)
+    gaps: list[float] = field(default_factory=list)
 
 
 def _contract_matrix(c: pd.DataFrame, customers: list[str], times: NDArray[np.int64]) -> NDArray[np.float64]:
@@ -247,61 +285,108 @@ def _contract_matrix(c: pd.DataFrame, customers: list[str], times: NDArray[np.in
 
 
 def loss_charge_iteration(
-    net_kw: NDArray[np.float64],
+    respond: Callable[[NDArray[np.float64] | None, MarketResult | None], NDArray[np.float64]],
     customers: list[str],
     times: NDArray[np.int64],
     tariffs: Tariffs,
-    allocate: Callable[[MarketResult], pd.Series],
+    allocate: Callable[[MarketResult, NDArray[np.float64]], pd.Series],
     distance: NDArray[np.float64],
     *,
     dt_h: float,
     seed: int,
     max_iterations: int,
     tolerance_kw: float,
+    tolerance_gap: float = 0.0,
+    damping: float = 1.0,
 ) -> LossIteration:
-    """Clear -> allocate -> charge -> re-clear (see the module docstring).
+    """Fixed point clear -> allocate -> charge -> devices respond -> re-clear.
 
-    The first clearing is the unconstrained community auction (no loss information yet).
-    ``allocate(result)`` returns each standing pair's (``"seller>buyer"``) allocated loss
-    over the run, kWh. A pair's loss rate is its loss / traded kWh; pairs that did not
-    trade get ``kappa x distance`` with ``kappa`` the least-squares fit of the traded pairs'
-    rates on their ``distance``. Each re-clear is bilateral, every buyer taking sellers
-    lowest rate first. Stops when no contract changes by more than ``tolerance_kw``.
+    ``respond(rates, result)`` is the devices' answer to the loss charges of ``rates``
+    (loss kWh per traded kWh, (customers, customers)) on the contracts of ``result``: the
+    community's net power (steps, customers), kW drawn; ``respond(None, None)`` is their
+    answer without loss charges. The first clearing is the unconstrained community auction
+    on that answer. ``allocate(result, net_kw)`` returns each standing pair's
+    (``"seller>buyer"``) allocated loss over the run, kWh, on the power flow of ``net_kw``.
+    A pair's rate is its loss / traded kWh; pairs that did not trade get
+    ``kappa x distance`` with ``kappa`` the least-squares fit of the traded pairs' rates on
+    their ``distance``.
+
+    Each iteration the devices respond to the last rates, a bilateral re-clear (every
+    buyer taking sellers lowest rate first) gives target contracts, and the contracts move
+    ``damping`` of the way to them (the method of successive averages; 1 = take the
+    re-clear as it is). Damping is needed because a pair's loss per kWh grows with what
+    it trades: the lowest-rate seller of one iteration is the dearest of the next, so
+    undamped re-clears can swing the contracts back and forth for ever. The contracts are
+    kept within each step's surpluses and demands (scaled down where the devices'
+    answer moved them). Stops when the re-clear would move no contract by more than
+    ``tolerance_kw``, or would save buyers at most ``tolerance_gap`` (share) of the loss
+    they are charged (``gaps``: the relative gap, the traffic-assignment criterion), or
+    after ``max_iterations`` clearings.
     """
-    n = len(customers)
+    if not 0.0 < damping <= 1.0:
+        raise StudyError(f"loss-charge damping must be in (0, 1], got {damping}")
+    net_kw = respond(None, None)
     result = community_auction(net_kw, customers, times, tariffs)
-    loss = allocate(result)
+    loss = allocate(result, net_kw)
+    rates = _rates(result.contracts, loss, customers, distance, dt_h)
     changes: list[float] = []
-    rates = np.zeros((n, n))
+    gaps: list[float] = []
     converged = False
     iterations = 1
-    while True:
-        rates = _rates(result.contracts, loss, customers, distance, dt_h)
-        if iterations >= max_iterations:
-            break
+    while iterations < max_iterations:
+        net_kw = respond(rates, result)
         order = rates - min(float(rates.min()), 0.0)  # credits (negative rates) first, distances >= 0
         new = bilateral(net_kw, customers, times, tariffs, preference="electrical-distance", seed=seed, distance=order)
         iterations += 1
-        change = float(
-            np.abs(
-                _contract_matrix(new.contracts, customers, times) - _contract_matrix(result.contracts, customers, times)
-            ).max(initial=0.0)
-        )
-        changes.append(change)
-        result = new
-        loss = allocate(result)
-        if change <= tolerance_kw:
-            converged = True
-            rates = _rates(result.contracts, loss, customers, distance, dt_h)
+        prev = _feasible(_contract_matrix(result.contracts, customers, times), net_kw)
+        target = _contract_matrix(new.contracts, customers, times)
+        changes.append(float(np.abs(target - prev).max(initial=0.0)))
+        charged = float((prev.sum(axis=0) * rates).sum())
+        gaps.append(max(charged - float((target.sum(axis=0) * rates).sum()), 0.0) / charged if charged > 0 else 0.0)
+        converged = changes[-1] <= tolerance_kw or gaps[-1] <= tolerance_gap
+        mixed = target if converged else _feasible(prev + damping * (target - prev), net_kw)
+        contracts = contracts_from_matrix(mixed, customers, times)
+        result = MarketResult(contracts=contracts, price_eur_kwh=new.price_eur_kwh, traded_kw=mixed.sum(axis=(1, 2)))
+        loss = allocate(result, net_kw)
+        rates = _rates(result.contracts, loss, customers, distance, dt_h)
+        if converged:
             break
     return LossIteration(
-        result=result, rates=rates, loss_kwh=loss, iterations=iterations, converged=converged, changes=changes
+        result=result,
+        net_kw=net_kw,
+        rates=rates,
+        loss_kwh=loss,
+        iterations=iterations,
+        converged=converged,
+        changes=changes,
+        gaps=gaps,
     )
+
+
+def _feasible(trade_kw: NDArray[np.float64], net_kw: NDArray[np.float64]) -> NDArray[np.float64]:
+    """``trade_kw[step, seller, buyer]`` scaled down to every seller's surplus and every
+    buyer's demand of ``net_kw`` (kW drawn) at each step."""
+    out = trade_kw.copy()
+    for axis, have in ((2, np.clip(-net_kw, 0, None)), (1, np.clip(net_kw, 0, None))):
+        used = out.sum(axis=axis)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            f = np.where(used > have, have / np.where(used > 0, used, 1.0), 1.0)
+        out *= np.expand_dims(f, axis)
+    return out
 
 
 def _rates(
     contracts: pd.DataFrame, loss_kwh: pd.Series, customers: list[str], distance: NDArray[np.float64], dt_h: float
 ) -> NDArray[np.float64]:
+    rates = _measured(contracts, loss_kwh, customers, dt_h)
+    known = np.isfinite(rates)
+    d = distance[known]
+    kappa = float((d * rates[known]).sum() / (d * d).sum()) if known.any() and (d * d).sum() > 0 else 0.0
+    return np.where(known, rates, np.maximum(kappa, 0.0) * distance)
+
+
+def _measured(contracts: pd.DataFrame, loss_kwh: pd.Series, customers: list[str], dt_h: float) -> NDArray[np.float64]:
+    """Loss kWh per traded kWh of each pair that traded (customers, customers); NaN elsewhere."""
     n = len(customers)
     idx = {c: i for i, c in enumerate(customers)}
     rates = np.full((n, n), np.nan)
@@ -312,7 +397,4 @@ def _rates(
             s, b = str(key).split(">")
             if kwh > 0:
                 rates[idx[s], idx[b]] = float(loss_kwh.get(key, 0.0)) / kwh
-    known = np.isfinite(rates)
-    d = distance[known]
-    kappa = float((d * rates[known]).sum() / (d * d).sum()) if known.any() and (d * d).sum() > 0 else 0.0
-    return np.where(known, rates, np.maximum(kappa, 0.0) * distance)
+    return rates

@@ -220,7 +220,7 @@ def _solve(
         if not keep.size:
             continue
         # g0 + a . dinj <= s  ->  a dinj - s <= -g0
-        a_k = rw.a[np.ix_(keep, who)]
+        a_k = rw.a[np.ix_(keep, np.asarray(who, dtype=np.int64))]
         s_cols = lp.var(keep.size, 0.0, np.inf, penalty_eur * float(dt_h[i]))
         j = np.arange(keep.size)
         rr = np.concatenate([j, np.repeat(j, len(who))])

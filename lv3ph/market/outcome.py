@@ -38,10 +38,12 @@ from lv3ph.flex.schedule import (
     uncontrolled,
     write_steps,
 )
-from lv3ph.market.clearing import MarketResult, Tariffs, bilateral, community_auction, local_price, no_market
+from lv3ph.market.clearing import MarketResult, Tariffs, community_auction, local_price, no_market
 from lv3ph.market.designs import (
+    LossIteration,
     MarketSpec,
     collected_fees,
+    customer_charges,
     fee_clearing,
     fee_matrix,
     loss_charge_iteration,
@@ -133,29 +135,18 @@ def run_design(inp: DesignInputs) -> DesignOutcome:
         fees = fee_matrix(kind, inp.spec, inp.distance, zone)
         pre = fee_clearing(inflexible, inp.names, inp.times, inp.tariffs, fees, seed=inp.seed)
         buy_c, sell_c = pair_charges(pre.contracts, inp.names, len(inp.times), inp.times, fees)
-    iteration = None
     if design == "loss-charges":
-        iteration = loss_charge_iteration(
-            inflexible,
-            inp.names,
-            inp.times,
-            inp.tariffs,
-            _allocator(inp, inp.fixed_kw + uncontrolled(inp.fleet).ev_kw),
-            inp.distance,
-            dt_h=inp.dt_h,
-            seed=inp.seed,
-            max_iterations=inp.spec.max_iterations,
-            tolerance_kw=inp.spec.tolerance_kw,
-        )
-        fees = inp.spec.loss_price_eur_kwh * iteration.rates
-        buy_c, sell_c = pair_charges(iteration.result.contracts, inp.names, len(inp.times), inp.times, fees)
+        iteration, flex = _loss_iteration(inp, inflexible, price)
         summary["loss_iterations"] = iteration.iterations
         summary["loss_converged"] = int(iteration.converged)
         summary["loss_last_change_kw"] = iteration.changes[-1] if iteration.changes else 0.0
-    buy, sell = marginal_prices(
-        inflexible, price, inp.tariffs, market=design != "none", buy_charge=buy_c, sell_charge=sell_c
-    )
-    flex = schedule(inp.fleet, inp.base_kw - shift_base, buy, sell)
+        summary["loss_last_gap"] = iteration.gaps[-1] if iteration.gaps else 0.0
+        market = iteration.result
+    else:
+        buy, sell = marginal_prices(
+            inflexible, price, inp.tariffs, market=design != "none", buy_charge=buy_c, sell_charge=sell_c
+        )
+        flex = schedule(inp.fleet, inp.base_kw - shift_base, buy, sell)
     curtail = np.zeros_like(inp.base_kw)
     net = inp.base_kw + flex.total_kw - shift_base
     promised = None
@@ -168,12 +159,6 @@ def run_design(inp: DesignInputs) -> DesignOutcome:
     elif design == "network-charges":
         market = fee_clearing(net, inp.names, inp.times, inp.tariffs, fees, seed=inp.seed)
         summary["network_charges_eur"] = collected_fees(market.contracts, inp.names, fees, inp.dt_h)
-    else:  # loss-charges: one re-clear of the final injections with the converged rates
-        assert iteration is not None
-        order = iteration.rates - min(float(iteration.rates.min()), 0.0)
-        market = bilateral(
-            net, inp.names, inp.times, inp.tariffs, preference="electrical-distance", seed=inp.seed, distance=order
-        )
     if design == "sensitivity-screened":
         t1 = time.perf_counter()
         vt, pf = inp.solve(_devices(inp, flex.total_kw, curtail))
@@ -213,12 +198,52 @@ def _head_impedance(inp: DesignInputs) -> NDArray[np.float64]:
     return np.abs(np.diag(pn.k)[first])
 
 
-def _allocator(inp: DesignInputs, device_kw: NDArray[np.float64]) -> Callable[[MarketResult], pd.Series]:
-    """Solve the injections once; allocate any contracts on that solution (exact method)."""
-    vt, pf = inp.solve(device_kw)
-    ports = customer_ports(inp.model)
+def _loss_iteration(
+    inp: DesignInputs, inflexible: NDArray[np.float64], price: NDArray[np.float64]
+) -> tuple[LossIteration, FlexResult]:
+    """The loss-charge fixed point (:func:`loss_charge_iteration`): every iteration the
+    devices re-schedule against the loss charges of the contracts they trade, and the
+    contracts' losses are allocated on the power flow of that schedule. Returns the
+    iteration and the devices' last schedule (the one its final contracts clear)."""
+    shift_base = inp.fleet.shift_base_kw()
+    last: dict[str, FlexResult] = {}
 
-    def allocate(result: MarketResult) -> pd.Series:
+    def respond(rates: NDArray[np.float64] | None, result: MarketResult | None) -> NDArray[np.float64]:
+        buy_c: NDArray[np.float64] | float = 0.0
+        sell_c: NDArray[np.float64] | float = 0.0
+        if rates is not None and result is not None:
+            buy_c, sell_c = customer_charges(result.contracts, inp.names, inp.spec.loss_price_eur_kwh * rates)
+        buy, sell = marginal_prices(inflexible, price, inp.tariffs, buy_charge=buy_c, sell_charge=sell_c)
+        last["flex"] = schedule(inp.fleet, inp.base_kw - shift_base, buy, sell)
+        return inp.base_kw + last["flex"].total_kw - shift_base
+
+    it = loss_charge_iteration(
+        respond,
+        inp.names,
+        inp.times,
+        inp.tariffs,
+        _allocator(inp),
+        inp.distance,
+        dt_h=inp.dt_h,
+        seed=inp.seed,
+        max_iterations=inp.spec.max_iterations,
+        tolerance_kw=inp.spec.tolerance_kw,
+        tolerance_gap=inp.spec.tolerance_gap,
+        damping=inp.spec.loss_damping,
+    )
+    return it, last["flex"]
+
+
+def _allocator(inp: DesignInputs) -> Callable[[MarketResult, NDArray[np.float64]], pd.Series]:
+    """Allocate contracts (exact method) on the OpenDSS solution of a net power (kW drawn,
+    (steps, customers)); the last solution is reused while the net power is the same."""
+    ports = customer_ports(inp.model)
+    cache: list[tuple[NDArray[np.float64], ComplexArray, xr.Dataset]] = []
+
+    def allocate(result: MarketResult, net_kw: NDArray[np.float64]) -> pd.Series:
+        if not cache or not np.array_equal(cache[0][0], net_kw):
+            cache[:] = [(net_kw.copy(), *inp.solve(net_kw - inp.base_kw + inp.fixed_kw))]
+        _, vt, pf = cache[0]
         c = result.contracts.copy()
         c["contract"] = c.seller + ">" + c.buyer
         shares = contract_shares(c, pf.customer_p_kw.values, ports.names, pf.time.values, oversold="scale")
