@@ -1,8 +1,8 @@
 """Print the README's market-design table and draw its plot from
 `lv3ph study studies/eu_lv_market_designs.toml`.
 
-One row per design: traded, curtailed and shifted energy, welfare and charges, losses,
-peak import, worst PVUR and minutes with PVUR / voltage violations, and for the
+One row per design: traded, curtailed and shifted energy, welfare, bills and charges, losses,
+peak import, worst PVUR and minutes with PVUR / VUF / voltage / thermal violations, and for the
 linearised designs how far OpenDSS disagrees with what they promised. The plot
 (``docs/img/eu_lv_market_designs.png``) shows the feeder's worst PVUR and its import over
 the day for each design.
@@ -31,6 +31,7 @@ COLUMNS = [
     ("shifted_kwh", "shifted kWh", 1),
     ("battery_throughput_kwh", "battery kWh", 1),
     ("welfare_eur", "welfare EUR", 2),
+    ("bills_eur", "bills EUR", 2),
     ("network_charges_eur", "network charges EUR", 2),
     ("loss_charges_eur", "loss charges EUR", 3),
     ("loss_kwh", "losses kWh", 2),
@@ -40,6 +41,8 @@ COLUMNS = [
     ("minutes_vuf", "VUF min", 0),
     ("minutes_voltage_high", "V high min", 0),
     ("minutes_voltage_low", "V low min", 0),
+    ("minutes_line_thermal", "line thermal min", 0),
+    ("minutes_transformer_thermal", "trafo thermal min", 0),
     ("vmax_v", "max V", 1),
     ("promise_broken_minutes", "promise broken min", 0),
 ]
