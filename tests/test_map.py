@@ -50,7 +50,9 @@ def feeder_series(path: Path) -> xr.Dataset:
     engine, model = open_feeder(path)
     pf = solve(engine, model, RunSpec(mode="snap", stepsize_s=60.0, start=1, steps=1), progress=False)
     unb = unbalance(pf)
-    fv = feeder_variables(model, model.customers, engine.bus_coordinates(), pf, unb, {"c1": 4.0}, ["c1"], ["c3"], 1 / 60)
+    fv = feeder_variables(
+        model, model.customers, engine.bus_coordinates(), pf, unb, {"c1": 4.0}, ["c1"], ["c3"], 1 / 60
+    )
     return fv.assign(vmax_pn_v=unb.vmax_pn_v.max("time"))
 
 
