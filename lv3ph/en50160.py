@@ -57,8 +57,10 @@ __all__ = [
     "aggregate",
     "customer_quality",
     "en50160_table",
+    "interval_bounds",
     "interval_values",
     "period_statistics",
+    "reduce_intervals",
 ]
 
 #: Columns of ``en50160.csv``.
@@ -213,6 +215,33 @@ def interval_index(steps: NDArray[np.int64], stepsize_s: float, interval_s: floa
     return np.floor((np.asarray(steps) - 1) * stepsize_s / interval_s + 1e-9).astype(np.int64)
 
 
+def interval_bounds(
+    steps: NDArray[np.int64], stepsize_s: float, interval_s: float = 600.0
+) -> tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.int64]]:
+    """``(interval, first, n_steps)`` of consecutive steps ``k``: interval indices (see
+    :func:`interval_index`), the position of each interval's first step in ``steps``, and
+    steps per interval."""
+    idx = interval_index(steps, stepsize_s, interval_s)
+    first = np.concatenate([[0], np.nonzero(np.diff(idx))[0] + 1]) if idx.size else np.zeros(0, np.int64)
+    counts = np.diff(np.concatenate([first, [idx.size]]))
+    return idx[first], first, counts.astype(np.int64)
+
+
+def reduce_intervals(
+    values: NDArray[np.float64],
+    first: NDArray[np.int64],
+    counts: NDArray[np.int64],
+    aggregation: Literal["rms", "mean"] = "rms",
+) -> NDArray[np.float64]:
+    """Per-step ``values`` (steps, ...) aggregated over the intervals of
+    :func:`interval_bounds` (``first``, ``counts``): (intervals, ...), unit of ``values``."""
+    x = np.asarray(values, dtype=np.float64)
+    shape = (-1,) + (1,) * (x.ndim - 1)
+    if aggregation == "rms":
+        return np.sqrt(np.add.reduceat(x * x, first, axis=0) / counts.reshape(shape))
+    return np.add.reduceat(x, first, axis=0) / counts.reshape(shape)
+
+
 def interval_values(
     values: NDArray[np.float64],
     steps: NDArray[np.int64],
@@ -233,19 +262,12 @@ def interval_values(
         :func:`interval_index`), steps per interval, the aggregated value and the per-step
         minimum and maximum inside each interval (shape (intervals, ...), unit of ``values``).
     """
-    idx = interval_index(steps, stepsize_s, interval_s)
-    first = np.concatenate([[0], np.nonzero(np.diff(idx))[0] + 1]) if idx.size else np.zeros(0, np.int64)
-    counts = np.diff(np.concatenate([first, [idx.size]]))
+    interval, first, counts = interval_bounds(steps, stepsize_s, interval_s)
     x = np.asarray(values, dtype=np.float64)
-    shape = (-1,) + (1,) * (x.ndim - 1)
-    if aggregation == "rms":
-        agg = np.sqrt(np.add.reduceat(x * x, first, axis=0) / counts.reshape(shape))
-    else:
-        agg = np.add.reduceat(x, first, axis=0) / counts.reshape(shape)
     return (
-        idx[first],
-        counts.astype(np.int64),
-        agg,
+        interval,
+        counts,
+        reduce_intervals(x, first, counts, aggregation),
         np.minimum.reduceat(x, first, axis=0),
         np.maximum.reduceat(x, first, axis=0),
     )

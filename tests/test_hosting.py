@@ -12,6 +12,7 @@ from scipy.optimize import brentq
 
 from lv3ph.errors import ProfileError, StudyError
 from lv3ph.hosting import hosting_capacity
+from lv3ph.hosting.criteria import segment_max, segment_rows
 from lv3ph.hosting.engine import Context
 from lv3ph.hosting.placement import draw
 from lv3ph.hosting.screening import Screener
@@ -211,6 +212,18 @@ def test_scan_finds_the_first_violation_where_bisection_overshoots(tmp_path: Pat
 
 
 # ----------------------------------------------------------------------------- screening
+@pytest.mark.parametrize("lengths", [[4, 4, 4], [2, 3, 1, 4]])
+def test_segment_max_equals_reduceat(lengths: list[int]) -> None:
+    """Largest conductor current per line: the same numbers as numpy's reduceat, NaN included,
+    for equal (four-wire) and mixed segment lengths."""
+    rng = np.random.default_rng(5)
+    starts = np.r_[0, np.cumsum(lengths)[:-1]]
+    x = rng.standard_normal((sum(lengths), 7))
+    x[1, 2] = np.nan
+    got = segment_max(x, segment_rows(starts, x.shape[0]))
+    assert np.array_equal(got, np.maximum.reduceat(x, starts, axis=0), equal_nan=True)
+
+
 def test_checks_equal_lv3ph_violations(tmp_path: Path) -> None:
     """The fast per-step checks find exactly what powerflow.capture + unbalance.violations find."""
     path = small_feeder(tmp_path)

@@ -140,6 +140,7 @@ class Screener:
         """Start a placement afresh: no running voltage-change sum, prediction-error factor
         back to :data:`ALPHA0` (so nothing depends on what the engine ran before)."""
         self._dv = np.zeros_like(self.vbase_eval)
+        self._ds = np.zeros(self.vport.shape, dtype=np.complex128)
         self._di = np.zeros(self.vport.shape, dtype=np.complex128)
         self.alpha = dict.fromkeys(self.checker.bus_checks, ALPHA0)
         self._pred: dict[str, NDArray[np.float64]] = {}
@@ -149,14 +150,16 @@ class Screener:
         injections ``ds`` (injectors, window steps), kVA.
 
         Kept as a running sum updated for the injectors whose injection changed: a scan
-        adds one customer per level, so a level costs one outer product, not one per PV.
+        adds one customer per level, so a level costs one outer product, not one per PV
+        (and the currents of the others are not recomputed).
         """
         assert self.zsel is not None
-        di = 1000.0 * np.conj(ds) / np.conj(self.vport)
-        changed = np.nonzero(np.any(di != self._di, axis=1))[0]
+        changed = np.nonzero(np.any(ds != self._ds, axis=1))[0]
         if changed.size:
-            self._dv += self.zsel[:, changed] @ (di[changed] - self._di[changed])
-            self._di[changed] = di[changed]
+            di = 1000.0 * np.conj(ds[changed]) / np.conj(self.vport[changed])
+            self._dv += self.zsel[:, changed] @ (di - self._di[changed])
+            self._di[changed] = di
+            self._ds[changed] = ds[changed]
         return self._dv
 
     def screen(self, sizes: NDArray[np.float64], m: int, near: bool = True) -> dict[int, set[str]]:

@@ -107,6 +107,7 @@ class Switching:
         self._cand_customer = np.array([model.customer_index()[n] for n in candidates], dtype=np.int64)
         self.schedule = self.blind
         self._plans: dict[bytes, np.ndarray] = {}
+        self._blind_over: dict[tuple[int, int], NDArray[np.int64]] = {}  # phases_over's PV-blind phases
         self.planned = 0  # PV-aware levels whose own plan was kept (not the PV-blind one)
         self.levels = 0
 
@@ -139,9 +140,13 @@ class Switching:
     ) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
         """Phase (1..3) of every switchable customer (mover order) at the ``window`` steps:
         ``(level, base)`` for the schedule at PV ``sizes`` and the one without PV (PV-blind)."""
-        rows = window - self.run.start
-        level = self._plan(sizes) if self.pv_aware else self.blind
-        return level[rows][:, self.sw_pos].T.astype(np.int64), self.blind[rows][:, self.sw_pos].T.astype(np.int64)
+        key = (int(window[0]), window.size)
+        if key not in self._blind_over:
+            self._blind_over = {key: self.blind[window - self.run.start][:, self.sw_pos].T.astype(np.int64)}
+        base = self._blind_over[key]
+        if not self.pv_aware:
+            return base, base
+        return self._plan(sizes)[window - self.run.start][:, self.sw_pos].T.astype(np.int64), base
 
 
 def check_device(device: str) -> None:
