@@ -44,6 +44,7 @@ from lv3ph.powerflow import (
     RunSpec,
     capture,
     capture_customers,
+    capture_totals,
     customer_ports,
     feeder_totals,
     measured_devices,
@@ -163,7 +164,7 @@ def capture_block(
         }
     if level == "full":
         pf = capture(model, spec, vt, measured)
-        _, totals = feeder_totals(model, spec, vt)
+        totals = capture_totals(spec, pf)
         ds = xr.merge([pf, unbalance(pf)], compat="override")
         ds = ds.assign({k: totals[k] for k in totals.data_vars if k not in ds})
     elif level == "customers":
@@ -185,7 +186,7 @@ def capture_block(
             }
         )
     else:
-        _, ds = feeder_totals(model, spec, vt)
+        ds = feeder_totals(model, spec, vt)[2]
     ds = ds.assign(extremes)
     if config.steps_per_interval(spec.stepsize_s):
         # the capture's customers end with orphan devices: their interval values are NaN
