@@ -348,7 +348,10 @@ def earth_electrode_command(name: str, bus: str, terminal: int, r_ohm: float) ->
 def pme_commands(model: FeederModel, r_ohm: float, customers: list[str] | None = None) -> list[str]:
     """Commands that earth the neutral of ``customers`` (default: all) through ``r_ohm`` each.
 
-    One electrode per distinct neutral node (customers on one bus share it). Raises
+    One electrode per distinct neutral node (customers on one bus share it), named
+    ``pme_<customer>``; where the model already has a Reactor of that name (a model that
+    is earthed already) the new electrode gets the first free ``pme_<customer>_<n>`` and
+    sits in parallel with the existing one. Raises
     :class:`~lv3ph.errors.ModelError` for a three-wire model or a customer without a
     neutral node, :class:`~lv3ph.errors.UnknownItemError` for an unknown customer.
     """
@@ -368,10 +371,15 @@ def pme_commands(model: FeederModel, r_ohm: float, customers: list[str] | None =
         if not model.is_neutral(c.neutral_node):
             raise ModelError(f"customer {name} has no neutral node to earth (connected to earth directly)")
         nodes.setdefault(c.neutral_node, name)
-    return [
-        earth_electrode_command(f"pme_{name}", str(model.node_bus[n]), int(model.node_terminal[n]), r_ohm)
-        for n, name in nodes.items()
-    ]
+    taken = {e.name for e in model.elements if e.name.startswith("reactor.")}
+    commands = []
+    for n, name in nodes.items():
+        label, k = f"pme_{name}", 1
+        while f"reactor.{label}" in taken:
+            label, k = f"pme_{name}_{k}", k + 1
+        taken.add(f"reactor.{label}")
+        commands.append(earth_electrode_command(label, str(model.node_bus[n]), int(model.node_terminal[n]), r_ohm))
+    return commands
 
 
 def node_spec(model: FeederModel, bus: str, nodes: list[int]) -> str:

@@ -189,9 +189,12 @@ def _run_scenario(spec: StudySpec, sc: Scenario, *, progress: bool) -> ScenarioR
         outcome = run_design(inputs)
         market = outcome.market
         bat_names, bat_kw = single, outcome.device_kw
+        ev = inputs.fleet.ev
+        owners = ([names[i] for i in sorted(inputs.fleet.batteries)], [names[i] for i in ev.owners] if ev else [])
         net_kw = load_kw - pv_kw + bat_kw
     else:
         market = _market(spec, sc, net_kw, names, times, phases, distance)
+        owners = (list(bat_names), [])
     contracts = market.contracts.copy()
     contracts["contract"] = contracts.seller + ">" + contracts.buyer  # a standing pair agreement
     assert_valid_contracts(contracts, ports.names, times)
@@ -251,7 +254,7 @@ def _run_scenario(spec: StudySpec, sc: Scenario, *, progress: bool) -> ScenarioR
     bill = bills(net_kw, names, times, market.contracts, market.price_eur_kwh, spec.tariffs, dt_h)
     series = _series(model, engine.line_lengths_km(), pf, unb, market, pv_kw, load_kw, bat_kw)
     series = series.merge(
-        feeder_variables(model, customers, engine.bus_coordinates(), pf, unb, placement, bat_names, dt_h)
+        feeder_variables(model, customers, engine.bus_coordinates(), pf, unb, placement, *owners, dt_h)
     )
     series["battery_soc_mean"] = (
         "time",
@@ -479,6 +482,7 @@ def feeder_variables(
     unb: xr.Dataset,
     pv_kwp: Mapping[str, float],
     batteries: Sequence[str],
+    evs: Sequence[str],
     dt_h: float,
 ) -> xr.Dataset:
     """What the feeder map draws: bus coordinates, lines, customers, earth electrodes and
@@ -490,7 +494,9 @@ def feeder_variables(
     A; ``line_loading_max_pct``: :func:`lv3ph.unbalance.line_loading_pct`, NaN without a
     rating; ``line_loss_kwh``: loss over the run), ``customer`` (``customer_bus``,
     ``customer_phases``: :attr:`~lv3ph.model.Customer.phases` joined, ``customer_pv_kwp``,
-    ``customer_devices``: ``+``-joined ``pv``/``battery``/``generator``), ``electrode``
+    ``customer_devices``: ``+``-joined ``pv``/``battery``/``ev``/``generator``/...;
+    ``batteries`` and ``evs`` name the customers whose battery or EV the study adds),
+    ``electrode``
     (``electrode_bus``) and ``transformer`` (``transformer_bus``: its last winding's bus).
     """
     buses = [str(b) for b in pf.bus.values]
@@ -502,10 +508,10 @@ def feeder_variables(
     loading = line_loading_pct(pf).max("time").reindex(element=names)
     devices = []
     for c in customers:
-        kinds = {"pv" if d.startswith(("pvsystem.", "generator.pv_")) else d.split(".", 1)[0] for d in c.devices[1:]}
+        own = [d for d in c.devices[1:] if not d.startswith("generator.bat_")]  # the study's device generator
+        kinds = {"pv" if d.startswith(("pvsystem.", "generator.pv_")) else d.split(".", 1)[0] for d in own}
         kinds = {"battery" if k in ("storage",) else k for k in kinds} | ({"pv"} if c.name in pv_kwp else set())
-        if c.name in batteries:
-            kinds = (kinds - {"generator"}) | {"battery"}
+        kinds |= ({"battery"} if c.name in batteries else set()) | ({"ev"} if c.name in evs else set())
         devices.append("+".join(sorted(kinds)))
     earth = [e for e in model.elements if e.kind == "earthing"]
     tx = [e for e in model.elements if e.kind == "transformer"]

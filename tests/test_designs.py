@@ -328,3 +328,8 @@ def test_opf_cleared_market_changes_the_physics_reproducibly(tmp_path: Path) -> 
     assert np.allclose(drawn.values, (s.source_p_kw - s.loss_total_kw).values, rtol=1e-3, atol=0.05)
     for key in ("promise_broken_minutes", "welfare_eur", "minutes_pvur", "curtailed_kwh", "opf_rows"):
         assert key in b.summary
+    # the map marks the batteries beside the PV (not the design's device generator at everyone)
+    devices = dict(zip(s.customer.values, s.customer_devices.values, strict=True))
+    with_pv = {c for c, kwp in zip(s.customer.values, s.customer_pv_kwp.values, strict=True) if kwp > 0}
+    assert {c for c, d in devices.items() if "battery" in d.split("+")} == with_pv
+    assert not any("generator" in d for d in devices.values())

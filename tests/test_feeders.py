@@ -5,7 +5,6 @@ directly through opendssdirect (never against lv3ph's own output)."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import tempfile
 import warnings
@@ -13,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import opendssdirect as odd
 import pandas as pd
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
@@ -29,6 +27,7 @@ from lv3ph.phases import arrangement_commands
 from lv3ph.powerflow import RunSpec, capture, customer_ports, open_feeder, solve_raw
 from lv3ph.topology import ISOLATED, customers_table, earthing_table, phase_labels
 from tests.conftest import ROOT, SHARED
+from tests.opendss_reference import opendss_snapshot
 from tests.test_allocation_random import feeders
 
 CORPUS = ROOT / "tests" / "feeders"
@@ -39,35 +38,12 @@ def _truth(name: str) -> dict[str, Any]:
     return json.loads((CORPUS / f"{name}.json").read_text())
 
 
-def _complex(values: Any) -> np.ndarray:
-    """OpenDSS's complex arrays as numpy complex (interleaved re, im without AdvancedTypes)."""
-    a = np.asarray(values)
-    return a if np.iscomplexobj(a) else a[0::2] + 1j * a[1::2]
-
-
-def _node_voltages() -> dict[str, complex]:
-    return dict(zip((n.lower() for n in odd.Circuit.YNodeOrder()), _complex(odd.Circuit.YNodeVArray()), strict=True))
-
-
 def opendss_direct(text: str, folder: Path) -> tuple[dict[str, complex], dict[str, float], float]:
-    """Compile ``text`` in OpenDSS itself, solve the snapshot: node voltages (V) by node
+    """Write ``text`` and solve its snapshot in OpenDSS itself: node voltages (V) by node
     name, each PD element's loss (kW) and the sum of all PD elements' losses (kW)."""
     path = folder / "direct.dss"
     path.write_text(text)
-    cwd = os.getcwd()
-    try:
-        odd.Text.Command(f'compile "{path}"')
-        odd.Text.Command("set mode=snap")
-        odd.Solution.Solve()
-    finally:
-        os.chdir(cwd)
-    assert odd.Solution.Converged()
-    v = _node_voltages()
-    losses = {}
-    for name in odd.PDElements.AllNames():
-        odd.Circuit.SetActiveElement(name)
-        if odd.CktElement.Enabled():
-            losses[name.lower()] = float(_complex(odd.CktElement.Losses())[0].real) / 1000.0
+    v, losses = opendss_snapshot(path)
     return v, losses, sum(losses.values())
 
 
@@ -201,15 +177,7 @@ def test_enwl_network1_phases_follow_the_source_angles(feeder: str, tmp_path: Pa
     spec = RunSpec("snap", 1.0, 1, 1)
     vt, measured = solve_raw(engine, model, spec, progress=False)
     pf = capture(model, spec, vt, measured)
-    cwd = os.getcwd()
-    try:
-        odd.Text.Command(f'compile "{master}"')
-        odd.Text.Command("batchedit energymeter..* enabled=no")  # as lv3ph.dss.Engine.compile, then its solve
-        odd.Text.Command("set mode=snap")
-        odd.Solution.Solve()
-    finally:
-        os.chdir(cwd)
-    v = _node_voltages()
+    v, _ = opendss_snapshot(master, ("batchedit energymeter..* enabled=no",))  # as lv3ph.dss.Engine.compile
     src = np.angle(v["sourcebus.1"])
     for c in model.customers:
         ph_node, n_node = model.nodes[int(c.phase_nodes[0])], model.nodes[c.neutral_node]

@@ -6,12 +6,10 @@ and against the phases read from the file by hand (``truth.json`` beside the mod
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import opendssdirect as odd
 import pandas as pd
 import pytest
 
@@ -22,7 +20,7 @@ from lv3ph.model import FeederModel
 from lv3ph.powerflow import RunSpec, capture, customer_ports, open_feeder, solve_raw
 from lv3ph.topology import customers_table, earthing_table
 from tests.conftest import ROOT
-from tests.test_feeders import _complex
+from tests.opendss_reference import opendss_snapshot
 
 FOLDERS = ("pmd", "habits")
 CASES = [
@@ -30,30 +28,6 @@ CASES = [
     for folder in FOLDERS
     for name in json.loads((ROOT / "tests" / "feeders" / folder / "truth.json").read_text())
 ]
-
-
-def opendss_alone(path: Path) -> tuple[dict[str, complex], dict[str, float]]:
-    """Compile and solve ``path`` (snapshot) in a fresh OpenDSS context: node voltages (V)
-    by node name and each enabled power-delivery element's loss (kW), Faults included
-    (OpenDSS's ``PDElements`` list leaves them out)."""
-    dss = odd.NewContext()
-    cwd = os.getcwd()
-    try:
-        dss.Text.Command(f'compile "{path.resolve()}"')
-        dss.Text.Command("set mode=snap")
-        dss.Solution.Solve()
-    finally:
-        os.chdir(cwd)
-    assert dss.Solution.Converged()
-    v = dict(zip((n.lower() for n in dss.Circuit.YNodeOrder()), _complex(dss.Circuit.YNodeVArray()), strict=True))
-    dss.Circuit.SetActiveClass("fault")
-    names = list(dss.PDElements.AllNames()) + [f"fault.{n}" for n in dss.ActiveClass.AllNames()]
-    losses = {}
-    for name in names:
-        dss.Circuit.SetActiveElement(name)
-        if dss.CktElement.Enabled():
-            losses[name.lower()] = float(_complex(dss.CktElement.Losses())[0].real) / 1000.0
-    return v, losses
 
 
 @pytest.fixture(scope="module", params=CASES, ids=[f"{f}/{n}" for f, n in CASES])
@@ -80,7 +54,7 @@ def test_voltages_and_losses_equal_opendss(case: tuple[Path, dict[str, Any], Any
     spec = RunSpec("snap", 1.0, 1, 1)
     vt, measured = solve_raw(engine, model, spec, progress=False)
     pf = capture(model, spec, vt, measured)
-    v, losses = opendss_alone(path)
+    v, losses = opendss_snapshot(path)
     for name, (_, phase_nodes, neutral) in truth["customers"].items():
         ref = np.array([v[p] - (v[neutral] if neutral else 0.0) for p in phase_nodes])
         got = pf.customer_voltage.sel(customer=name).values[0, : ref.size]

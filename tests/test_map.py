@@ -50,7 +50,9 @@ def feeder_series(path: Path) -> xr.Dataset:
     engine, model = open_feeder(path)
     pf = solve(engine, model, RunSpec(mode="snap", stepsize_s=60.0, start=1, steps=1), progress=False)
     unb = unbalance(pf)
-    fv = feeder_variables(model, model.customers, engine.bus_coordinates(), pf, unb, {"c1": 4.0}, ["c1"], 1 / 60)
+    fv = feeder_variables(
+        model, model.customers, engine.bus_coordinates(), pf, unb, {"c1": 4.0}, ["c1"], ["c3"], 1 / 60
+    )
     return fv.assign(vmax_pn_v=unb.vmax_pn_v.max("time"))
 
 
@@ -116,6 +118,8 @@ def test_lines_customers_and_colours_are_where_and_what_the_values_say(feeder: t
     bat = next(c for c in ax.collections if c.get_gid() == "device-battery")
     np.testing.assert_allclose(pv.get_offsets(), [COORDS["2"]])
     np.testing.assert_allclose(bat.get_offsets(), [COORDS["2"]])
+    ev = next(c for c in ax.collections if c.get_gid() == "device-ev")
+    np.testing.assert_allclose(ev.get_offsets(), [COORDS[CUSTOMER_BUS["c3"]]])
 
     # the PNG: pixels at the middle of each line have its colour, at each one-phase customer its phase colour
     buf = io.BytesIO()

@@ -12,6 +12,8 @@ from lv3ph.errors import ConvergenceError, ModelError, ProfileError, UnknownItem
 from lv3ph.powerflow import capture, element_flows, element_flows_reference, open_feeder, solve
 from tests.conftest import IEEE, IEEE_4W, IEEE_4W_PME, TWO_CUSTOMER, write_feeder
 
+TNCS_PME = Path(__file__).parent / "feeders" / "tncs_pme.dss"
+
 
 @pytest.fixture(scope="module")
 def pme_step() -> tuple[Engine, object, object]:
@@ -188,3 +190,25 @@ def test_unknown_customer_for_pme() -> None:
 def test_pme_on_three_wire_model_is_refused() -> None:
     with pytest.raises(ModelError, match="three-wire"):
         open_feeder(IEEE, pme_ohm=20)
+
+
+def test_pme_on_an_earthed_model_adds_electrodes_in_parallel(tmp_path: Path) -> None:
+    """tncs_pme.dss already has Reactor.pme_h1..h3: --pme adds a second electrode at each
+    neutral (unique names) and the voltages equal OpenDSS solving the model with those
+    parallel electrodes written by hand."""
+    engine, model = open_feeder(TNCS_PME, pme_ohm=5.0)
+    names = {e.name for e in model.elements if e.kind == "earthing"}
+    assert {"reactor.pme_h1", "reactor.pme_h1_1", "reactor.pme_h3_1"} <= names
+    ours = solve(engine, model, RunSpec("snap", 3600.0, 0, 1), progress=False)
+    extra = "".join(f"new reactor.extra_{h} phases=1 bus1={h}.4 bus2={h}.0 R=5 X=0\n" for h in ("h1", "h2", "h3"))
+    text = TNCS_PME.read_text().replace("set voltagebases", extra + "set voltagebases")
+    ref_engine, ref_model = open_feeder(write_feeder(tmp_path, text))
+    ref = solve(ref_engine, ref_model, RunSpec("snap", 3600.0, 0, 1), progress=False)
+    for bus in ("h1", "h2", "h3"):
+        a = ours.voltage.sel(bus=bus).values
+        b = ref.voltage.sel(bus=bus).values
+        assert np.allclose(a, b, rtol=0, atol=1e-9)
+    # the parallel electrodes change the neutral shift: not the earthed-once answer
+    once_engine, once_model = open_feeder(TNCS_PME)
+    once = solve(once_engine, once_model, RunSpec("snap", 3600.0, 0, 1), progress=False)
+    assert not np.allclose(ours.voltage.sel(bus="h3").values, once.voltage.sel(bus="h3").values, atol=1e-3)
