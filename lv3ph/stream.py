@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import sys
+import threading
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
@@ -381,14 +382,23 @@ def _fill(
 SWITCH_INTERVAL_S = 1e-4
 
 
+_switch_lock = threading.Lock()
+_switch_users: list[float] = []  # the interval to restore, once per run in progress
+
+
 @contextlib.contextmanager
 def _switching() -> Iterator[None]:
-    old = sys.getswitchinterval()
-    sys.setswitchinterval(min(old, SWITCH_INTERVAL_S))
+    """:data:`SWITCH_INTERVAL_S` while any run of the process is in :func:`_fill`."""
+    with _switch_lock:
+        _switch_users.append(sys.getswitchinterval())
+        sys.setswitchinterval(min(_switch_users[0], SWITCH_INTERVAL_S))
     try:
         yield
     finally:
-        sys.setswitchinterval(old)
+        with _switch_lock:
+            old = _switch_users.pop()
+            if not _switch_users:
+                sys.setswitchinterval(old)
 
 
 def _warm_up(model: FeederModel, spec: RunSpec, level: str) -> None:
