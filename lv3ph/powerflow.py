@@ -330,7 +330,11 @@ def _customer_coords(model: FeederModel, ports: CustomerPorts) -> dict[str, obje
     }
 
 
-def loss_parts(model: FeederModel, flows: ElementFlows) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+#: Element losses by part, kW, each (steps, elements): ``(total, phase, neutral, earth)``.
+LossParts = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+
+
+def loss_parts(model: FeederModel, flows: ElementFlows) -> LossParts:
     """Element losses by part, kW, each (steps, elements): ``(total, phase, neutral, earth)``.
 
     Conductors on neutral nodes go to the neutral part, earthing elements wholly to the
@@ -369,17 +373,25 @@ def head_line(model: FeederModel) -> int:
     return lines[0]
 
 
-def feeder_totals(model: FeederModel, spec: RunSpec, vt: ComplexArray) -> tuple[ElementFlows, xr.Dataset]:
-    """Element flows and the feeder's per-step totals (Dataset over ``time``).
+def feeder_totals(
+    model: FeederModel, spec: RunSpec, vt: ComplexArray, currents: IntArray | None = None
+) -> tuple[ElementFlows, LossParts, xr.Dataset]:
+    """Element flows (terminal-1 currents of the elements at ``currents`` only, default
+    none: see :func:`element_flows`), losses by part (:func:`loss_parts`) and the feeder's
+    per-step totals (:func:`totals_dataset`)."""
+    flows = element_flows(model, vt, np.zeros(0, dtype=np.int64) if currents is None else currents)
+    parts = loss_parts(model, flows)
+    return flows, parts, totals_dataset(spec, vt.shape[1], parts, source_power_kva(model, vt))
 
-    ``loss_total_kw`` and its parts ``loss_phase_total_kw``, ``loss_neutral_total_kw``,
-    ``loss_earth_total_kw`` (summed over all elements), ``source_p_kw``, ``source_q_kvar``.
-    """
-    flows = element_flows(model, vt)
-    total, phase, neutral, earth = loss_parts(model, flows)
-    s_src = source_power_kva(model, vt)
-    time = np.arange(spec.start, spec.start + vt.shape[1])
-    ds = xr.Dataset(
+
+def totals_dataset(spec: RunSpec, steps: int, parts: LossParts, s_src: ComplexArray) -> xr.Dataset:
+    """The feeder's per-step totals as a Dataset over ``time``: ``loss_total_kw`` and its parts
+    ``loss_phase_total_kw``, ``loss_neutral_total_kw``, ``loss_earth_total_kw`` (summed over
+    all elements of :func:`loss_parts`' ``parts``), ``source_p_kw``, ``source_q_kvar`` (from
+    ``s_src`` of :func:`source_power_kva`, kW + j kvar)."""
+    total, phase, neutral, earth = parts
+    time = np.arange(spec.start, spec.start + steps)
+    return xr.Dataset(
         {
             "loss_total_kw": ("time", total.sum(axis=1), {"units": "kW"}),
             "loss_phase_total_kw": ("time", phase.sum(axis=1), {"units": "kW"}),
@@ -390,7 +402,13 @@ def feeder_totals(model: FeederModel, spec: RunSpec, vt: ComplexArray) -> tuple[
         },
         coords=_time_coords(spec, time),
     )
-    return flows, ds
+
+
+def capture_totals(spec: RunSpec, ds: xr.Dataset) -> xr.Dataset:
+    """:func:`totals_dataset` of a :func:`capture` Dataset (same numbers as :func:`feeder_totals`)."""
+    parts = tuple(np.asarray(ds[k].values) for k in ("loss_kw", "loss_phase_kw", "loss_neutral_kw", "loss_earth_kw"))
+    s_src = ds.source_p_kw.values + 1j * ds.source_q_kvar.values
+    return totals_dataset(spec, ds.sizes["time"], parts, s_src)  # type: ignore[arg-type]
 
 
 def capture_customers(
@@ -406,13 +424,12 @@ def capture_customers(
     (``loss_kw``, ``loss_phase_kw``, ``loss_neutral_kw``, ``loss_earth_kw``, kW) and the
     feeder totals of :func:`feeder_totals`. Same values as :func:`capture` (same arithmetic).
     """
-    flows, totals = feeder_totals(model, spec, vt)
-    total, phase, neutral, earth = loss_parts(model, flows)
+    head = head_line(model)
+    flows, (total, phase, neutral, earth), totals = feeder_totals(model, spec, vt, np.array([head]))
     ports = customer_ports(model)
     inj = customer_injections(model, ports, vt, measured or {})
     v_ports = port_voltages(vt, ports.nodes)
     s_cust = -(v_ports * np.conj(inj)).sum(axis=2) / 1000.0
-    head = head_line(model)
     el = model.elements[head]
     n_cond = el.n_conductors
     dims_e = ("time", "element")
@@ -441,7 +458,7 @@ def capture_customers(
             ),
             "head_current": (
                 ("time", "conductor"),
-                flows.current[head, :n_cond].T,
+                flows.current[0, :n_cond].T,
                 {"units": "A", "long_name": f"current into terminal 1 of {el.name}", "element": el.name},
             ),
             "loss_kw": (dims_e, total, {"units": "kW"}),
@@ -459,37 +476,57 @@ def capture_customers(
 class ElementFlows:
     """Per element conductor: terminal-1 current (A) and loss (kW), node-major.
 
-    ``current`` (n_elements, max_conductors, steps), NaN where an element has fewer
+    ``current`` (len(current_elements), max_conductors, steps): the currents of the
+    elements at positions ``current_elements`` (all of them unless
+    :func:`element_flows` was asked for fewer), NaN where an element has fewer
     conductors; ``p_cond`` (n_elements, max_conductors, steps) loss per conductor summed
     over terminals, kW; ``winding_s_kva`` (n_transformers, steps) apparent power of each
     transformer's most loaded winding, at positions ``transformers``.
     """
 
     current: ComplexArray
+    current_elements: IntArray
     p_cond: np.ndarray
     transformers: IntArray
     winding_s_kva: np.ndarray
 
 
-def _empty_flows(model: FeederModel, steps: int) -> tuple[ComplexArray, np.ndarray, np.ndarray]:
+def _empty_flows(
+    model: FeederModel, steps: int, currents: IntArray | None
+) -> tuple[ComplexArray, IntArray, np.ndarray, np.ndarray]:
+    """Output arrays ``(current, current_elements, p_cond, series)``; ``currents`` None = all elements."""
     n_el = len(model.elements)
+    rows = np.arange(n_el, dtype=np.int64) if currents is None else np.asarray(currents, dtype=np.int64)
     max_cond = max(e.n_conductors for e in model.elements)
-    current = np.full((n_el, max_cond, steps), np.nan + 1j * np.nan)
+    current = np.full((rows.size, max_cond, steps), np.nan + 1j * np.nan)
     p_cond = np.zeros((n_el, max_cond, steps))
     series = memo(model, "series", lambda: np.array([is_series(e) for e in model.elements], dtype=bool))
-    return current, p_cond, series
+    return current, rows, p_cond, series
+
+
+def _current_rows(n_elements: int, current_elements: IntArray) -> IntArray:
+    """Row in ``ElementFlows.current`` of every element position, -1 = not captured."""
+    rows = np.full(n_elements, -1, dtype=np.int64)
+    rows[current_elements] = np.arange(current_elements.size)
+    return rows
 
 
 def _general_flows(
-    model: FeederModel, vt: ComplexArray, series: np.ndarray, current: ComplexArray, p_cond: np.ndarray
+    model: FeederModel,
+    vt: ComplexArray,
+    series: np.ndarray,
+    current: ComplexArray,
+    current_elements: IntArray,
+    p_cond: np.ndarray,
 ) -> ElementFlows:
     """Fill ``current``/``p_cond`` for the non-series elements (transformers, shunts)."""
     steps = vt.shape[1]
     gr = memo(model, "general_rows", lambda: branch_rows(model, np.nonzero(~series)[0]))
     i_rows = gr.yv @ vt
     s_rows = (gr.incidence @ vt) * np.conj(i_rows)
-    first = gr.terminal == 1
-    current[gr.element[first], gr.conductor[first] - 1] = i_rows[first]
+    row = _current_rows(len(model.elements), current_elements)[gr.element]
+    first = (gr.terminal == 1) & (row >= 0)
+    current[row[first], gr.conductor[first] - 1] = i_rows[first]
     np.add.at(p_cond, (gr.element, gr.conductor - 1), s_rows.real / 1000.0)
     transformers = np.array([i for i, e in enumerate(model.elements) if e.kind == "transformer"], dtype=np.int64)
     winding = np.zeros((transformers.size, steps))
@@ -498,7 +535,13 @@ def _general_flows(
         for t in np.unique(gr.terminal[mine]):
             s_t = np.abs(s_rows[mine & (gr.terminal == t)].sum(axis=0)) / 1000.0
             winding[j] = np.maximum(winding[j], s_t)
-    return ElementFlows(current=current, p_cond=p_cond, transformers=transformers, winding_s_kva=winding)
+    return ElementFlows(
+        current=current,
+        current_elements=current_elements,
+        p_cond=p_cond,
+        transformers=transformers,
+        winding_s_kva=winding,
+    )
 
 
 def element_flows_reference(model: FeederModel, vt: ComplexArray) -> ElementFlows:
@@ -507,22 +550,27 @@ def element_flows_reference(model: FeederModel, vt: ComplexArray) -> ElementFlow
     Plain scipy reference of :func:`element_flows`: ``dv = D V``, ``I = Y_series dv``,
     ``p = Re(dv I*)`` for series elements, row products for the rest.
     """
-    current, p_cond, series = _empty_flows(model, vt.shape[1])
+    current, rows, p_cond, series = _empty_flows(model, vt.shape[1], None)
     sr = series_rows(model, np.nonzero(series)[0])
     dv = sr.difference @ vt
     i_ser = sr.yser @ dv
     current[sr.element, sr.conductor - 1] = i_ser
     p_cond[sr.element, sr.conductor - 1] = (dv * np.conj(i_ser)).real / 1000.0
-    return _general_flows(model, vt, series, current, p_cond)
+    return _general_flows(model, vt, series, current, rows, p_cond)
 
 
-def element_flows(model: FeederModel, vt: ComplexArray) -> ElementFlows:
+def element_flows(model: FeederModel, vt: ComplexArray, currents: IntArray | None = None) -> ElementFlows:
     """As :func:`element_flows_reference`, series elements through a fused numba kernel
-    (no full-size temporaries: on a 1440-step run they cost more than the arithmetic)."""
-    current, p_cond, series = _empty_flows(model, vt.shape[1])
+    (no full-size temporaries: on a 1440-step run they cost more than the arithmetic).
+
+    ``currents``: positions of the elements whose terminal-1 currents are wanted (default
+    all; the losses are always computed for every element). Asking for none saves a
+    (n_elements, max_conductors, steps) complex array.
+    """
+    current, rows, p_cond, series = _empty_flows(model, vt.shape[1], currents)
     node1, node2, offsets, yser, pos = memo(model, "series_kernel", lambda: _series_kernel_args(model, series))
-    series_flows(vt, node1, node2, offsets, yser, pos, current, p_cond)
-    return _general_flows(model, vt, series, current, p_cond)
+    series_flows(vt, node1, node2, offsets, yser, pos, _current_rows(len(model.elements), rows)[pos], current, p_cond)
+    return _general_flows(model, vt, series, current, rows, p_cond)
 
 
 def _series_kernel_args(

@@ -25,8 +25,12 @@ interval values and weekly statistics):
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import sys
+import threading
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -44,6 +48,7 @@ from lv3ph.powerflow import (
     RunSpec,
     capture,
     capture_customers,
+    capture_totals,
     customer_ports,
     feeder_totals,
     measured_devices,
@@ -163,7 +168,7 @@ def capture_block(
         }
     if level == "full":
         pf = capture(model, spec, vt, measured)
-        _, totals = feeder_totals(model, spec, vt)
+        totals = capture_totals(spec, pf)
         ds = xr.merge([pf, unbalance(pf)], compat="override")
         ds = ds.assign({k: totals[k] for k in totals.data_vars if k not in ds})
     elif level == "customers":
@@ -185,7 +190,7 @@ def capture_block(
             }
         )
     else:
-        _, ds = feeder_totals(model, spec, vt)
+        ds = feeder_totals(model, spec, vt)[2]
     ds = ds.assign(extremes)
     if config.steps_per_interval(spec.stepsize_s):
         # the capture's customers end with orphan devices: their interval values are NaN
@@ -337,19 +342,79 @@ def _fill(
     out: str | Path,
     blocks: Iterable[tuple[int, ComplexArray, dict[str, ComplexArray]]],
 ) -> Path:
-    """Capture and append every block, add the weekly statistics, finish the store."""
+    """Capture and append every block, add the weekly statistics, finish the store.
+
+    Pipelined: a worker thread captures and appends block ``k`` while ``blocks`` yields
+    (OpenDSS solves) block ``k + 1``; block ``k + 1`` is handed over only once block ``k``
+    is in the store, so at most two blocks are in memory and the store and its progress
+    grow block by block in order, as without the thread. The worker starts by setting up
+    what the first capture needs (imports, kernels, matrices) while the first block is solved.
+    """
     chunks = {"time": block_steps}
     per = cfg.steps_per_interval(spec.stepsize_s)
     if per:
         chunks["interval"] = block_steps // per
+
+    def write(k0: int, vt: ComplexArray, measured: dict[str, ComplexArray]) -> None:
+        block = capture_block(model, replace(spec, start=k0, steps=vt.shape[1]), vt, measured, level, cfg)
+        store.append(block, chunks)
+
     try:
-        for k0, vt, measured in blocks:
-            block = capture_block(model, replace(spec, start=k0, steps=vt.shape[1]), vt, measured, level, cfg)
-            store.append(block, chunks)
+        with _switching(), ThreadPoolExecutor(max_workers=1, thread_name_prefix="lv3ph-capture") as worker:
+            pending = worker.submit(_warm_up, model, spec, level)
+            for k0, vt, measured in blocks:
+                pending.result()
+                pending = worker.submit(write, k0, vt, measured)
+                del vt, measured  # the worker holds the block now
+            pending.result()
         if per:
-            iv = store.open()[["v10_v", "vuf10_pct", "pvur10_pct", *STEP_EXTREMES]]
+            names = ["v10_v", "vuf10_pct", "pvur10_pct", *STEP_EXTREMES]
+            iv = store.read(names)
             store.add(period_statistics(iv.sel(customer=[c.name for c in model.customers]), cfg))
     except Lv3phError:
         store.discard()
         raise
     return store.finish(out)
+
+
+#: GIL switch interval while a block is captured beside the solve, s (Python's default 5 ms
+#: would let the capture's Python parts hold the solving thread for up to 5 ms per OpenDSS call).
+SWITCH_INTERVAL_S = 1e-4
+
+
+_switch_lock = threading.Lock()
+_switch_users: list[float] = []  # the interval to restore, once per run in progress
+
+
+@contextlib.contextmanager
+def _switching() -> Iterator[None]:
+    """:data:`SWITCH_INTERVAL_S` while any run of the process is in :func:`_fill`."""
+    with _switch_lock:
+        _switch_users.append(sys.getswitchinterval())
+        sys.setswitchinterval(min(_switch_users[0], SWITCH_INTERVAL_S))
+    try:
+        yield
+    finally:
+        with _switch_lock:
+            old = _switch_users.pop()
+            if not _switch_users:
+                sys.setswitchinterval(old)
+
+
+def _warm_up(model: FeederModel, spec: RunSpec, level: str) -> None:
+    """One capture of a made-up step (1 V everywhere) and a first Dataset: loads the
+    kernels, the lazy imports and the model's matrices that every block reuses."""
+    vt = np.ones((model.n_nodes, 1), dtype=np.complex128)
+    one = replace(spec, steps=1)
+    ports = customer_ports(model)
+    measured = {
+        d: np.zeros((1, int(ports.n_phases[i])), dtype=np.complex128) for i in ports.measured for d in ports.measured[i]
+    }
+    with np.errstate(all="ignore"):
+        if level == "full":
+            capture(model, one, vt, measured)
+        elif level == "customers":
+            capture_customers(model, one, vt, measured)
+        else:
+            feeder_totals(model, one, vt)
+        customer_quality(model, vt)

@@ -96,6 +96,13 @@ def test_numba_capture_kernel_matches_reference() -> None:
     scale_i = np.nanmax(np.abs(ref.current))
     assert np.nanmax(np.abs(fast.current - ref.current)) <= 1e-10 * scale_i
     assert np.abs(fast.p_cond - ref.p_cond).max() <= 1e-10 * np.abs(ref.p_cond).max()
+    # currents of a few elements only (a line, the transformer, none): the same numbers bit for bit
+    tx = [i for i, e in enumerate(model.elements) if e.kind == "transformer"]
+    for pick in ([5, *tx], []):
+        some = element_flows(model, vt, np.array(pick, dtype=np.int64))
+        assert some.current.shape == (len(pick), *fast.current.shape[1:])
+        assert np.array_equal(some.current, fast.current[pick], equal_nan=True)
+        assert np.array_equal(some.p_cond, fast.p_cond) and np.array_equal(some.winding_s_kva, fast.winding_s_kva)
 
 
 def test_pq_departure_matches_opendss_without_vmaxpu_override() -> None:

@@ -2,22 +2,26 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
+import weakref
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import xarray as xr
 
 from lv3ph.cli import main
+from lv3ph.dss import Engine
 from lv3ph.errors import Lv3phError, ProfileError
 from lv3ph.io import incomplete_path, open_result
-from lv3ph.powerflow import RunSpec, open_feeder, solve
+from lv3ph.powerflow import RunSpec, capture_customers, open_feeder, solve
 from lv3ph.stream import Feeder, block_ranges, run_streamed
 from lv3ph.unbalance import unbalance
 from tests.conftest import IEEE_4W_PME, ROOT
@@ -43,17 +47,22 @@ def _assert_same(ref: xr.Dataset, got: xr.Dataset) -> None:
             assert (a == b).all(), name
 
 
-@pytest.fixture(scope="module")
-def streamed_full(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("stream") / "full.zarr"
+def _stream(out: Path, capture: str, steps: int = 40) -> Path:
+    """The IEEE PME twin streamed from step 561 in blocks of 20 steps."""
     return run_streamed(
         Feeder(str(IEEE_4W_PME), vmaxpu=1.5),
-        RunSpec("yearly", 60.0, 561, 40),
+        RunSpec("yearly", 60.0, 561, steps),
         out,
-        capture_level="full",
+        capture_level=capture,
         block_steps=20,
         progress=False,
     )
+
+
+@pytest.fixture(scope="module")
+def streamed_full(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("stream") / "full.zarr"
+    return _stream(out, "full")
 
 
 def test_blocks_on_a_fixed_grid() -> None:
@@ -76,14 +85,7 @@ def test_open_result_is_lazy(streamed_full: Path) -> None:
 
 
 def test_customers_capture_equals_full(streamed_full: Path, tmp_path: Path) -> None:
-    path = run_streamed(
-        Feeder(str(IEEE_4W_PME), vmaxpu=1.5),
-        RunSpec("yearly", 60.0, 561, 40),
-        tmp_path / "cust.zarr",
-        capture_level="customers",
-        block_steps=20,
-        progress=False,
-    )
+    path = _stream(tmp_path / "cust.zarr", "customers")
     full, cust = open_result(streamed_full).load(), open_result(path).load()
     assert "voltage" not in cust and "current" not in cust
     for name in ("customer_injection", "customer_p_kw", "loss_phase_kw", "loss_neutral_kw", "loss_earth_kw"):
@@ -97,14 +99,7 @@ def test_customers_capture_equals_full(streamed_full: Path, tmp_path: Path) -> N
     assert np.array_equal(
         cust.customer_voltage.values[:, 0, 0], (v.sel(terminal=int(term)) - v.sel(terminal=int(neutral))).values
     )
-    stats = run_streamed(
-        Feeder(str(IEEE_4W_PME), vmaxpu=1.5),
-        RunSpec("yearly", 60.0, 561, 40),
-        tmp_path / "stats.zarr",
-        capture_level="stats",
-        block_steps=20,
-        progress=False,
-    )
+    stats = _stream(tmp_path / "stats.zarr", "stats")
     st = open_result(stats).load()
     assert "customer_injection" not in st
     for name in ("loss_total_kw", "loss_neutral_total_kw", "source_p_kw", "v10_v", "vuf_p95_pct", "compliant"):
@@ -156,3 +151,37 @@ def test_killed_run_resumes_to_identical_numbers(tmp_path: Path) -> None:
     assert a.sizes["time"] == b.sizes["time"] == 200
     _assert_same(a, b)
     assert main(["powerflow", "--resume", "--out", str(out)]) == 2  # nothing left to resume
+
+
+def test_at_most_two_blocks_in_memory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The worker captures block k while OpenDSS solves block k + 1: when a solve starts, at
+    most the one block before it is still alive, and the store equals the in-memory capture."""
+    alive: list[int] = []
+    at_start: list[int] = []
+    run = Engine.run
+
+    def tracked(self: Engine, *args: Any, **kwargs: Any) -> Any:
+        gc.collect()
+        at_start.append(len(alive))
+        vt, measured = run(self, *args, **kwargs)
+        alive.append(id(vt))
+        weakref.finalize(vt, alive.remove, id(vt))
+        return vt, measured
+
+    monkeypatch.setattr(Engine, "run", tracked)
+    path = _stream(tmp_path / "r.zarr", "customers", 80)
+    assert len(at_start) == 4 and max(at_start) <= 1
+    monkeypatch.undo()
+    ref, got = _customers_in_memory(561, 80), open_result(path).load()
+    for name in ("customer_injection", "loss_phase_kw", "head_current"):
+        assert np.array_equal(ref[name].values, got[name].values), name
+
+
+def _customers_in_memory(start: int, steps: int) -> xr.Dataset:
+    """The customers capture of each 20-step block solved on its own, concatenated."""
+    engine, model = open_feeder(IEEE_4W_PME, vmaxpu=1.5)
+    parts = []
+    for k0 in range(start, start + steps, 20):
+        vt, measured = engine.run("yearly", 60.0, k0, 20)
+        parts.append(capture_customers(model, RunSpec("yearly", 60.0, k0, 20), vt, measured))
+    return xr.concat(parts, dim="time", data_vars="minimal", coords="minimal", compat="override")
