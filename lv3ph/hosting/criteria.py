@@ -47,7 +47,7 @@ import numpy as np
 import pandas as pd
 from numpy.typing import NDArray
 
-from lv3ph.en50160 import interval_bounds, interval_index, reduce_intervals
+from lv3ph.en50160 import interval_index, reduce_intervals
 from lv3ph.model import FeederModel, branch_rows
 from lv3ph.unbalance import Limits, pvur_pct, vuf_pct
 
@@ -293,13 +293,13 @@ class Aggregation:
         if self.basis == "step":
             return rows, None
         r = self.row[steps - self.window[0]]
-        first = np.nonzero(np.r_[True, np.diff(r) != 0])[0]
-        if np.any(np.diff(np.r_[first, r.size]) != self.count[rows]):
+        first = np.nonzero(np.r_[True, np.diff(r) != 0])[0]  # the rows' bounds in ``steps``
+        counts = np.diff(np.r_[first, r.size])
+        if np.any(counts != self.count[rows]):
             raise ValueError("aggregated values need every step of each interval")
-        _, bounds, counts = interval_bounds(steps, self.stepsize_s, AGGREGATION_S)
 
         def reduce(x: NDArray[np.float64]) -> NDArray[np.float64]:
-            return reduce_intervals(x, bounds, counts, "rms")
+            return reduce_intervals(x, first, counts, "rms")
 
         return rows, reduce
 
