@@ -632,6 +632,28 @@ class Engine:
         bus = d.CktElement.BusNames()[0].split(".")
         return (int(bus[1]) if len(bus) > 1 else 1), float(d.Loads.kW()), float(d.Loads.kvar())
 
+    def load_band(self, name: str) -> tuple[float, float, float]:
+        """A Load's ``(kV, vminpu, vmaxpu)``: outside ``vminpu``-``vmaxpu`` of its kV OpenDSS
+        turns its constant power into a constant impedance."""
+        loads = self.dss.Loads
+        loads.Name(name)
+        return float(loads.kV()), float(loads.Vminpu()), float(loads.Vmaxpu())
+
+    def matrix_pending(self) -> bool:
+        """Whether the next solve rebuilds the system matrix (a text edit changed an element)."""
+        return bool(self.dss.Solution.SystemYChanged())
+
+    def rebuild_matrix(self) -> None:
+        """Rebuild the system matrix now, in snap mode: every Load's admittance from its base
+        kW/kvar (load shapes at 1), by one solve without control actions (its solution is not
+        used: every run starts by setting its mode). The following time-mode solves keep this
+        matrix until the next text edit; API edits (kW, kvar, sizes, load shapes) do not touch it."""
+        self.command("set mode=snap")
+        try:
+            self.dss.Solution.SolveNoControl()
+        except opendssdirect.DSSException as exc:
+            raise ConvergenceError(f"OpenDSS failed at the matrix rebuild{self._of()}: {_message(exc)}") from None
+
     def disabled_devices(self, buses: set[str]) -> list[str]:
         """Disabled PV/storage/generator elements on ``buses`` (full names, lower case)."""
         d = self.dss
@@ -701,6 +723,26 @@ class Engine:
                 api.kW(float(p))
 
         return set_kw
+
+    def loadshape_setter(self, names: Sequence[str]) -> Callable[[int, np.ndarray, np.ndarray | None], None]:
+        """A setter of load shapes' multipliers by position in ``names`` through the API:
+        ``(i, pmult, qmult)`` replaces shape ``i``'s P multipliers (and Q multipliers unless
+        None), one value per point; the next solve uses them, the system matrix is kept."""
+        shapes = self.dss.LoadShape
+        idx = []
+        for n in names:
+            shapes.Name(n)
+            if shapes.Name().lower() != n.lower():
+                raise UnknownItemError(f"no LoadShape {n!r} in the model")
+            idx.append(int(shapes.Idx()))
+
+        def set_mult(i: int, pmult: np.ndarray, qmult: np.ndarray | None) -> None:
+            shapes.Idx(idx[i])
+            shapes.PMult(np.ascontiguousarray(pmult, dtype=np.float64))
+            if qmult is not None:
+                shapes.QMult(np.ascontiguousarray(qmult, dtype=np.float64))
+
+        return set_mult
 
     def pv_size_setter(self, names: Sequence[str], *, var_limits: bool = False) -> Callable[[int, float], None]:
         """A fast setter of one PVSystem's size by position in ``names``: ``Pmpp`` = kWp and

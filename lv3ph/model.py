@@ -405,6 +405,8 @@ def loadshape_command(name: str, values: np.ndarray, stepsize_s: float) -> str:
 
 #: Inverter rating of a PV system per kWp of modules, kVA/kWp.
 KVA_PER_KWP = 1.1
+#: Voltage band (pu) of a PVSystem (:func:`pvsystem_command`) in which its output is constant power.
+PV_VMINPU, PV_VMAXPU = 0.5, 1.5
 
 
 def pv_commands(model: FeederModel, kwp: dict[str, float], shape: str, kv: float = 0.23) -> list[str]:
@@ -427,7 +429,7 @@ def pvsystem_command(name: str, bus1: str, kwp: float, shape: str, kv: float = 0
     return (
         f"New PVSystem.{name} phases=1 bus1={bus1} kv={kv:g} kva={KVA_PER_KWP * kwp:.6g} "
         f"pmpp={kwp:.6g} irradiance=1 %cutin=0 %cutout=0 yearly={shape} daily={shape} "
-        "vminpu=0.5 vmaxpu=1.5"
+        f"vminpu={PV_VMINPU:g} vmaxpu={PV_VMAXPU:g}"
     )
 
 

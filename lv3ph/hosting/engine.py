@@ -55,6 +55,11 @@ _PV_SHAPE: Final[str] = "lv3ph_hosting_pv"
 IDLE_KWP: Final[float] = 1e-4
 
 
+class Unfoldable(Lv3phError):
+    """The base case puts a switchable candidate outside the band where its PV can be folded
+    into its phase Loads (:class:`~lv3ph.phases.switchable.PhaseMover`): use PVSystems."""
+
+
 # ----------------------------------------------------------------------------- OpenDSS helpers
 def solve_steps(
     engine: Engine, mode: str, stepsize_s: float, steps: NDArray[np.int64], before_step: Callable[[int], None] | None
@@ -79,7 +84,7 @@ class Context:
     """A compiled feeder with one PV device per candidate customer, the no-PV base case
     over the PV window, thresholds, and the linearised voltage response."""
 
-    def __init__(self, job: Job) -> None:
+    def __init__(self, job: Job, *, fold: bool = True) -> None:
         self.job = job
         run = job.run
         commands = tuple(job.commands)
@@ -115,7 +120,15 @@ class Context:
             engine.apply([loadshape_command(_PV_SHAPE, shape, run.stepsize_s)])
             if job.switching is not None:
                 self.switching = Switching(
-                    engine, model, self.names, job.switching, run, prof, _PV_SHAPE, self._idle_kwp
+                    engine,
+                    model,
+                    self.names,
+                    job.switching,
+                    run,
+                    prof,
+                    _PV_SHAPE,
+                    self._idle_kwp,
+                    fold=fold and job.controls is None,
                 )
             smodel = model if self.switching is None else self.switching.model
             switched = set() if self.switching is None else set(self.switching.switched)
@@ -133,9 +146,8 @@ class Context:
         devices = [f"pv_{n}" for n in fixed]
         owner = [self.names.index(n) for n in fixed]
         if self.switching is not None:
-            for n in self.switching.switched:
-                devices += [f"pv_{n}{s}" for s in ("_p1", "_p2", "_p3")]
-                owner += [self.names.index(n)] * 3
+            devices += self.switching.pv_devices
+            owner += [self.names.index(n) for n in self.switching.pv_owner]
         self._owner = np.array(owner, dtype=np.int64)
         if job.controls is not None:
             engine.add_inverter_control(
@@ -153,6 +165,8 @@ class Context:
         if self.model.nodes != model.nodes:
             raise Lv3phError("adding the PV devices changed the node order")  # cannot happen: no new buses
         self.sizes = np.zeros(len(self.names))
+        if self.switching is not None:
+            self.switching.mover.rebuild_matrix()  # after the last text edit
         self._apply_sizes(self.sizes)
         self.checker = Checker(self.model, job.limits, job.checks)
         # ---- injection ports and loads per phase without PV
@@ -192,6 +206,8 @@ class Context:
         self._n_fixed = len(fixed)
         # ---- base case over the window
         vbase = self._solve_window()
+        if self.switching is not None and self.switching.mover.outside_band(vbase, self.window, every=True):
+            raise Unfoldable(f"{job.model_path}: a switchable candidate's phase voltage leaves its Load's band")
         self.agg = Aggregation(self.window, run.stepsize_s, job.basis)
         base = self.checker.values(vbase, self.agg.reducer(self.window)[1])
         self.thr, self.pre_existing = thresholds(
@@ -233,6 +249,7 @@ class Context:
             self._size_pv(np.maximum(sizes[self._fixed], self._idle_kwp))
         if self.switching is not None:
             self.switching.apply(sizes)
+            self.switching.mover.keep_matrix()
 
     def _before_step(self) -> Callable[[int], None] | None:
         if self.switching is not None:
@@ -277,10 +294,19 @@ class Context:
 
     def _solve(self, steps: NDArray[np.int64] | None) -> NDArray[np.complex128]:
         """Node voltages at ``steps`` (None = the whole PV window) with the current sizes."""
-        if steps is None:
-            return self._solve_window()
         run = self.job.run
-        return solve_steps(self.engine, run.mode, run.stepsize_s, steps, self._before_step())
+        if steps is None:
+            v = self._solve_window()
+        else:
+            v = solve_steps(self.engine, run.mode, run.stepsize_s, steps, self._before_step())
+        bad = None if self.switching is None else self.switching.mover.outside_band(v, self.window if steps is None else steps)
+        if bad is not None:
+            raise StudyError(
+                f"customer {bad[0]}: phase voltage {bad[2]:.1f} V at step {bad[1]} is outside its Load's "
+                "constant-power band while its PV produces, where the PV folded into its phase Loads "
+                "is no longer the PVSystem's constant power (the base case was inside the band)"
+            )
+        return v
 
     # ---------------------------------------------------------------- evaluation
     def evaluate(self, sizes: NDArray[np.float64], steps: NDArray[np.int64] | None) -> Outcome:
@@ -353,5 +379,9 @@ def context(job: Job) -> Context:
     ctx = contexts.get(job.token)
     if ctx is None:
         contexts.clear()
-        ctx = contexts[job.token] = Context(job)
+        try:
+            ctx = Context(job)
+        except Unfoldable:
+            ctx = Context(job, fold=False)
+        contexts[job.token] = ctx
     return ctx

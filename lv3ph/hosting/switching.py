@@ -1,10 +1,12 @@
 """Dynamic phase switching inside a hosting-capacity engine, PV-blind or PV-aware.
 
 The switch-equipped customers (:func:`lv3ph.phases.choose_switches`) get the switchable
-model of :mod:`lv3ph.phases.switchable`; a switchable candidate's PV is three PVSystems,
-one per phase of its bus, of which only the live phase's has a size, and a
-:class:`~lv3ph.phases.switchable.PhaseMover` moves load and PV at a switch only (built once
-per engine; a candidate level changes only the PV sizes and, PV-aware, the schedule).
+model of :mod:`lv3ph.phases.switchable`, and a :class:`~lv3ph.phases.switchable.PhaseMover`
+moves their load and PV at a switch only (built once per engine; a candidate level changes
+only the PV sizes and, PV-aware, the schedule). A switchable candidate's PV is folded into
+its phase Loads' net-demand load shape (``fold``: no PV element, as cheap per solve as the
+as-built model), or, under inverter controls (which act on PVSystems), three PVSystems, one
+per phase of its bus, of which only the live phase's has a size.
 
 * ``pv_aware=False`` (PV-blind): one schedule for the whole run, planned from the customers'
   load forecast (:func:`lv3ph.phases.switching_schedule`), as a DSO would without knowing
@@ -29,7 +31,7 @@ from numpy.typing import NDArray
 
 from lv3ph.dss import Engine
 from lv3ph.errors import StudyError
-from lv3ph.model import FeederModel, node_bus1, pvsystem_command
+from lv3ph.model import PV_VMAXPU, FeederModel, node_bus1, pvsystem_command
 from lv3ph.phases import (
     PhaseMover,
     choose_switches,
@@ -51,7 +53,9 @@ class Switching:
         candidates: candidate customers (PV sites).
         settings: see the module docstring.
         run: the run; ``profile``: PV output per step of the run, kW per kWp; ``pv_shape``:
-            the PV load shape's name; ``idle_kwp``: size of a PVSystem without PV.
+            the PV load shape's name; ``idle_kwp``: size of a PVSystem without PV;
+            ``fold``: fold the switched candidates' PV into their net demand (no PVSystems;
+            not where a phase Load's ``vmaxpu`` is below the PVSystem's: :attr:`fold`).
 
     After construction ``model`` is the switchable model and ``switched`` the candidates
     with a switch (their PV is the mover's); the others need their own PV device.
@@ -67,6 +71,7 @@ class Switching:
         profile: NDArray[np.float64],
         pv_shape: str,
         idle_kwp: float = 0.0,
+        fold: bool = False,
     ) -> None:
         self.run, self.profile = run, profile
         self.m0 = model
@@ -92,16 +97,35 @@ class Switching:
         self.sw_pos = np.array([index[n] for n in sw], dtype=np.int64)  # customer positions, mover order
         cand = set(candidates)
         self.switched = [n for n in sw if n in cand]
-        pv_devices: dict[str, list[str]] = {}
-        commands = []
-        for n in self.switched:
-            c = self.model.customers[index[n]]
-            pv_devices[n] = [f"pv_{n}{s}" for s in _SUFFIX]
-            for k, s in enumerate(_SUFFIX):
-                bus1 = node_bus1(self.model, int(c.phase_nodes[k]), int(c.neutral_node))
-                commands.append(pvsystem_command(f"pv_{n}{s}", bus1, idle_kwp, pv_shape))
-        engine.apply(commands)
-        self.mover = PhaseMover(engine, self.model, pv_devices, run.start, idle_kwp)
+        # above its Load's vmaxpu a folded PV would turn into an impedance with the load
+        self.fold = fold and all(engine.load_band(f"{n}_p1")[2] >= PV_VMAXPU for n in self.switched)
+        fold = self.fold
+        #: the switched candidates' PVSystems (none with ``fold``) and their candidates
+        self.pv_devices: list[str] = []
+        self.pv_owner: list[str] = []
+        pv_systems: dict[str, list[str]] | None = None
+        if not fold:
+            pv_systems, commands = {}, []
+            for n in self.switched:
+                c = self.model.customers[index[n]]
+                pv_systems[n] = [f"pv_{n}{s}" for s in _SUFFIX]
+                for k, s in enumerate(_SUFFIX):
+                    bus1 = node_bus1(self.model, int(c.phase_nodes[k]), int(c.neutral_node))
+                    commands.append(pvsystem_command(f"pv_{n}{s}", bus1, idle_kwp, pv_shape))
+                self.pv_devices += pv_systems[n]
+                self.pv_owner += [n] * 3
+            engine.apply(commands)
+        self.mover = PhaseMover(
+            engine,
+            self.model,
+            run,
+            self.load_kw,
+            self.load_kvar,
+            self.switched,
+            pv_profile=profile if fold else None,
+            pv_systems=pv_systems,
+            idle_kwp=idle_kwp,
+        )
         self.mover.set_schedule(self.blind[:, self.sw_pos])
         self._cand_pos = np.array([candidates.index(n) if n in cand else -1 for n in sw], dtype=np.int64)
         self._cand_customer = np.array([model.customer_index()[n] for n in candidates], dtype=np.int64)
