@@ -486,3 +486,103 @@ def test_dynamic_switching_without_operations_reproduces_as_built() -> None:
     assert list(frozen.placements.binding_limit) == list(as_built.placements.binding_limit)
     moving = hosting_capacity(IEEE_4W, switching={"max_ops_per_day": 8, "interval_s": 900}, **kw)
     assert (moving.placements.hosting_kw > 0).all()
+
+
+def _ieee_dynamic_job(**kw: object) -> Job:
+    """A dynamic-switching job on 90 minutes of the IEEE twin at 1.0 pu (switches operating)."""
+    from tests.conftest import IEEE_4W
+
+    run = RunSpec("yearly", 60.0, 690, 90)
+    limits = Limits(pvur_pct=None)
+    args: dict[str, object] = {
+        "model_path": str(IEEE_4W),
+        "vmaxpu": 1.5,
+        "pme_ohm": None,
+        "commands": ("Edit Vsource.source pu=1.0",),
+        "run": run,
+        "limits": limits,
+        "checks": tuple(c for c in CHECKS if c != "pvur"),
+        "profile": np.clip(np.sin(np.linspace(0.2, 2.9, 90)), 0, None),
+        "kwp_range": (3.0, 8.0),
+        "step_kw": 0.5,
+        "screening": True,
+        "screen_steps": 1,
+        "device": "pvsystem",
+        "pre_existing": "worsened",
+        "basis": "step",
+        "tolerance": (),
+        "search": "bisect",
+        "seed": 3,
+        "customers": None,
+        "token": "ieee-dynamic",
+        "switching": {"share": 1.0, "interval_s": 900.0, "max_ops_per_day": 8, "objective": "neutral", "seed": 0},
+    }
+    args.update(kw)
+    return Job(**args)  # type: ignore[arg-type]
+
+
+def test_folded_pv_equals_pvsystems_on_the_phase_loads() -> None:
+    """Dynamic switching with the switched candidates' PV folded into their phase Loads'
+    net-demand shapes gives the node voltages of the formulation with one PVSystem per
+    phase (the live one sized), within OpenDSS's convergence tolerance, at a PV level at
+    which the switches operate; the folded engine's results do not depend on what it solved
+    before (the system matrix keeps every phase Load at 0 kW)."""
+    job = _ieee_dynamic_job()
+    folded, pvsys = Context(job), Context(job, fold=False)
+    mover = folded.switching.mover  # type: ignore[union-attr]
+    assert mover.folded and not pvsys.switching.mover.folded  # type: ignore[union-attr]
+    assert folded.engine.dss.PVsystems.Count() == 0 and pvsys.engine.dss.PVsystems.Count() == 165
+    rows = mover.schedule[folded.window - job.run.start]
+    assert (rows[1:] != rows[:-1]).any()  # switches operate inside the window
+    assert (rows != mover.schedule[0]).any(axis=0).sum() >= 5
+    sizes = np.zeros(len(folded.names))
+    sizes[::3] = 4.0
+    volts = []
+    for ctx in (folded, pvsys):
+        ctx._apply_sizes(sizes)
+        volts.append(ctx._solve(None))
+    vf, vp = volts
+    pu = np.abs(vp) / 230.0
+    assert pu.max() > 1.03  # the PV raises the voltages
+    assert np.abs(vf - vp).max() < 1e-3  # V (measured 6 uV); OpenDSS tolerance 1e-4 pu = 23 mV
+    steps = folded.window[::7]
+    sub = folded._solve(steps)
+    other = sizes.copy()
+    other[1::3] = 6.0
+    folded._apply_sizes(other)
+    folded._solve(None)
+    folded._apply_sizes(sizes)
+    assert np.array_equal(folded._solve(None), vf)
+    assert np.array_equal(folded._solve(steps), sub)
+    d = folded.engine.dss
+    for nm in mover.names:
+        for s in ("_p1", "_p2", "_p3"):
+            d.Circuit.SetActiveElement(f"Load.{nm}{s}")
+            assert not np.asarray(d.CktElement.YPrim()).any()
+
+
+def test_folded_pv_gives_the_hosting_table_of_pvsystems(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The hosting table of a short dynamic run is the same with the PV folded into the
+    phase Loads (the default without inverter controls) and with PVSystems."""
+    import lv3ph.hosting.runner as runner
+    from tests.conftest import IEEE_4W
+
+    kw = {
+        "run": RunSpec("yearly", 60.0, 690, 90),
+        "limits": Limits(pvur_pct=None),
+        "placements": 2,
+        "seed": 3,
+        "vmaxpu": 1.5,
+        "pv_profile": np.clip(np.sin(np.linspace(0.2, 2.9, 90)), 0, None),
+        "commands": ["Edit Vsource.source pu=1.0"],
+        "switching": {"max_ops_per_day": 8, "interval_s": 900},
+        "serial": True,
+        "progress": False,
+        "step_kw": 0.5,
+    }
+    folded = hosting_capacity(IEEE_4W, **kw)  # type: ignore[arg-type]
+    monkeypatch.setattr(runner, "context", lambda job: Context(job, fold=False))
+    pvsys = hosting_capacity(IEEE_4W, **kw)  # type: ignore[arg-type]
+    cols = ["hosting_kw", "binding_limit", "item", "step", "censored"]
+    assert folded.placements[cols].equals(pvsys.placements[cols])
+    assert (folded.placements.hosting_kw > 0).all()
