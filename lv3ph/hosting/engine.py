@@ -11,6 +11,24 @@ only its size through the API, never by text edits:
 * ``device="generator"``: one constant-PQ ``Generator`` per customer, unity power factor;
   its kW (``profile(t) x size``) is set before every step (``Engine.setter``).
 
+With dynamic switching (:mod:`lv3ph.hosting.switching`) a switched candidate's PV has no
+device of its own without inverter controls: it is folded into the net-demand load shape
+that its three phase Loads follow (:class:`~lv3ph.phases.switchable.PhaseMover`; a size
+change rewrites that shape's P multipliers through the API), so that a solve of the
+switchable model costs what a solve of the as-built one costs. Folding is exact while the
+customer's phase voltage stays inside its Load's constant-power band: an engine whose base
+case leaves it is rebuilt with PVSystems (:func:`context`), a later solve that leaves it is
+a :class:`~lv3ph.errors.StudyError`. With inverter controls the candidate keeps three
+PVSystems, one per phase, only the live one sized.
+
+System matrix of the switchable model: every phase Load enters OpenDSS's factorised matrix
+at 0 kW, whatever was solved before. The mover sets that up after the engine's last text
+edit, and re-establishes it (a snap-mode rebuild, :meth:`lv3ph.dss.Engine.rebuild_matrix`)
+whenever a size change was a text edit (the PV var limits under inverter controls), before
+a solve would rebuild the matrix from the live phase Loads of its first step. Everything
+else a candidate changes goes through the API, which keeps the matrix, so a result does
+not depend on the order in which placements or levels were solved.
+
 Measured on the four-wire IEEE twin (1440 one-minute steps, 55 devices, monitors off,
 opendssdirect 0.9.4, best of 3): no PV 0.52 s, PVSystems 0.51 s, Generators 0.60 s (the
 per-step setter costs 0.05 ms per step for 55 devices). Both give the same powers (within
@@ -82,7 +100,11 @@ def solve_steps(
 # ----------------------------------------------------------------------------- one engine
 class Context:
     """A compiled feeder with one PV device per candidate customer, the no-PV base case
-    over the PV window, thresholds, and the linearised voltage response."""
+    over the PV window, thresholds, and the linearised voltage response.
+
+    ``fold``: with dynamic switching and no inverter controls, fold the switched
+    candidates' PV into their phase Loads (module docstring); raises :class:`Unfoldable`
+    if the base case leaves the band where that is exact."""
 
     def __init__(self, job: Job, *, fold: bool = True) -> None:
         self.job = job
@@ -299,7 +321,11 @@ class Context:
             v = self._solve_window()
         else:
             v = solve_steps(self.engine, run.mode, run.stepsize_s, steps, self._before_step())
-        bad = None if self.switching is None else self.switching.mover.outside_band(v, self.window if steps is None else steps)
+        bad = (
+            None
+            if self.switching is None
+            else self.switching.mover.outside_band(v, self.window if steps is None else steps)
+        )
         if bad is not None:
             raise StudyError(
                 f"customer {bad[0]}: phase voltage {bad[2]:.1f} V at step {bad[1]} is outside its Load's "

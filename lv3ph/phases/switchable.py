@@ -419,9 +419,7 @@ class PhaseMover:
                 self._set_pv(self._pv_slot[nm] + new, max(float(self.kwp[j]), self.idle_kwp))
             self.live[j] = new
 
-    def outside_band(
-        self, v: ComplexArray, steps: np.ndarray, *, every: bool = False
-    ) -> tuple[str, int, float] | None:
+    def outside_band(self, v: ComplexArray, steps: np.ndarray, *, every: bool = False) -> tuple[str, int, float] | None:
         """With folded PV: the first ``(customer, step, phase voltage in V)`` at which a
         customer whose PV produces (``every``: any customer that may have PV, at a step with
         sun) sits outside its band (class docstring), from node voltages ``v`` (nodes,
