@@ -17,6 +17,7 @@ import re
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import opendssdirect
@@ -252,14 +253,7 @@ class Engine:
 
     def _pv_indices(self, names: Sequence[str]) -> list[int]:
         """API indices of PVSystems ``names`` (:class:`~lv3ph.errors.UnknownItemError` if one is missing)."""
-        pv = self.dss.PVsystems
-        idx = []
-        for n in names:
-            pv.Name(n)
-            if pv.Name().lower() != n.lower():
-                raise UnknownItemError(f"no PVSystem {n!r} in the model")
-            idx.append(int(pv.Idx()))
-        return idx
+        return _indices(self.dss.PVsystems, names, "PVSystem")
 
     def pv_powers_kw(self, names: Sequence[str]) -> Callable[[], ComplexArray]:
         """A fast reader of PVSystems' output at the last solve: ``P + jQ`` per PVSystem, kW
@@ -669,12 +663,7 @@ class Engine:
     def pq_setter(self, names: Sequence[str]) -> Callable[[int, float, float], None]:
         """A fast per-step setter of Loads' kW and kvar by position in ``names``."""
         loads = self.dss.Loads
-        idx = []
-        for n in names:
-            loads.Name(n)
-            if loads.Name().lower() != n.lower():
-                raise UnknownItemError(f"no Load {n!r} in the model")
-            idx.append(int(loads.Idx()))
+        idx = _indices(loads, names, "Load")
 
         def set_pq(i: int, kw: float, kvar: float) -> None:
             loads.Idx(idx[i])
@@ -729,12 +718,7 @@ class Engine:
         ``(i, pmult, qmult)`` replaces shape ``i``'s P multipliers (and Q multipliers unless
         None), one value per point; the next solve uses them, the system matrix is kept."""
         shapes = self.dss.LoadShape
-        idx = []
-        for n in names:
-            shapes.Name(n)
-            if shapes.Name().lower() != n.lower():
-                raise UnknownItemError(f"no LoadShape {n!r} in the model")
-            idx.append(int(shapes.Idx()))
+        idx = _indices(shapes, names, "LoadShape")
 
         def set_mult(i: int, pmult: np.ndarray, qmult: np.ndarray | None) -> None:
             shapes.Idx(idx[i])
@@ -874,6 +858,17 @@ class Engine:
     def node_voltages(self) -> ComplexArray:
         """Complex node voltages (V) of the last solve, in ``YNodeOrder``."""
         return np.asarray(self.dss.Circuit.YNodeVArray(), dtype=np.complex128)
+
+
+def _indices(api: Any, names: Sequence[str], kind: str) -> list[int]:
+    """API indices of the ``kind`` elements ``names`` of collection ``api`` (e.g. ``dss.Loads``)."""
+    idx = []
+    for n in names:
+        api.Name(n)
+        if api.Name().lower() != n.lower():
+            raise UnknownItemError(f"no {kind} {n!r} in the model")
+        idx.append(int(api.Idx()))
+    return idx
 
 
 def _classified(e: Element, role: np.ndarray) -> Element:

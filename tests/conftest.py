@@ -5,8 +5,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 from hypothesis import settings
+
+from lv3ph.powerflow import RunSpec
+from lv3ph.unbalance import Limits
 
 # CI runs the property-based tests on a fixed set of examples (reproducible verdicts);
 # locally hypothesis explores new examples on every run.
@@ -20,6 +24,28 @@ os.environ.setdefault("LV3PH_TRACEBACK", "1")
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ROOT / "dss_models"
 IEEE = MODELS / "ieee_eu_lv" / "Master.dss"
+#: 90 minutes around noon for hosting runs on the IEEE twin, with a half-sine PV profile
+IEEE_RUN_90 = RunSpec("yearly", 60.0, 690, 90)
+IEEE_SUN_90 = np.clip(np.sin(np.linspace(0.2, 2.9, 90)), 0, None)
+
+
+def ieee_90min_kw(**extra: object) -> dict[str, object]:
+    """hosting_capacity arguments on :data:`IEEE_RUN_90`: 2 serial placements, source at
+    1.0 pu, no PVUR limit, 0.5 kWp search step (``extra`` overrides)."""
+    return {
+        "run": IEEE_RUN_90,
+        "limits": Limits(pvur_pct=None),
+        "placements": 2,
+        "seed": 3,
+        "vmaxpu": 1.5,
+        "pv_profile": IEEE_SUN_90,
+        "commands": ["Edit Vsource.source pu=1.0"],
+        "serial": True,
+        "progress": False,
+        "step_kw": 0.5,
+    } | extra
+
+
 IEEE_4W = MODELS / "ieee_eu_lv_4wire" / "Master.dss"
 IEEE_4W_PME = MODELS / "ieee_eu_lv_4wire" / "Master_PME.dss"
 SHARED = ROOT.parent / "shared" / "data"

@@ -19,7 +19,7 @@ from lv3ph.hosting.screening import Screener
 from lv3ph.hosting.settings import Job
 from lv3ph.powerflow import RunSpec, capture
 from lv3ph.unbalance import CHECKS, Limits, unbalance, violations
-from tests.conftest import write_feeder
+from tests.conftest import IEEE_RUN_90, IEEE_SUN_90, ieee_90min_kw, write_feeder
 
 # ----------------------------------------------------------------------------- feeders
 V_S = 416.0 / math.sqrt(3.0)  # phase-to-earth voltage of the stiff source, V
@@ -466,20 +466,7 @@ def test_dynamic_switching_without_operations_reproduces_as_built() -> None:
     original Loads and PVSystems (to OpenDSS's convergence tolerance, within the search step)."""
     from tests.conftest import IEEE_4W
 
-    run = RunSpec("yearly", 60.0, 690, 90)
-    profile = np.clip(np.sin(np.linspace(0.2, 2.9, 90)), 0, None)
-    kw = {
-        "run": run,
-        "limits": Limits(pvur_pct=None),
-        "placements": 2,
-        "seed": 3,
-        "vmaxpu": 1.5,
-        "pv_profile": profile,
-        "serial": True,
-        "progress": False,
-        "step_kw": 0.5,
-    }
-    kw["commands"] = ["Edit Vsource.source pu=1.0"]
+    kw = ieee_90min_kw()
     as_built = hosting_capacity(IEEE_4W, **kw)
     frozen = hosting_capacity(IEEE_4W, switching={"max_ops_per_day": 0}, **kw)
     assert np.allclose(frozen.placements.hosting_kw, as_built.placements.hosting_kw, atol=0.5)
@@ -488,37 +475,23 @@ def test_dynamic_switching_without_operations_reproduces_as_built() -> None:
     assert (moving.placements.hosting_kw > 0).all()
 
 
-def _ieee_dynamic_job(**kw: object) -> Job:
+def _ieee_dynamic_job() -> Job:
     """A dynamic-switching job on 90 minutes of the IEEE twin at 1.0 pu (switches operating)."""
     from tests.conftest import IEEE_4W
 
-    run = RunSpec("yearly", 60.0, 690, 90)
-    limits = Limits(pvur_pct=None)
-    args: dict[str, object] = {
-        "model_path": str(IEEE_4W),
-        "vmaxpu": 1.5,
-        "pme_ohm": None,
-        "commands": ("Edit Vsource.source pu=1.0",),
-        "run": run,
-        "limits": limits,
-        "checks": tuple(c for c in CHECKS if c != "pvur"),
-        "profile": np.clip(np.sin(np.linspace(0.2, 2.9, 90)), 0, None),
-        "kwp_range": (3.0, 8.0),
-        "step_kw": 0.5,
-        "screening": True,
-        "screen_steps": 1,
-        "device": "pvsystem",
-        "pre_existing": "worsened",
-        "basis": "step",
-        "tolerance": (),
-        "search": "bisect",
-        "seed": 3,
-        "customers": None,
-        "token": "ieee-dynamic",
-        "switching": {"share": 1.0, "interval_s": 900.0, "max_ops_per_day": 8, "objective": "neutral", "seed": 0},
-    }
-    args.update(kw)
-    return Job(**args)  # type: ignore[arg-type]
+    switching = {"share": 1.0, "interval_s": 900.0, "max_ops_per_day": 8, "objective": "neutral", "seed": 0}
+    return _job(
+        IEEE_4W,
+        vmaxpu=1.5,
+        commands=("Edit Vsource.source pu=1.0",),
+        run=IEEE_RUN_90,
+        limits=Limits(pvur_pct=None),
+        checks=tuple(c for c in CHECKS if c != "pvur"),
+        profile=IEEE_SUN_90,
+        step_kw=0.5,
+        search="bisect",
+        switching=switching,
+    )
 
 
 def test_folded_pv_equals_pvsystems_on_the_phase_loads() -> None:
@@ -567,19 +540,7 @@ def test_folded_pv_gives_the_hosting_table_of_pvsystems(monkeypatch: pytest.Monk
     import lv3ph.hosting.runner as runner
     from tests.conftest import IEEE_4W
 
-    kw = {
-        "run": RunSpec("yearly", 60.0, 690, 90),
-        "limits": Limits(pvur_pct=None),
-        "placements": 2,
-        "seed": 3,
-        "vmaxpu": 1.5,
-        "pv_profile": np.clip(np.sin(np.linspace(0.2, 2.9, 90)), 0, None),
-        "commands": ["Edit Vsource.source pu=1.0"],
-        "switching": {"max_ops_per_day": 8, "interval_s": 900},
-        "serial": True,
-        "progress": False,
-        "step_kw": 0.5,
-    }
+    kw = ieee_90min_kw(switching={"max_ops_per_day": 8, "interval_s": 900})
     folded = hosting_capacity(IEEE_4W, **kw)  # type: ignore[arg-type]
     monkeypatch.setattr(runner, "context", lambda job: Context(job, fold=False))
     pvsys = hosting_capacity(IEEE_4W, **kw)  # type: ignore[arg-type]

@@ -14,7 +14,7 @@ from lv3ph.hosting.settings import QU_CURVE
 from lv3ph.model import loadshape_command, pv_commands
 from lv3ph.powerflow import RunSpec, open_feeder
 from lv3ph.unbalance import Limits
-from tests.conftest import write_feeder
+from tests.conftest import ieee_90min_kw, write_feeder
 from tests.test_hosting import HOURLY, SUN, one_line
 
 FEEDER = one_line(customers=("c1.1", "c2.2"))
@@ -250,20 +250,7 @@ def test_dynamic_pv_aware_screening_equals_whole_window_and_is_reproducible() ->
     and the same seed gives the same table."""
     from tests.conftest import IEEE_4W
 
-    run = RunSpec("yearly", 60.0, 690, 90)
-    kw = {
-        "run": run,
-        "limits": Limits(pvur_pct=None),
-        "placements": 2,
-        "seed": 4,
-        "vmaxpu": 1.5,
-        "pv_profile": np.clip(np.sin(np.linspace(0.2, 2.9, 90)), 0, None),
-        "commands": ["Edit Vsource.source pu=1.0"],
-        "switching": {"max_ops_per_day": 4, "interval_s": 900, "pv_aware": True},
-        "serial": True,
-        "progress": False,
-        "step_kw": 1.0,
-    }
+    kw = ieee_90min_kw(seed=4, step_kw=1.0, switching={"max_ops_per_day": 4, "interval_s": 900, "pv_aware": True})
     screened = hosting_capacity(IEEE_4W, **kw)  # type: ignore[arg-type]
     again = hosting_capacity(IEEE_4W, **kw)  # type: ignore[arg-type]
     whole = hosting_capacity(IEEE_4W, screening=False, **kw)  # type: ignore[arg-type]
