@@ -229,10 +229,10 @@ class Screener:
                 if np.any(gen[p] != 0):
                     keep(export[p], f"export_{'abc'[p]}", self.window)
         if self.kline is not None:
-            lines, bound, pred = self.line_bound(ds)
+            lines, bound, predicted = self.line_bound(ds)
             thr, lim = self.thr["line_thermal"][:, lines], abs(ch.limit["line_thermal"])
             if lines.size:
-                keep(np.max(pred - thr, axis=1) / lim, "line_thermal", at)
+                keep(np.max(predicted - thr, axis=1) / lim, "line_thermal", at)
             if near:
                 close = np.max(bound - thr, axis=1, initial=-np.inf) > -NEAR_FLOOR["line_thermal"]
                 for t in np.nonzero(close)[0]:
