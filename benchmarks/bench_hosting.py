@@ -93,6 +93,7 @@ def main() -> None:
     results = []
     if args.what == "timing":
         total = 0.0
+        serial: list[HostingResult] = []
         for arrangement in ("as-built", "static-rebalanced", "dynamic"):
             res, wall, _ = run(
                 arrangement,
@@ -118,8 +119,16 @@ def main() -> None:
                 )
                 cols = [c for c in ser.placements.columns if c not in ("seconds", "cpu_seconds")]
                 same = ser.placements[cols].equals(res.placements[cols].iloc[: args.serial_placements])
+                serial.append(ser)
                 describe(ser, wall_s, f"serial (equals Dask rows: {same})")
         print(f"\nthree arrangements on Dask: {total:.0f} s")
+        for how, rows in (("Dask", results), ("serial", serial)):
+            if len(rows) == 3:  # as-built, static, dynamic
+                a, d = rows[0].placements, rows[2].placements
+                print(
+                    f"dynamic / as-built per placement ({how}): wall {d.seconds.mean() / a.seconds.mean():.2f}x, "
+                    f"CPU {d.cpu_seconds.mean() / a.cpu_seconds.mean():.2f}x"
+                )
     else:
         for arrangement, aware in (
             ("as-built", False),

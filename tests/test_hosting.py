@@ -81,6 +81,7 @@ def small_feeder(folder: Path) -> Path:
 
 HOURLY = RunSpec("daily", 3600.0, 1, 24)
 QUARTER = RunSpec("daily", 900.0, 1, 96)
+FIVE_MIN = RunSpec("daily", 300.0, 1, 288)
 
 
 def sun(steps_per_hour: int) -> np.ndarray:
@@ -308,6 +309,47 @@ def test_screening_never_misses_a_violation_of_the_whole_window(tmp_path: Path) 
     assert kept_any  # the screening did drop steps
 
 
+@pytest.mark.parametrize("basis", ["step", "en50160"])
+def test_line_loading_bound_holds_against_opendss(tmp_path: Path, basis: str) -> None:
+    """At levels of three placements on the small feeder (line rating lowered to 15 % so that
+    lines matter), the screening's line-loading bound is never below the loading OpenDSS
+    gives on the whole window, and every line it sifts out stays 0.5 %-points below its
+    threshold."""
+    path = small_feeder(tmp_path)
+    ctx = Context(_job(path, basis=basis, limits=Limits(line_loading_pct=15.0), run=FIVE_MIN, profile=sun(12)))
+    reduce = ctx.agg.reducer(ctx.window)[1]
+    sifted = bounded = 0
+    for placement in range(3):
+        order, sizes = draw(ctx.job, len(ctx.names), placement)
+        before = np.concatenate([[0.0], np.cumsum(sizes)[:-1]])
+        for p in np.linspace(0.0, sizes.sum(), 6)[1:]:
+            s = np.zeros(len(ctx.names))
+            s[order] = np.clip(p - before, 0.0, sizes)
+            ctx.evaluate(s, None)  # sets the sizes and solves the window in OpenDSS
+            loading = ctx.checker.values(ctx._solve(None), reduce)["line_thermal"]
+            lines, bound, _ = ctx.screener.line_bound(ctx.injection(s))
+            assert np.all(bound >= loading[:, lines] - 1e-9)
+            others = np.setdiff1d(np.arange(loading.shape[1]), lines)
+            assert np.all(loading[:, others] < ctx.thr["line_thermal"][:, others] - 0.5)
+            sifted += others.size
+            bounded += lines.size
+    assert sifted > 0 and bounded > 0  # both branches were exercised
+
+
+def test_screened_result_equals_whole_window_when_a_line_rating_binds(tmp_path: Path) -> None:
+    """Line ratings at 15 %: the screened search (line-loading bound) gives the whole-window
+    table, binding step included, with one whole-window check per placement."""
+    path = small_feeder(tmp_path)
+    kw: dict[str, object] = {"limits": Limits(line_loading_pct=15.0, pvur_pct=None), "screen_steps": 1}
+    screened = run_small(path, **kw)
+    full = run_small(path, screening=False, **kw)
+    cols = ["placement", "hosting_kw", "binding_limit", "item", "step", "censored", "fail_kw"]
+    pd.testing.assert_frame_equal(screened.placements[cols], full.placements[cols])
+    assert (screened.placements.binding_limit == "line_thermal").sum() >= 2
+    assert (screened.placements.full_checks == 1).all()
+    assert screened.steps.reasons.str.contains("line_thermal").any()
+
+
 @pytest.mark.parametrize("search", ["scan", "bisect"])
 def test_screened_result_equals_whole_window_result(tmp_path: Path, search: str) -> None:
     path = small_feeder(tmp_path)
@@ -387,6 +429,7 @@ def test_plot_writes_png_atomically(tmp_path: Path) -> None:
         ({"pre_existing": "ignore"}, "pre_existing"),
         ({"workers": 0}, "workers"),
         ({"run": RunSpec("snap", 60.0, 0, 1)}, "mode"),
+        ({"basis": "en50160"}, "at most 600 s, got 900 s"),
         ({"customers": ["c1", "nobody"]}, "nobody"),
         ({"pv_profile": None, "pv_settings": {"date": "2024-06-21", "steps": 3}}, "comes from run"),
     ],

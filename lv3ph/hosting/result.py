@@ -51,8 +51,9 @@ class HostingResult:
             (wall) and ``cpu_seconds`` (this process's CPU time: robust on a shared machine).
         steps: kept steps per placement: ``placement``, ``step``, ``reasons`` (``+``-joined:
             a check name = predicted worst for it; ``near_<check>`` = predicted within the
-            widened margin of its threshold; ``export``/``export_a``.. = largest PV minus
-            load; ``missed`` = found by a whole-window check).
+            widened margin of its threshold (``near_line_thermal``: a line's loading bound
+            within 0.5 %-points of it); ``export`` = largest PV minus load (``export_a``..
+            per phase without the linearisation); ``missed`` = found by a whole-window check).
         orders: the placements: ``placement``, ``rank``, ``customer``, ``phase``, ``kwp``.
         curtailment: with inverter controls, per placement and customer with PV at the
             hosting capacity: ``kwp``, ``pv_kwh`` (available over the PV window) and

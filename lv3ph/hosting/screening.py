@@ -1,4 +1,4 @@
-"""Time-step screening of a hosting-capacity candidate: linearised voltage prediction and net export.
+"""Time-step screening of a hosting-capacity candidate: linearised voltages, bounded line loading, net export.
 
 Time-step screening
 -------------------
@@ -24,20 +24,34 @@ verified on the whole PV window:
    levels a scan passes through are never checked on the whole window, so they must see
    every step where they could fail. (The levels of the final bisection need not: its
    result is checked on the whole window.)
-2. *Net export* (per candidate): the ``screen_steps`` steps with the largest PV minus load
-   in total and on each phase (``pv(t) S_p - L_p(t)``, kW). Thermal limits (reverse power
-   through the transformer and the main cables) bind at the largest export; this rule also
-   covers the voltage checks if the prediction is unavailable (singular network matrix).
-   Thermal checks have no prediction of their own (a lateral cable can peak when its own
-   customers export most, not the feeder); rule 3 catches that at the result level.
+2. *Line loading bound* (per candidate): a rated line's loading (its largest terminal-1
+   conductor current over ``normamps``) is bounded from above by, per conductor, its
+   current without PV plus the sum over injectors of the current it carries per ampere
+   injected there (``|Y_line Z|``, the same ``Z``) times the injector's current magnitude,
+   widened by :data:`LINE_BOUND_MARGIN` for what the linearisation leaves out; then the
+   largest conductor and the row's basis (a 10-minute value is a quadratic mean, and the
+   quadratic mean of a sum is at most the sum of the quadratic means). A line whose bound
+   stays 0.5 %-points below its threshold at every row cannot violate its rating and is
+   never solved for; for the others the ``screen_steps`` rows of worst linearised loading
+   (the conductor currents without PV plus the predicted change) are kept and, at the
+   whole-customer levels of a scan, every row whose bound comes within that floor. This
+   replaces the steps of largest export per phase (a proxy, which on the small test feeder
+   with its line ratings lowered to 15 % let a scanned level pass a rating violation, and
+   which keeps three phases' worth of steps as soon as a switched customer's PV visits
+   every phase).
+   *Net export*: the ``screen_steps`` steps with the largest PV minus load in total
+   (``sum_p pv(t) S_p - L_p(t)``, kW) when the transformer rating is checked: reverse power
+   through the transformer binds at the largest export. Without the linearisation
+   (singular network matrix) the steps of largest export in total and on each phase stand
+   in for every check.
 3. *Missed steps*: the final level is solved on the whole PV window. If that shows a
    violation, the violating steps (the worst one per check) join the kept steps for good,
    the level is known to fail, and the search continues below it; the new result is
    checked on the whole window again. The result level is therefore always confirmed on
    every step, and a failing level always failed at a solved step. The levels below the
    result (a scan passes through them) are confirmed at their screened steps only: a
-   violation there that the prediction misses by more than its widened margin would go
-   unnoticed. Measured: screened and whole-window searches give identical tables on the
+   violation there that the prediction misses by more than its widened margin (or a line
+   loading beyond its bound) would go unnoticed. Measured: screened and whole-window searches give identical tables on the
    IEEE twin (20 placements, ~580 levels; 18 s against 231 s) and on the test feeders.
 
 The kept steps per placement and why each was kept are in :attr:`HostingResult.steps`.
@@ -53,21 +67,33 @@ import scipy.sparse as sp
 import scipy.sparse.linalg as spla
 from numpy.typing import NDArray
 
-from lv3ph.hosting.criteria import Aggregation, Checker
+from lv3ph.hosting.criteria import Aggregation, Checker, segment_max
 from lv3ph.model import FeederModel, network_y
 
 #: Screening keeps every step whose predicted value, widened by ``alpha x |predicted change|``,
 #: comes within this floor of its threshold (unit of the check). ``alpha`` starts at
 #: :data:`ALPHA0` and rises to 1.5 x the largest relative prediction error seen so far in
 #: the placement (IEEE twin: 2-7 % of the change, largest for voltage_high).
-NEAR_FLOOR: Final[dict[str, float]] = {"voltage_low": 0.1, "voltage_high": 0.1, "vne": 0.1, "vuf": 0.05, "pvur": 0.05}
+NEAR_FLOOR: Final[dict[str, float]] = {
+    "voltage_low": 0.1,
+    "voltage_high": 0.1,
+    "vne": 0.1,
+    "vuf": 0.05,
+    "pvur": 0.05,
+    "line_thermal": 0.5,
+}
 ALPHA0: Final[float] = 0.1
+#: Widening of the first-order line-loading bound: the bound takes every injector's current at
+#: the voltage without PV and in phase with the line's current; what it leaves out (the loads'
+#: currents following the voltage change) is a few % of the change on the IEEE twin.
+LINE_BOUND_MARGIN: Final[float] = 1.25
 
 
 class Screener:
     """The screening state of one engine: the base case over the PV window, the linearised
-    voltage response (``zsel``; None if the network matrix is singular), and the running
-    prediction of the current placement.
+    voltage response (``zsel``; None if the network matrix is singular or no bus is
+    checked), the line-loading sensitivity (``kline``; None likewise, or no rated line is
+    checked), and the running prediction of the current placement.
 
     The network sees a candidate level as complex power injections at *injectors*: each a
     phase-to-neutral port of one bus (a fixed-phase candidate's PV: one; a switchable
@@ -110,20 +136,36 @@ class Screener:
         self.thr, self.agg = thr, agg
         self._reduce = agg.reducer(window)[1]
         self.base_bus = {c: base[c] for c in checker.bus_checks}
+        self.base_line = base.get("line_thermal")
         self.vbase_eval = vbase[checker.eval_nodes]
-        self.zsel, self.vport = self._linearise(model, vbase)
+        self.zsel, kcond, self.vport = self._linearise(model, vbase)
+        #: per rated line and injector: the largest conductor-current change per A injected,
+        #: %-points of the line's loading (None: no rated line checked, or no linearisation)
+        self.kline: NDArray[np.float64] | None = None
+        if kcond is not None:
+            rows = checker.line_rows
+            self._kcond, self._kcond_abs, self._vbase = kcond, np.abs(kcond), vbase
+            self._line_conductors = (  # (lines, conductors) rows of kcond
+                np.arange(checker.line_pos.size)[:, None] * rows + np.arange(rows)[None, :]
+                if isinstance(rows, int)
+                else rows
+            )
+            self.kline = segment_max(self._kcond_abs, rows) * (100.0 / checker.line_amps[:, None])
         self.reset_prediction()
 
     def _linearise(
         self, model: FeederModel, vbase: NDArray[np.complex128]
-    ) -> tuple[NDArray[np.complex128] | None, NDArray[np.complex128]]:
-        """``Z`` columns (eval nodes x injectors) for a unit phase-to-neutral injection (None if
-        the network matrix cannot be factorised), and each port's voltage without PV (V)."""
+    ) -> tuple[NDArray[np.complex128] | None, NDArray[np.complex128] | None, NDArray[np.complex128]]:
+        """``Z`` columns (eval nodes x injectors) for a unit phase-to-neutral injection; the
+        current change per A injected in each terminal-1 conductor of the rated lines
+        (conductor rows x injectors); each port's voltage without PV (V). The
+        first two are None if nothing needs them or the network matrix cannot be factorised."""
         ph, ne = self.ports[:, 0], self.ports[:, 1]
         has_n = ne >= 0
         vpn = vbase[ph] - np.where(has_n[:, None], vbase[np.maximum(ne, 0)], 0.0)
-        if not self.checker.bus_checks:
-            return None, vpn
+        ch = self.checker
+        if not ch.bus_checks and not ch.line_pos.size:
+            return None, None, vpn
         rhs = np.zeros((model.n_nodes, ph.size), dtype=np.complex128)
         rhs[ph, np.arange(ph.size)] = 1.0
         rhs[ne[has_n], np.nonzero(has_n)[0]] = -1.0
@@ -131,10 +173,12 @@ class Screener:
             with np.errstate(all="raise"):
                 z = spla.splu(sp.csc_matrix(network_y(model))).solve(rhs)
         except (RuntimeError, FloatingPointError, ValueError):
-            return None, vpn
+            return None, None, vpn
         if not np.all(np.isfinite(z)):
-            return None, vpn
-        return np.ascontiguousarray(z[self.checker.eval_nodes]), vpn
+            return None, None, vpn
+        zsel = np.ascontiguousarray(z[ch.eval_nodes]) if ch.bus_checks else None
+        kcond = np.asarray(ch.line_yv @ z) if ch.line_pos.size else None
+        return zsel, kcond, vpn
 
     def reset_prediction(self) -> None:
         """Start a placement afresh: no running voltage-change sum, prediction-error factor
@@ -174,16 +218,28 @@ class Screener:
                     out.setdefault(int(at[t]), set()).add(why)
 
         ds = self.injection(sizes)
-        gen = np.stack([ds.real[self.port_phase == p].sum(axis=0) for p in (1, 2, 3)])
-        export = gen - self.load_phase
-        keep(export.sum(axis=0), "export", self.window)
-        for p in range(3):
-            if np.any(gen[p] != 0):
-                keep(export[p], f"export_{'abc'[p]}", self.window)
+        at = self.agg.row_step
+        ch = self.checker
+        proxy = (bool(ch.bus_checks) and self.zsel is None) or (ch.line_pos.size > 0 and self.kline is None)
+        if ch.tx_pos.size or proxy:
+            gen = np.stack([ds.real[self.port_phase == p].sum(axis=0) for p in (1, 2, 3)])
+            export = gen - self.load_phase
+            keep(export.sum(axis=0), "export", self.window)
+            for p in range(3) if proxy else ():
+                if np.any(gen[p] != 0):
+                    keep(export[p], f"export_{'abc'[p]}", self.window)
+        if self.kline is not None:
+            lines, bound, predicted = self.line_bound(ds)
+            thr, lim = self.thr["line_thermal"][:, lines], abs(ch.limit["line_thermal"])
+            if lines.size:
+                keep(np.max(predicted - thr, axis=1) / lim, "line_thermal", at)
+            if near:
+                close = np.max(bound - thr, axis=1, initial=-np.inf) > -NEAR_FLOOR["line_thermal"]
+                for t in np.nonzero(close)[0]:
+                    out.setdefault(int(at[t]), set()).add("near_line_thermal")
         if self.zsel is not None:
             v = self.vbase_eval + self._predicted_dv(ds)
             pred = self._pred = self.checker.bus_values(v, self._reduce)
-            at = self.agg.row_step
             for c in self.checker.bus_checks:
                 d, lim = self.checker.direction[c], abs(self.checker.limit[c])
                 with np.errstate(invalid="ignore"):
@@ -195,6 +251,47 @@ class Screener:
                 for t in np.nonzero(close)[0] if near else ():
                     out.setdefault(int(at[t]), set()).add(f"near_{c}")
         return out
+
+    def line_bound(
+        self, ds: NDArray[np.complex128]
+    ) -> tuple[NDArray[np.int64], NDArray[np.float64], NDArray[np.float64]]:
+        """``(lines, bound, predicted)``: the rated lines (positions in ``checker.line_pos``)
+        whose loading may come within the floor of its threshold with the injections ``ds``
+        (injectors, window steps; kVA), an upper bound of their loading and its linearised
+        prediction (rows, lines), %.
+
+        Bound: per conductor, its current without PV plus :data:`LINE_BOUND_MARGIN` x the
+        sum over injectors of the current per A injected times the injector's current
+        magnitude (A), at each step; the largest conductor; then the row's basis (the
+        quadratic mean of a sum is at most the sum of the quadratic means). Lines are first
+        sifted with each injector's largest current over the window; the others cannot
+        reach the floor. Prediction: the conductor currents without PV plus the linearised
+        change, which ranks the rows (module docstring, rule 2).
+        """
+        assert self.kline is not None and self.base_line is not None
+        di = 1000.0 * np.conj(ds) / np.conj(self.vport)  # (injectors, steps), A
+        amps = np.abs(di)
+        thr = self.thr["line_thermal"]
+        with np.errstate(invalid="ignore"):
+            room = np.nanmax(self.base_line - thr, axis=0)  # (lines,) %, < 0: below the threshold
+        reach = room + LINE_BOUND_MARGIN * (self.kline @ amps.max(axis=1))
+        lines = np.nonzero(reach > -NEAR_FLOOR["line_thermal"])[0]
+        if not lines.size:
+            none = np.zeros((self.base_line.shape[0], 0))
+            return lines, none, none
+        rows = self._line_conductors[lines].ravel()  # conductor rows, line by line
+        shape = (lines.size, self._line_conductors.shape[1], amps.shape[1])
+        base = np.asarray(self.checker.line_yv[rows] @ self._vbase)  # (rows, steps), A
+        change = self._kcond_abs[rows] @ amps
+        pred = np.abs(base + self._kcond[rows] @ di)
+        scale = 100.0 / self.checker.line_amps[lines]
+
+        def loading(x: NDArray[np.float64]) -> NDArray[np.float64]:
+            pct = x.reshape(shape).max(axis=1).T * scale  # (steps, lines)
+            return pct if self._reduce is None else self._reduce(pct)
+
+        bound = self.base_line[:, lines] + LINE_BOUND_MARGIN * loading(change)
+        return lines, bound, loading(pred)
 
     def calibrate(self, rows: NDArray[np.int64], values: dict[str, NDArray[np.float64]]) -> None:
         """Raise each check's prediction-error factor to 1.5 x the largest error of the last

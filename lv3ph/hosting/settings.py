@@ -11,7 +11,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from lv3ph.errors import ProfileError, StudyError
-from lv3ph.hosting.criteria import BASES, PRE_EXISTING, PRE_EXISTING_TOL, limit_of
+from lv3ph.hosting.criteria import AGGREGATION_S, BASES, PRE_EXISTING, PRE_EXISTING_TOL, limit_of
 from lv3ph.powerflow import RunSpec
 from lv3ph.unbalance import CHECKS, Limits
 
@@ -130,6 +130,11 @@ def validate(
         errors.append(f"run.mode must be daily or yearly (PV follows a profile over steps), got {run.mode!r}")
     elif run.steps < 1 or run.start < 1:
         errors.append(f"run needs start >= 1 and steps >= 1, got start={run.start}, steps={run.steps}")
+    elif basis == "en50160" and run.stepsize_s > AGGREGATION_S:
+        errors.append(
+            f"basis='en50160' judges {AGGREGATION_S:g}-s values: it needs steps of at most {AGGREGATION_S:g} s, "
+            f"got {run.stepsize_s:g} s (use basis='step')"
+        )
     if errors:
         raise StudyError("hosting_capacity: " + "; ".join(errors))
 
