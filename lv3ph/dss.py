@@ -633,10 +633,6 @@ class Engine:
         loads.Name(name)
         return float(loads.kV()), float(loads.Vminpu()), float(loads.Vmaxpu())
 
-    def matrix_pending(self) -> bool:
-        """Whether the next solve rebuilds the system matrix (a text edit changed an element)."""
-        return bool(self.dss.Solution.SystemYChanged())
-
     def rebuild_matrix(self) -> None:
         """Rebuild the system matrix now, in snap mode: every Load's admittance from its base
         kW/kvar (load shapes at 1), by one solve without control actions (its solution is not
