@@ -590,3 +590,34 @@ def test_folded_pv_gives_the_hosting_table_of_pvsystems(monkeypatch: pytest.Monk
     cols = ["hosting_kw", "binding_limit", "item", "step", "censored"]
     assert folded.placements[cols].equals(pvsys.placements[cols])
     assert (folded.placements.hosting_kw > 0).all()
+
+
+def test_folded_pv_only_inside_the_band_of_the_phase_loads() -> None:
+    """Folding the PV into the phase Loads is exact only where the Load is constant power:
+    Loads with OpenDSS's default vmaxpu (1.05) keep PVSystems; a base case below the Loads'
+    vminpu (source at 0.9 pu) makes the engine fall back to PVSystems; a later solve outside
+    the band is refused."""
+    import dataclasses
+
+    from lv3ph.hosting.engine import Unfoldable, cache, context
+
+    job = _ieee_dynamic_job()
+    narrow = Context(dataclasses.replace(job, vmaxpu=None))
+    assert not narrow.switching.fold and narrow.engine.dss.PVsystems.Count() == 165  # type: ignore[union-attr]
+    low = dataclasses.replace(job, commands=("Edit Vsource.source pu=0.9",), token="low")
+    with pytest.raises(Unfoldable):
+        Context(low)
+    try:
+        assert not context(low).switching.mover.folded  # type: ignore[union-attr]
+    finally:
+        cache().pop("low", None)
+    ctx = Context(job)
+    mover = ctx.switching.mover  # type: ignore[union-attr]
+    sizes = np.zeros(len(ctx.names))
+    sizes[::3] = 4.0
+    ctx._apply_sizes(sizes)
+    v = ctx._solve(None)
+    assert mover.outside_band(v, ctx.window) is None
+    mover.band_v[:, 1] = 235.0  # as if the Loads' vmaxpu were 1.02: the PV lifts them above it
+    with pytest.raises(StudyError, match=r"customer \S+: phase voltage .* V at step \d+ is outside"):
+        ctx._solve(None)
