@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -288,24 +289,30 @@ def _job(path: Path, **kw: object) -> Job:
     return Job(**args)  # type: ignore[arg-type]
 
 
+def levels(ctx: Context, placements: int, n: int) -> Iterator[tuple[int, np.ndarray]]:
+    """``(placement, sizes)`` at ``n`` evenly spaced penetration levels (above 0) of each placement."""
+    for placement in range(placements):
+        order, sizes = draw(ctx.job, len(ctx.names), placement)
+        before = np.concatenate([[0.0], np.cumsum(sizes)[:-1]])
+        for p in np.linspace(0.0, sizes.sum(), n + 1)[1:]:
+            s = np.zeros(len(ctx.names))
+            s[order] = np.clip(p - before, 0.0, sizes)
+            yield placement, s
+
+
 def test_screening_never_misses_a_violation_of_the_whole_window(tmp_path: Path) -> None:
     """At every penetration level of several placements, the screened steps (one per
     criterion) fail exactly when the whole window fails."""
     path = small_feeder(tmp_path)
     ctx = Context(_job(path))
     kept_any = False
-    for placement in range(4):
-        order, sizes = draw(ctx.job, len(ctx.names), placement)
-        before = np.concatenate([[0.0], np.cumsum(sizes)[:-1]])
-        for p in np.linspace(0.0, sizes.sum(), 25)[1:]:
-            s = np.zeros(len(ctx.names))
-            s[order] = np.clip(p - before, 0.0, sizes)
-            chosen = np.array(sorted(ctx.screener.screen(s, 1)), dtype=np.int64)
-            kept_any |= chosen.size < ctx.window.size
-            screened, full = ctx.evaluate(s, chosen), ctx.evaluate(s, None)
-            assert screened.ok == full.ok, (placement, p, full)
-            if not full.ok:
-                assert screened.check == full.check
+    for placement, s in levels(ctx, 4, 24):
+        chosen = np.array(sorted(ctx.screener.screen(s, 1)), dtype=np.int64)
+        kept_any |= chosen.size < ctx.window.size
+        screened, full = ctx.evaluate(s, chosen), ctx.evaluate(s, None)
+        assert screened.ok == full.ok, (placement, s.sum(), full)
+        if not full.ok:
+            assert screened.check == full.check
     assert kept_any  # the screening did drop steps
 
 
@@ -319,20 +326,15 @@ def test_line_loading_bound_holds_against_opendss(tmp_path: Path, basis: str) ->
     ctx = Context(_job(path, basis=basis, limits=Limits(line_loading_pct=15.0), run=FIVE_MIN, profile=sun(12)))
     reduce = ctx.agg.reducer(ctx.window)[1]
     sifted = bounded = 0
-    for placement in range(3):
-        order, sizes = draw(ctx.job, len(ctx.names), placement)
-        before = np.concatenate([[0.0], np.cumsum(sizes)[:-1]])
-        for p in np.linspace(0.0, sizes.sum(), 6)[1:]:
-            s = np.zeros(len(ctx.names))
-            s[order] = np.clip(p - before, 0.0, sizes)
-            ctx.evaluate(s, None)  # sets the sizes and solves the window in OpenDSS
-            loading = ctx.checker.values(ctx._solve(None), reduce)["line_thermal"]
-            lines, bound, _ = ctx.screener.line_bound(ctx.injection(s))
-            assert np.all(bound >= loading[:, lines] - 1e-9)
-            others = np.setdiff1d(np.arange(loading.shape[1]), lines)
-            assert np.all(loading[:, others] < ctx.thr["line_thermal"][:, others] - 0.5)
-            sifted += others.size
-            bounded += lines.size
+    for _, s in levels(ctx, 3, 5):
+        ctx._apply_sizes(s)
+        loading = ctx.checker.values(ctx._solve(None), reduce)["line_thermal"]  # OpenDSS, whole window
+        lines, bound, _ = ctx.screener.line_bound(ctx.injection(s))
+        assert np.all(bound >= loading[:, lines] - 1e-9)
+        others = np.setdiff1d(np.arange(loading.shape[1]), lines)
+        assert np.all(loading[:, others] < ctx.thr["line_thermal"][:, others] - 0.5)
+        sifted += others.size
+        bounded += lines.size
     assert sifted > 0 and bounded > 0  # both branches were exercised
 
 
