@@ -520,13 +520,14 @@ def test_dynamic_switching_without_operations_reproduces_as_built() -> None:
     assert (moving.placements.hosting_kw > 0).all()
 
 
-def _ieee_dynamic_job() -> Job:
-    """A dynamic-switching job on 90 minutes of the IEEE twin at 1.0 pu (switches operating)."""
+def _ieee_dynamic_job(model: Path | None = None) -> Job:
+    """A dynamic-switching job on 90 minutes of the IEEE twin (default the four-wire one) at
+    1.0 pu (switches operating)."""
     from tests.conftest import IEEE_4W
 
     switching = {"share": 1.0, "interval_s": 900.0, "max_ops_per_day": 8, "objective": "neutral", "seed": 0}
     return _job(
-        IEEE_4W,
+        model or IEEE_4W,
         vmaxpu=1.5,
         commands=("Edit Vsource.source pu=1.0",),
         run=IEEE_RUN_90,
@@ -577,6 +578,35 @@ def test_folded_pv_equals_pvsystems_on_the_phase_loads() -> None:
         for s in ("_p1", "_p2", "_p3"):
             d.Circuit.SetActiveElement(f"Load.{nm}{s}")
             assert not np.asarray(d.CktElement.YPrim()).any()
+
+
+def test_folded_pv_on_a_three_wire_feeder_measures_phase_to_earth() -> None:
+    """On the three-wire IEEE feeder (customers return through earth, no neutral node) the
+    folded engine stays folded, judges its band on the phase-to-earth voltage, and gives the
+    voltages of the PVSystem formulation."""
+    from tests.conftest import IEEE
+
+    job = _ieee_dynamic_job(IEEE)
+    folded, pvsys = Context(job), Context(job, fold=False)
+    mover = folded.switching.mover  # type: ignore[union-attr]
+    assert mover.folded and (mover.nodes[:, 3] < 0).all()
+    sizes = np.zeros(len(folded.names))
+    sizes[::3] = 4.0
+    volts = []
+    for ctx in (folded, pvsys):
+        ctx._apply_sizes(sizes)
+        volts.append(ctx._solve(None))
+    assert np.abs(volts[0] - volts[1]).max() < 1e-3  # V
+    j = next(iter(mover.pv_pos.values()))
+    live = mover.schedule[folded.window[0] - job.run.start, j] - 1
+    node = int(mover.nodes[j, live])
+    low = volts[0].copy()
+    low[node, 0] = 0.5 * mover.band_v[j, 0]  # half the lowest voltage of the band, to earth
+    assert mover.outside_band(low, folded.window, every=True) == (
+        mover.names[j],
+        int(folded.window[0]),
+        pytest.approx(0.5 * mover.band_v[j, 0]),
+    )
 
 
 def test_folded_pv_gives_the_hosting_table_of_pvsystems(monkeypatch: pytest.MonkeyPatch) -> None:

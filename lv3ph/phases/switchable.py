@@ -432,10 +432,9 @@ class PhaseMover:
             return None
         phase = self.schedule[steps[sun] - self.start][:, has] - 1  # (sun steps, customers)
         nodes = self.nodes[has]
-        vp = np.abs(
-            v[np.take_along_axis(nodes[None, :, :3], phase[:, :, None], axis=2)[:, :, 0], sun[:, None]]
-            - v[nodes[None, :, 3], sun[:, None]]
-        )
+        neutral = nodes[None, :, 3]  # -1: the customer's return is earth (0 V)
+        vn = np.where(neutral >= 0, v[np.maximum(neutral, 0), sun[:, None]], 0.0)
+        vp = np.abs(v[np.take_along_axis(nodes[None, :, :3], phase[:, :, None], axis=2)[:, :, 0], sun[:, None]] - vn)
         lo, hi = self.band_v[has, 0][None, :], self.band_v[has, 1][None, :]
         bad = np.argwhere((vp < lo) | (vp > hi))
         if not bad.size:
