@@ -540,6 +540,18 @@ def _ieee_dynamic_job(model: Path | None = None) -> Job:
     )
 
 
+def _window_both(folded: Context, pvsys: Context) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(sizes, V folded, V PVSystems)``: 4 kWp at every third candidate, the whole window
+    solved by both engines (node voltages, V)."""
+    sizes = np.zeros(len(folded.names))
+    sizes[::3] = 4.0
+    volts = []
+    for ctx in (folded, pvsys):
+        ctx._apply_sizes(sizes)
+        volts.append(ctx._solve(None))
+    return sizes, volts[0], volts[1]
+
+
 def test_folded_pv_equals_pvsystems_on_the_phase_loads() -> None:
     """Dynamic switching with the switched candidates' PV folded into their phase Loads'
     net-demand shapes gives the node voltages of the formulation with one PVSystem per
@@ -554,13 +566,7 @@ def test_folded_pv_equals_pvsystems_on_the_phase_loads() -> None:
     rows = mover.schedule[folded.window - job.run.start]
     assert (rows[1:] != rows[:-1]).any()  # switches operate inside the window
     assert (rows != mover.schedule[0]).any(axis=0).sum() >= 5
-    sizes = np.zeros(len(folded.names))
-    sizes[::3] = 4.0
-    volts = []
-    for ctx in (folded, pvsys):
-        ctx._apply_sizes(sizes)
-        volts.append(ctx._solve(None))
-    vf, vp = volts
+    sizes, vf, vp = _window_both(folded, pvsys)
     pu = np.abs(vp) / 230.0
     assert pu.max() > 1.03  # the PV raises the voltages
     assert np.abs(vf - vp).max() < 1e-3  # V (measured 6 uV); OpenDSS tolerance 1e-4 pu = 23 mV
@@ -590,17 +596,12 @@ def test_folded_pv_on_a_three_wire_feeder_measures_phase_to_earth() -> None:
     folded, pvsys = Context(job), Context(job, fold=False)
     mover = folded.switching.mover  # type: ignore[union-attr]
     assert mover.folded and (mover.nodes[:, 3] < 0).all()
-    sizes = np.zeros(len(folded.names))
-    sizes[::3] = 4.0
-    volts = []
-    for ctx in (folded, pvsys):
-        ctx._apply_sizes(sizes)
-        volts.append(ctx._solve(None))
-    assert np.abs(volts[0] - volts[1]).max() < 1e-3  # V
+    _, vf, vp = _window_both(folded, pvsys)
+    assert np.abs(vf - vp).max() < 1e-3  # V
     j = next(iter(mover.pv_pos.values()))
     live = mover.schedule[folded.window[0] - job.run.start, j] - 1
     node = int(mover.nodes[j, live])
-    low = volts[0].copy()
+    low = vf.copy()
     low[node, 0] = 0.5 * mover.band_v[j, 0]  # half the lowest voltage of the band, to earth
     assert mover.outside_band(low, folded.window, every=True) == (
         mover.names[j],

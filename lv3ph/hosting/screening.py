@@ -151,6 +151,8 @@ class Screener:
                 else rows
             )
             self.kline = segment_max(self._kcond_abs, rows) * (100.0 / checker.line_amps[:, None])
+            with np.errstate(invalid="ignore"):  # (lines,) %: worst loading without PV minus threshold
+                self._line_room = np.nanmax(base["line_thermal"] - thr["line_thermal"], axis=0)
         self.reset_prediction()
 
     def _linearise(
@@ -271,10 +273,7 @@ class Screener:
         assert self.kline is not None and self.base_line is not None
         di = 1000.0 * np.conj(ds) / np.conj(self.vport)  # (injectors, steps), A
         amps = np.abs(di)
-        thr = self.thr["line_thermal"]
-        with np.errstate(invalid="ignore"):
-            room = np.nanmax(self.base_line - thr, axis=0)  # (lines,) %, < 0: below the threshold
-        reach = room + LINE_BOUND_MARGIN * (self.kline @ amps.max(axis=1))
+        reach = self._line_room + LINE_BOUND_MARGIN * (self.kline @ amps.max(axis=1))
         lines = np.nonzero(reach > -NEAR_FLOOR["line_thermal"])[0]
         if not lines.size:
             none = np.zeros((self.base_line.shape[0], 0))

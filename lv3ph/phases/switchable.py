@@ -354,7 +354,8 @@ class PhaseMover:
         for j, i in enumerate(pos):
             self._set_shape(j, self._load_p[j], np.concatenate([lead, np.asarray(load_kvar, dtype=float)[:, i]]))
         self._set_pq = engine.pq_setter([nm + s for nm in self.names for s in _SUFFIX])
-        self.pv_pos = {nm: j for j, nm in enumerate(self.names) if nm in set(pv)}
+        with_pv = set(pv)
+        self.pv_pos = {nm: j for j, nm in enumerate(self.names) if nm in with_pv}
         self.pv_profile = None if pv_profile is None else np.concatenate([lead, np.asarray(pv_profile, dtype=float)])
         self._set_pv = None
         if pv_systems is not None:
